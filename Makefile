@@ -1,0 +1,41 @@
+# Set-up is self-contained: `make demo` and `make test` work on a fresh clone.
+# torch 2.13.0 is installed first so that no other (CUDA) torch build is pulled in.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: venv demo test bench clean
+
+$(VENV)/.torch:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.torch pyproject.toml
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+$(VENV)/.demo: $(VENV)/.torch pyproject.toml
+	$(PIP) install -q -e ".[demo,rich]"
+	touch $@
+
+$(VENV)/.bench: $(VENV)/.torch pyproject.toml
+	$(PIP) install -q -e ".[bench]"
+	touch $@
+
+venv: $(VENV)/.dev
+
+demo: $(VENV)/.demo
+	$(PY) examples/digits_demo.py
+
+test: $(VENV)/.dev
+	$(PY) -m pytest tests -q -p no:cacheprovider
+
+bench: $(VENV)/.bench
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) lightning_logs build *.egg-info
