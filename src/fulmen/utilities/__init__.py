@@ -1,0 +1,25 @@
+"""General utilities (mirrors ``lightning.pytorch.utilities``)."""
+
+from fulmen.utilities.apply_func import apply_to_collection, move_data_to_device
+from fulmen.utilities.exceptions import MisconfigurationException
+from fulmen.utilities.parsing import AttributeDict
+from fulmen.utilities.rank_zero import (
+    rank_zero_deprecation,
+    rank_zero_info,
+    rank_zero_only,
+    rank_zero_warn,
+)
+from fulmen.utilities.seed import isolate_rng, seed_everything
+
+__all__ = [
+    "AttributeDict",
+    "MisconfigurationException",
+    "apply_to_collection",
+    "isolate_rng",
+    "move_data_to_device",
+    "rank_zero_deprecation",
+    "rank_zero_info",
+    "rank_zero_only",
+    "rank_zero_warn",
+    "seed_everything",
+]
