@@ -48,9 +48,11 @@ __all__ = [
     "ModelSummary",
     "PARAMETER_NUM_UNITS",
     "UNKNOWN_SIZE",
+    "format_summary_table",
     "get_formatted_model_size",
     "get_human_readable_count",
     "summarize",
+    "summary_totals",
 ]
 
 #: Suffixes used by :func:`get_human_readable_count` (ones, thousands, millions, billions, trillions).
@@ -372,14 +374,9 @@ class ModelSummary:
 
     def totals_lines(self) -> list[tuple[str, str]]:
         """The totals block as ``(value, label)`` pairs, values already formatted."""
-        return [
-            (get_human_readable_count(self.trainable_parameters), "Trainable params"),
-            (get_human_readable_count(self.non_trainable_parameters), "Non-trainable params"),
-            (get_human_readable_count(self.total_parameters), "Total params"),
-            (get_formatted_model_size(self.model_size), "Total estimated model params size (MB)"),
-            (str(self._total_training_modes["train"]), "Modules in train mode"),
-            (str(self._total_training_modes["eval"]), "Modules in eval mode"),
-        ]
+        return summary_totals(
+            self.total_parameters, self.trainable_parameters, self.model_size, self._total_training_modes
+        )
 
     def __str__(self) -> str:
         return format_summary_table(self.get_summary_data(), self.totals_lines())
@@ -411,6 +408,27 @@ def format_summary_table(columns: list[tuple[str, list[str]]], totals: list[tupl
     for value, label in totals:
         lines.append(f"{value:<{_HEADER_WIDTH}}{label}")
     return "\n".join(lines)
+
+
+def summary_totals(
+    total_parameters: int, trainable_parameters: int, model_size: float, total_training_modes: Mapping[str, int]
+) -> list[tuple[str, str]]:
+    """The totals block under the table as ``(formatted value, label)`` pairs.
+
+    Args:
+        total_parameters: All parameters.
+        trainable_parameters: Parameters with ``requires_grad``.
+        model_size: Parameter size in MB.
+        total_training_modes: ``{"train": n, "eval": m}`` submodule counts.
+    """
+    return [
+        (get_human_readable_count(trainable_parameters), "Trainable params"),
+        (get_human_readable_count(total_parameters - trainable_parameters), "Non-trainable params"),
+        (get_human_readable_count(total_parameters), "Total params"),
+        (get_formatted_model_size(model_size), "Total estimated model params size (MB)"),
+        (str(total_training_modes.get("train", 0)), "Modules in train mode"),
+        (str(total_training_modes.get("eval", 0)), "Modules in eval mode"),
+    ]
 
 
 def summarize(lightning_module: nn.Module, max_depth: int = 1) -> ModelSummary:

@@ -1,0 +1,478 @@
+"""``TQDMProgressBar``: the plain-terminal progress bar (tqdm is a core dependency).
+
+Bars, top to bottom at ``2 * process_position``:
+
+- the main bar, ``Epoch N``: counts the epoch's training batches plus the validation batches run
+  inside the epoch, and shows ``v_num`` and the metrics logged with ``prog_bar=True``;
+- under it, while validation runs during ``fit``: a ``Validation`` bar;
+- ``Sanity Checking``, ``Validation`` (``trainer.validate``), ``Testing``, ``Predicting``: one bar
+  each, shown while that stage runs.
+
+Drawing happens only at refresh points: every ``refresh_rate`` batches, on a loader's last batch
+and at the end of an epoch. Metrics (a device->host sync) are read only at the main bar's refresh
+points and when a validation run or an epoch ends; between refreshes a hook only bumps integers.
+
+When stdout is not a terminal (CI logs, files), the nested validation bar is not drawn during
+``fit`` (moving the cursor between bars would write escape codes into the log); the main bar still
+counts the validation batches, so the output stays one line per refresh.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import TYPE_CHECKING, Any
+
+from tqdm import tqdm as _tqdm
+from typing_extensions import override
+
+from fulmen.callbacks.progress.progress_bar import ProgressBar, _validate_non_negative_int
+
+if TYPE_CHECKING:
+    from fulmen.core.module import LightningModule
+    from fulmen.trainer.trainer import Trainer
+
+__all__ = ["TQDMProgressBar", "Tqdm"]
+
+_PAD_SIZE = 5  # floats are padded to this many characters so the postfix does not jitter
+
+
+class Tqdm(_tqdm):  # type: ignore[type-arg]
+    """``tqdm`` that prints floats with 3 significant digits padded to a steady width (``0.100``)."""
+
+    @staticmethod
+    def format_num(n: int | float | str) -> str:
+        """Format a number for the postfix: ints as is, floats with 3 significant digits, zero-padded.
+
+        Example::
+
+            >>> Tqdm.format_num(0.1), Tqdm.format_num(2.0), Tqdm.format_num(0.12345), Tqdm.format_num(1e-5)
+            ('0.100', '2.000', '0.123', '1e-5')
+        """
+        if isinstance(n, str):
+            return n
+        text: str = _tqdm.format_num(n)
+        if isinstance(n, float) and math.isfinite(n) and "e" not in text:
+            if "." not in text:
+                text += "."
+            text = text.ljust(_PAD_SIZE, "0")
+        return text
+
+
+def _total_or_none(total: int | float) -> int | None:
+    """tqdm's ``total`` for a size: ``None`` (unknown) for ``inf``."""
+    return None if total == float("inf") else int(total)
+
+
+class TQDMProgressBar(ProgressBar):
+    """The default text progress bar, drawn with tqdm.
+
+    Args:
+        refresh_rate: Redraw every this many batches (and at epoch ends). ``0`` disables the bar.
+            In a notebook or a slow terminal, a higher value (e.g. 20) keeps the output light.
+        process_position: Shift the bars down by ``2 * process_position`` lines, to run several
+            trainers side by side without their bars overwriting each other.
+        leave: Keep each finished epoch's bar on screen (a new bar per epoch) instead of reusing
+            one bar for the whole run.
+
+    Raises:
+        fulmen.utilities.exceptions.MisconfigurationException: If ``refresh_rate`` or
+            ``process_position`` is not an int ``>= 0``.
+
+    Example::
+
+        trainer = Trainer(callbacks=[TQDMProgressBar(refresh_rate=10)])
+    """
+
+    BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+
+    def __init__(self, refresh_rate: int = 1, process_position: int = 0, leave: bool = False) -> None:
+        super().__init__()
+        self._refresh_rate = _validate_non_negative_int(
+            "TQDMProgressBar", "refresh_rate", refresh_rate, "batches between redraws; 0 disables the bar"
+        )
+        self._process_position = _validate_non_negative_int(
+            "TQDMProgressBar", "process_position", process_position, "which pair of lines the bars use"
+        )
+        self._leave = bool(leave)
+        self._train_progress_bar: Tqdm | None = None
+        self._val_progress_bar: Tqdm | None = None
+        self._test_progress_bar: Tqdm | None = None
+        self._predict_progress_bar: Tqdm | None = None
+        self._fitting = False  # between on_train_start and on_train_end: validation also feeds the main bar
+        self._main_n = 0  # batches the main bar has counted this epoch (training + in-epoch validation)
+        self._train_total: int | float = 0
+        self._eval_total: int | float = 0  # batches of the evaluation dataloader being run
+
+    def __getstate__(self) -> dict[str, Any]:
+        # tqdm objects hold locks and file handles: drop them when the callback is pickled (spawn)
+        state = self.__dict__.copy()
+        for key in ("_train_progress_bar", "_val_progress_bar", "_test_progress_bar", "_predict_progress_bar"):
+            state[key] = None
+        return state
+
+    # ----------------------------------------------------------------------------------------------
+    # configuration
+    # ----------------------------------------------------------------------------------------------
+    @property
+    def refresh_rate(self) -> int:
+        return self._refresh_rate
+
+    @property
+    def process_position(self) -> int:
+        return self._process_position
+
+    @property
+    @override
+    def is_enabled(self) -> bool:
+        return self._enabled and self._refresh_rate > 0
+
+    @property
+    def train_progress_bar(self) -> Tqdm:
+        return _require_bar(self._train_progress_bar, "train")
+
+    @train_progress_bar.setter
+    def train_progress_bar(self, bar: Tqdm | None) -> None:
+        self._train_progress_bar = bar
+
+    @property
+    def val_progress_bar(self) -> Tqdm:
+        return _require_bar(self._val_progress_bar, "val")
+
+    @val_progress_bar.setter
+    def val_progress_bar(self, bar: Tqdm | None) -> None:
+        self._val_progress_bar = bar
+
+    @property
+    def test_progress_bar(self) -> Tqdm:
+        return _require_bar(self._test_progress_bar, "test")
+
+    @test_progress_bar.setter
+    def test_progress_bar(self, bar: Tqdm | None) -> None:
+        self._test_progress_bar = bar
+
+    @property
+    def predict_progress_bar(self) -> Tqdm:
+        return _require_bar(self._predict_progress_bar, "predict")
+
+    @predict_progress_bar.setter
+    def predict_progress_bar(self, bar: Tqdm | None) -> None:
+        self._predict_progress_bar = bar
+
+    # ----------------------------------------------------------------------------------------------
+    # bar factories (override to customize)
+    # ----------------------------------------------------------------------------------------------
+    def _new_bar(self, desc: str, position: int, leave: bool, total: int | None = None) -> Tqdm:
+        return Tqdm(
+            desc=desc,
+            total=total,
+            position=position,
+            leave=leave,
+            disable=self.is_disabled,
+            dynamic_ncols=True,
+            file=sys.stdout,
+            smoothing=0,
+            bar_format=self.BAR_FORMAT,
+        )
+
+    def init_sanity_tqdm(self) -> Tqdm:
+        """The bar for the sanity-check validation run."""
+        return self._new_bar(self.sanity_check_description, 2 * self._process_position, leave=False)
+
+    def init_train_tqdm(self) -> Tqdm:
+        """The main bar: training (and in-epoch validation) batches of an epoch."""
+        return self._new_bar(self.train_description, 2 * self._process_position, leave=True)
+
+    def init_validation_tqdm(self) -> Tqdm:
+        """The validation bar: under the main bar during ``fit``, alone (and kept) in ``validate``."""
+        has_main_bar = self._fitting
+        return self._new_bar(
+            self.validation_description, 2 * self._process_position + int(has_main_bar), leave=not has_main_bar
+        )
+
+    def init_test_tqdm(self) -> Tqdm:
+        return self._new_bar(self.test_description, 2 * self._process_position, leave=True)
+
+    def init_predict_tqdm(self) -> Tqdm:
+        return self._new_bar(self.predict_description, 2 * self._process_position, leave=True)
+
+    # ----------------------------------------------------------------------------------------------
+    # drawing helpers
+    # ----------------------------------------------------------------------------------------------
+    def _refresh_main(self, trainer: Trainer, pl_module: LightningModule, with_metrics: bool) -> None:
+        bar = self._train_progress_bar
+        if bar is None or bar.disable:
+            return
+        if bar.total is not None and self._main_n > bar.total:
+            bar.total = self._main_n  # validation ran more often than the schedule predicted
+        bar.n = self._main_n
+        if with_metrics:
+            bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+        bar.refresh()
+
+    @staticmethod
+    def _reset_bar(bar: Tqdm, total: int | float, desc: str) -> None:
+        bar.set_description(desc, refresh=False)
+        bar.total = _total_or_none(total)
+        bar.reset(total=bar.total)  # also redraws at 0
+
+    @staticmethod
+    def _draw(bar: Tqdm | None, n: int) -> None:
+        if bar is not None and not bar.disable:
+            if bar.total is not None and n > bar.total:
+                bar.total = n
+            bar.n = n
+            bar.refresh()
+
+    def _eval_description(self, base: str, sizes: Any, dataloader_idx: int) -> str:
+        many = isinstance(sizes, (list, tuple)) and len(sizes) > 1
+        return f"{base} DataLoader {dataloader_idx}" if many else base
+
+    @staticmethod
+    def _close(bar: Tqdm | None) -> None:
+        if bar is not None:
+            bar.close()
+
+    # ----------------------------------------------------------------------------------------------
+    # sanity check
+    # ----------------------------------------------------------------------------------------------
+    @override
+    def on_sanity_check_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.is_enabled:
+            self._val_progress_bar = self.init_sanity_tqdm()
+
+    @override
+    def on_sanity_check_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._close(self._val_progress_bar)
+        self._val_progress_bar = None
+        self.reset_dataloader_idx_tracker()
+
+    # ----------------------------------------------------------------------------------------------
+    # training
+    # ----------------------------------------------------------------------------------------------
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._fitting = True
+        if self.is_enabled:
+            self._train_progress_bar = self.init_train_tqdm()
+
+    @override
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.train_batch_idx = 0
+        self._main_n = 0
+        if self.is_disabled:
+            return
+        self._train_total = self.total_train_batches
+        if self._train_progress_bar is None:  # closed at the previous epoch's end (leave=True)
+            self._train_progress_bar = self.init_train_tqdm()
+        total = self._train_total + self.total_val_batches
+        self._reset_bar(self._train_progress_bar, total, f"Epoch {trainer.current_epoch}")
+
+    @override
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.train_batch_idx = batch_idx + 1
+        self._main_n += 1
+        if self._train_progress_bar is not None and self._is_refresh_point(
+            self.train_batch_idx, self._train_total, self._refresh_rate or 1
+        ):
+            self._refresh_main(trainer, pl_module, with_metrics=True)
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._train_progress_bar is None:
+            return
+        self._refresh_main(trainer, pl_module, with_metrics=True)
+        if self._leave:
+            self._train_progress_bar.close()
+            self._train_progress_bar = None
+
+    @override
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._fitting = False
+        self._close(self._train_progress_bar)
+        self._train_progress_bar = None
+
+    # ----------------------------------------------------------------------------------------------
+    # validation
+    # ----------------------------------------------------------------------------------------------
+    def _show_nested_val_bar(self) -> bool:
+        # a second bar under the main one needs cursor movement: only on a terminal
+        return not self._fitting or self._stream_is_tty(sys.stdout) or self._process_position > 0
+
+    @override
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.is_enabled and not trainer.sanity_checking and self._show_nested_val_bar():
+            self._val_progress_bar = self.init_validation_tqdm()
+
+    @override
+    def on_validation_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if not self.has_dataloader_changed(dataloader_idx):
+            return
+        self._eval_total = self.total_val_batches_current_dataloader
+        if self._val_progress_bar is not None and not self._val_progress_bar.disable:
+            if trainer.sanity_checking:
+                base, sizes = self.sanity_check_description, trainer.num_sanity_val_batches
+            else:
+                base, sizes = self.validation_description, trainer.num_val_batches
+            self._reset_bar(
+                self._val_progress_bar, self._eval_total, self._eval_description(base, sizes, dataloader_idx)
+            )
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self.val_batch_idx = batch_idx + 1
+        in_epoch = self._fitting and not trainer.sanity_checking
+        if in_epoch:
+            self._main_n += 1
+        if self.is_disabled or not self._is_refresh_point(self.val_batch_idx, self._eval_total, self._refresh_rate):
+            return
+        self._draw(self._val_progress_bar, self.val_batch_idx)
+        if in_epoch:
+            self._refresh_main(trainer, pl_module, with_metrics=False)
+
+    @override
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._val_progress_bar is not None and not trainer.sanity_checking:
+            self._val_progress_bar.close()
+            self._val_progress_bar = None
+        if self._fitting and not trainer.sanity_checking:
+            # validation metrics are new: show them on the main bar
+            self._refresh_main(trainer, pl_module, with_metrics=True)
+        self.reset_dataloader_idx_tracker()
+
+    # ----------------------------------------------------------------------------------------------
+    # test and predict
+    # ----------------------------------------------------------------------------------------------
+    @override
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.is_enabled:
+            self._test_progress_bar = self.init_test_tqdm()
+
+    @override
+    def on_test_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if not self.has_dataloader_changed(dataloader_idx):
+            return
+        self._eval_total = self.total_test_batches_current_dataloader
+        if self._test_progress_bar is not None and not self._test_progress_bar.disable:
+            desc = self._eval_description(self.test_description, trainer.num_test_batches, dataloader_idx)
+            self._reset_bar(self._test_progress_bar, self._eval_total, desc)
+
+    @override
+    def on_test_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self.test_batch_idx = batch_idx + 1
+        if self.is_enabled and self._is_refresh_point(self.test_batch_idx, self._eval_total, self._refresh_rate):
+            self._draw(self._test_progress_bar, self.test_batch_idx)
+
+    @override
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._close(self._test_progress_bar)
+        self._test_progress_bar = None
+        self.reset_dataloader_idx_tracker()
+
+    @override
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.is_enabled:
+            self._predict_progress_bar = self.init_predict_tqdm()
+
+    @override
+    def on_predict_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if not self.has_dataloader_changed(dataloader_idx):
+            return
+        self._eval_total = self.total_predict_batches_current_dataloader
+        if self._predict_progress_bar is not None and not self._predict_progress_bar.disable:
+            desc = self._eval_description(self.predict_description, trainer.num_predict_batches, dataloader_idx)
+            self._reset_bar(self._predict_progress_bar, self._eval_total, desc)
+
+    @override
+    def on_predict_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self.predict_batch_idx = batch_idx + 1
+        if self.is_enabled and self._is_refresh_point(self.predict_batch_idx, self._eval_total, self._refresh_rate):
+            self._draw(self._predict_progress_bar, self.predict_batch_idx)
+
+    @override
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._close(self._predict_progress_bar)
+        self._predict_progress_bar = None
+        self.reset_dataloader_idx_tracker()
+
+    # ----------------------------------------------------------------------------------------------
+    # teardown and printing
+    # ----------------------------------------------------------------------------------------------
+    def _close_all(self) -> None:
+        for name in ("_val_progress_bar", "_test_progress_bar", "_predict_progress_bar", "_train_progress_bar"):
+            self._close(getattr(self, name))
+            setattr(self, name, None)
+        self._fitting = False
+        self.reset_dataloader_idx_tracker()
+
+    @override
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._close_all()
+
+    @override
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._close_all()
+
+    @override
+    def print(self, *args: Any, sep: str = " ", **kwargs: Any) -> None:
+        """Print a line above the bars without breaking them (``tqdm.write``)."""
+        active = next(
+            (
+                bar
+                for bar in (
+                    self._train_progress_bar,
+                    self._val_progress_bar,
+                    self._test_progress_bar,
+                    self._predict_progress_bar,
+                )
+                if bar is not None and not bar.disable
+            ),
+            None,
+        )
+        if active is None:
+            print(*args, sep=sep, **kwargs)
+            return
+        kwargs.setdefault("file", sys.stdout)
+        kwargs.pop("flush", None)
+        active.write(sep.join(map(str, args)), **kwargs)
+
+
+def _require_bar(bar: Tqdm | None, name: str) -> Tqdm:
+    if bar is None:
+        raise TypeError(
+            f"The TQDMProgressBar's {name} bar does not exist right now: it is created when its stage starts "
+            f"and closed when it ends. Fix: read `{name}_progress_bar` from a hook of that stage."
+        )
+    return bar
