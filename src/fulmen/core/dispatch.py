@@ -1,0 +1,111 @@
+"""The one hook dispatcher. Only overridden hooks are called; the table is computed once per run.
+
+Order (Lightning's): for each hook, the callbacks' version runs right before the module's. At
+``on_train_epoch_end`` and ``on_validation_end`` the *monitoring* callbacks (checkpointing and early
+stopping) run after the module's hook, so they see what the module logged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from fulmen.callbacks.callback import Callback
+
+if TYPE_CHECKING:
+    from fulmen.trainer.trainer import Trainer
+
+
+def _overrides(obj: Any, base: type, name: str) -> bool:
+    if name in getattr(obj, "__dict__", {}):
+        return True
+    impl = getattr(type(obj), name, None)
+    return impl is not None and impl is not getattr(base, name, None)
+
+
+def is_monitoring(cb: Callback) -> bool:
+    from fulmen.callbacks.callback import Checkpoint
+
+    return isinstance(cb, Checkpoint) or type(cb).__name__ == "EarlyStopping" or getattr(cb, "_is_monitoring", False)
+
+
+class Dispatcher:
+    """Calls callback and module hooks for one run of the Trainer."""
+
+    def __init__(self, trainer: Trainer, module: Any, datamodule: Any, callbacks: list[Callback]) -> None:
+        from fulmen.core.datamodule import LightningDataModule
+        from fulmen.core.module import LightningModule
+
+        self.trainer = trainer
+        self.module = module
+        self.datamodule = datamodule
+        self.callbacks = callbacks
+        self._cb_cache: dict[tuple[str, int], list[Callable[..., Any]]] = {}
+        self._lm_base = LightningModule
+        self._dm_base = LightningDataModule
+        self._module_overrides: dict[str, bool] = {}
+
+    def _callback_fns(self, name: str, monitoring: int) -> list[Callable[..., Any]]:
+        key = (name, monitoring)
+        fns = self._cb_cache.get(key)
+        if fns is None:
+            fns = [
+                getattr(cb, name)
+                for cb in self.callbacks
+                if _overrides(cb, Callback, name) and (monitoring == 0 or (monitoring == 2) == is_monitoring(cb))
+            ]
+            self._cb_cache[key] = fns
+        return fns
+
+    def has_callbacks(self, name: str) -> bool:
+        return bool(self._callback_fns(name, 0))
+
+    def module_overrides(self, name: str) -> bool:
+        value = self._module_overrides.get(name)
+        if value is None:
+            value = _overrides(self.module, self._lm_base, name)
+            self._module_overrides[name] = value
+        return value
+
+    def callbacks_hook(self, name: str, *args: Any, monitoring: int = 0) -> None:
+        """Call ``name`` on callbacks: monitoring=0 all, 1 non-monitoring only, 2 monitoring only."""
+        fns = self._callback_fns(name, monitoring)
+        if not fns:
+            return
+        trainer = self.trainer
+        prev = trainer._current_fx
+        trainer._current_fx = name
+        try:
+            for fn in fns:
+                fn(trainer, self.module, *args)
+        finally:
+            trainer._current_fx = prev
+
+    def module_hook(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call the module's hook ``name`` (even if not overridden: defaults may do work)."""
+        trainer = self.trainer
+        prev = trainer._current_fx
+        trainer._current_fx = name
+        try:
+            return getattr(self.module, name)(*args, **kwargs)
+        finally:
+            trainer._current_fx = prev
+
+    def datamodule_hook(self, name: str, *args: Any) -> Any:
+        dm = self.datamodule
+        if dm is None or not _overrides(dm, self._dm_base, name):
+            return None
+        return getattr(dm, name)(*args)
+
+    def both(self, name: str, *args: Any) -> None:
+        """Callbacks then module, skipping the module if it does not override a no-op hook."""
+        self.callbacks_hook(name, *args)
+        if self.module_overrides(name):
+            self.module_hook(name, *args)
+
+    def epoch_end(self, name: str) -> None:
+        """Non-monitoring callbacks, module, then monitoring callbacks (Lightning's epoch-end order)."""
+        self.callbacks_hook(name, monitoring=1)
+        if self.module_overrides(name):
+            self.module_hook(name)
+        self.callbacks_hook(name, monitoring=2)

@@ -1,0 +1,256 @@
+"""Storage behind ``self.log``: values stay on the device and are reduced lazily.
+
+Per logged call the cost is a few tensor ops on the device (no ``.item()``, no sync). Host numbers
+are produced only when a consumer asks: the progress bar at its refresh rate, a logger every
+``log_every_n_steps``, or a callback reading ``trainer.callback_metrics`` (which returns tensors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fulmen.utilities.data import extract_batch_size
+from fulmen.utilities.exceptions import MisconfigurationException
+
+_REDUCE_FX = {"mean": "mean", "avg": "mean", "sum": "sum", "max": "max", "min": "min"}
+
+
+def _is_torchmetric(value: Any) -> bool:
+    cls = type(value)
+    return any(base.__module__.startswith("torchmetrics") and base.__name__ == "Metric" for base in cls.__mro__)
+
+
+@dataclass
+class _Meta:
+    fx: str
+    name: str
+    prog_bar: bool
+    logger: bool
+    on_step: bool
+    on_epoch: bool
+    reduce_fx: str
+    enable_graph: bool
+    sync_dist: bool
+    sync_dist_group: Any
+    dataloader_idx: int | None
+    rank_zero_only: bool
+
+    @property
+    def forked(self) -> bool:
+        return self.on_step and self.on_epoch
+
+
+class _Metric:
+    """One logged key: its last step value and its epoch accumulator."""
+
+    __slots__ = ("meta", "last", "acc", "weight", "count", "metric_obj", "has_step")
+
+    def __init__(self, meta: _Meta) -> None:
+        self.meta = meta
+        self.last: torch.Tensor | None = None
+        self.acc: torch.Tensor | None = None
+        self.weight: float = 0.0
+        self.count = 0
+        self.metric_obj: Any = None
+        self.has_step = False
+
+    def update(self, value: torch.Tensor, batch_size: int) -> None:
+        self.last = value
+        self.has_step = True
+        self.count += 1
+        if not self.meta.on_epoch:
+            return
+        fx = self.meta.reduce_fx
+        if fx == "mean":
+            v = value.to(torch.float64 if value.dtype == torch.float64 else torch.float32) * batch_size
+            self.acc = v if self.acc is None else self.acc + v
+            self.weight += batch_size
+        elif fx == "sum":
+            self.acc = value if self.acc is None else self.acc + value
+        elif fx == "max":
+            self.acc = value if self.acc is None else torch.maximum(self.acc, value)
+        else:
+            self.acc = value if self.acc is None else torch.minimum(self.acc, value)
+
+    def epoch_value(self, reduce: Callable[[torch.Tensor, str], torch.Tensor] | None) -> torch.Tensor | None:
+        if self.metric_obj is not None:
+            return self.metric_obj.compute()
+        if self.acc is None:
+            return None
+        value = self.acc
+        if reduce is not None and self.meta.sync_dist:
+            if self.meta.reduce_fx == "mean":
+                total = reduce(torch.stack([value.float(), torch.tensor(self.weight, device=value.device)]), "sum")
+                return total[0] / total[1]
+            value = reduce(value, self.meta.reduce_fx)
+            return value
+        if self.meta.reduce_fx == "mean":
+            return value / self.weight
+        return value
+
+    def step_value(self, reduce: Callable[[torch.Tensor, str], torch.Tensor] | None) -> torch.Tensor | None:
+        if self.metric_obj is not None:
+            return getattr(self.metric_obj, "_forward_cache", None)
+        if self.last is None:
+            return None
+        if reduce is not None and self.meta.sync_dist:
+            return reduce(self.last, self.meta.reduce_fx)
+        return self.last
+
+
+class ResultCollection:
+    """All metrics logged during one stage run (a training epoch, a validation run, ...)."""
+
+    def __init__(self, training: bool) -> None:
+        self.training = training
+        self.metrics: dict[str, _Metric] = {}
+        self.batch: Any = None
+        self._batch_size: int | None = None
+        self.dataloader_idx: int | None = None
+        self.device: torch.device | None = None
+        # Set by the strategy when world_size > 1; ``None`` means no cross-process reduction.
+        self.reduce: Callable[[torch.Tensor, str], torch.Tensor] | None = None
+
+    def set_batch(self, batch: Any, dataloader_idx: int | None = None) -> None:
+        self.batch = batch
+        self._batch_size = None
+        self.dataloader_idx = dataloader_idx
+
+    def _current_batch_size(self) -> int:
+        if self._batch_size is None:
+            self._batch_size = extract_batch_size(self.batch) if self.batch is not None else 1
+        return self._batch_size
+
+    def log(
+        self,
+        fx: str,
+        name: str,
+        value: Any,
+        *,
+        prog_bar: bool,
+        logger: bool,
+        on_step: bool,
+        on_epoch: bool,
+        reduce_fx: str,
+        enable_graph: bool,
+        sync_dist: bool,
+        sync_dist_group: Any,
+        add_dataloader_idx: bool,
+        batch_size: int | None,
+        rank_zero_only: bool,
+        multiple_dataloaders: bool,
+    ) -> None:
+        dl_idx = self.dataloader_idx if (add_dataloader_idx and multiple_dataloaders) else None
+        key_name = f"{name}/dataloader_idx_{dl_idx}" if dl_idx is not None else name
+        key = f"{fx}.{key_name}"
+        metric = self.metrics.get(key)
+        if metric is None:
+            # a name may be logged from only one hook per stage (otherwise keys would collide silently)
+            for other in self.metrics.values():
+                if other.meta.name == key_name and other.meta.fx != fx:
+                    raise MisconfigurationException(
+                        f"self.log({name!r}, ...) was called from {fx!r} but the same name was already logged from "
+                        f"{other.meta.fx!r} in this stage. Fix: use a distinct name per hook."
+                    )
+            meta = _Meta(
+                fx=fx,
+                name=key_name,
+                prog_bar=prog_bar,
+                logger=logger,
+                on_step=on_step,
+                on_epoch=on_epoch,
+                reduce_fx=reduce_fx,
+                enable_graph=enable_graph,
+                sync_dist=sync_dist,
+                sync_dist_group=sync_dist_group,
+                dataloader_idx=dl_idx,
+                rank_zero_only=rank_zero_only,
+            )
+            metric = _Metric(meta)
+            self.metrics[key] = metric
+        elif metric.meta.on_step != on_step or metric.meta.on_epoch != on_epoch or metric.meta.reduce_fx != reduce_fx:
+            raise MisconfigurationException(
+                f"self.log({name!r}, ...) in {fx!r} was called with different on_step/on_epoch/reduce_fx arguments "
+                f"than before (had on_step={metric.meta.on_step}, on_epoch={metric.meta.on_epoch}, "
+                f"reduce_fx={metric.meta.reduce_fx!r}). Fix: use the same arguments every time for one name."
+            )
+        if _is_torchmetric(value):
+            metric.metric_obj = value
+            metric.has_step = True
+            return
+        if batch_size is None and on_epoch and reduce_fx == "mean":
+            batch_size = self._current_batch_size()
+        metric.update(value, batch_size or 1)
+
+    # ---- reading ----
+    def step_metrics(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(callback, logger, progress bar) step values, with Lightning's ``_step`` naming."""
+        cb: dict[str, torch.Tensor] = {}
+        lg: dict[str, torch.Tensor] = {}
+        pb: dict[str, torch.Tensor] = {}
+        for m in self.metrics.values():
+            meta = m.meta
+            if not meta.on_step:
+                continue
+            value = m.step_value(self.reduce)
+            if value is None:
+                continue
+            forked = f"{meta.name}_step" if meta.forked else meta.name
+            if not meta.rank_zero_only:
+                cb[forked] = value
+                cb[meta.name] = value
+            if meta.logger:
+                lg[forked] = value
+            if meta.prog_bar:
+                pb[forked] = value
+        return cb, lg, pb
+
+    def epoch_metrics(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        cb: dict[str, torch.Tensor] = {}
+        lg: dict[str, torch.Tensor] = {}
+        pb: dict[str, torch.Tensor] = {}
+        for m in self.metrics.values():
+            meta = m.meta
+            if not meta.on_epoch:
+                continue
+            value = m.epoch_value(self.reduce)
+            if value is None:
+                continue
+            forked = f"{meta.name}_epoch" if meta.forked else meta.name
+            if not meta.rank_zero_only:
+                cb[forked] = value
+                cb[meta.name] = value
+            if meta.logger:
+                lg[forked] = value
+            if meta.prog_bar:
+                pb[forked] = value
+        return cb, lg, pb
+
+    def reset_step(self) -> None:
+        for m in self.metrics.values():
+            m.has_step = False
+
+    def reset(self) -> None:
+        for m in self.metrics.values():
+            if m.metric_obj is not None:
+                m.metric_obj.reset()
+        self.metrics.clear()
+        self.batch = None
+        self._batch_size = None
+
+
+def normalize_reduce_fx(reduce_fx: Any, name: str) -> str:
+    if callable(reduce_fx):
+        for key, fn in (("mean", torch.mean), ("sum", torch.sum), ("max", torch.max), ("min", torch.min)):
+            if reduce_fx is fn:
+                return key
+    if isinstance(reduce_fx, str) and reduce_fx.lower() in _REDUCE_FX:
+        return _REDUCE_FX[reduce_fx.lower()]
+    raise MisconfigurationException(
+        f"self.log({name!r}, ..., reduce_fx={reduce_fx!r}): only 'mean' (or 'avg'), 'sum', 'min' and 'max' are "
+        "supported. Fix: pass one of these, or compute the custom reduction yourself and log its result."
+    )

@@ -1,0 +1,189 @@
+"""``RunState``: everything a resume must restore, on one object, with a declared list of saved fields.
+
+A checkpoint's run-state part is ``RunState.state_dict()``; resume is ``load_state_dict``. The loop
+counters are also exported in Lightning's ``loops`` layout (spec §2.2) so Lightning can read a fulmen
+checkpoint and fulmen can resume from a Lightning one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+@dataclass
+class Progress:
+    """Ready/started/processed/completed counters, total (whole run) and current (this epoch or run)."""
+
+    total_ready: int = 0
+    total_started: int = 0
+    total_processed: int = 0
+    total_completed: int = 0
+    current_ready: int = 0
+    current_started: int = 0
+    current_processed: int = 0
+    current_completed: int = 0
+
+    def increment(self, n: int = 1) -> None:
+        """Count one unit of work done end to end (ready, started, processed, completed)."""
+        self.total_ready += n
+        self.total_started += n
+        self.total_processed += n
+        self.total_completed += n
+        self.current_ready += n
+        self.current_started += n
+        self.current_processed += n
+        self.current_completed += n
+
+    def start(self) -> None:
+        self.total_ready += 1
+        self.total_started += 1
+        self.current_ready += 1
+        self.current_started += 1
+
+    def complete(self) -> None:
+        """Mark the unit started by :meth:`start` processed and completed."""
+        self.total_processed += 1
+        self.total_completed += 1
+        self.current_processed += 1
+        self.current_completed += 1
+
+    def reset_current(self) -> None:
+        self.current_ready = self.current_started = self.current_processed = self.current_completed = 0
+
+    def to_lightning(self, with_processed: bool = True) -> dict[str, dict[str, int]]:
+        keys = ("ready", "started", "processed", "completed") if with_processed else ("ready", "completed")
+        return {
+            "total": {k: getattr(self, f"total_{k}") for k in keys},
+            "current": {k: getattr(self, f"current_{k}") for k in keys},
+        }
+
+    def from_lightning(self, d: dict[str, dict[str, int]]) -> None:
+        for scope in ("total", "current"):
+            for k, v in d.get(scope, {}).items():
+                if hasattr(self, f"{scope}_{k}"):
+                    setattr(self, f"{scope}_{k}", int(v))
+
+
+@dataclass
+class RunState:
+    """The state of a run that survives a resume. ``SAVED`` lists what a checkpoint holds."""
+
+    # Completed optimizer steps (automatic) or completed ``opt.step()`` calls (manual).
+    global_step: int = 0
+    # Completed training epochs (``trainer.current_epoch``).
+    epoch: int = 0
+    # The logger's step counter: batches that ended with an optimizer step.
+    batches_that_stepped: int = 0
+    # Training batches fully processed in the current epoch (the data position).
+    batch_in_epoch: int = 0
+    # Whether the current epoch's last batch has been consumed.
+    is_last_batch: bool = False
+    # Mutable because GradientAccumulationScheduler changes it per epoch.
+    accumulate_grad_batches: int = 1
+    should_stop: bool = False
+    epoch_progress: Progress = field(default_factory=Progress)
+    batch_progress: Progress = field(default_factory=Progress)
+    scheduler_progress: Progress = field(default_factory=Progress)
+    optimizer_steps: Progress = field(default_factory=Progress)
+    zero_grad_progress: Progress = field(default_factory=Progress)
+    val_batch_progress: Progress = field(default_factory=Progress)
+    # RNG state captured right before the current epoch's train loader was iterated, and the train
+    # loader's own sampler generator state at that moment: enough to rebuild the same batch order.
+    epoch_rng_state: dict[str, Any] | None = None
+    # Number of in-epoch validation runs already done in the current epoch.
+    val_checks_in_epoch: int = 0
+
+    SAVED = (
+        "global_step",
+        "epoch",
+        "batches_that_stepped",
+        "batch_in_epoch",
+        "is_last_batch",
+        "accumulate_grad_batches",
+        "epoch_progress",
+        "batch_progress",
+        "scheduler_progress",
+        "optimizer_steps",
+        "zero_grad_progress",
+        "val_batch_progress",
+        "epoch_rng_state",
+        "val_checks_in_epoch",
+    )
+
+    def state_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in self.SAVED:
+            value = getattr(self, name)
+            out[name] = {f.name: getattr(value, f.name) for f in fields(value)} if isinstance(value, Progress) else value
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in self.SAVED:
+            if name not in state:
+                continue
+            value = state[name]
+            current = getattr(self, name)
+            if isinstance(current, Progress):
+                for k, v in value.items():
+                    setattr(current, k, int(v))
+            else:
+                setattr(self, name, value)
+
+    def reset_for_new_fit(self) -> None:
+        fresh = RunState()
+        for f in fields(self):
+            setattr(self, f.name, getattr(fresh, f.name))
+
+    # ---- Lightning's ``loops`` layout (spec §2.2) ----
+    def to_lightning_loops(self, manual: bool, combined_loader_state: Any = None) -> dict[str, Any]:
+        opt = self.optimizer_steps.to_lightning(with_processed=False)
+        zero = self.zero_grad_progress.to_lightning(with_processed=False)
+        for scope in ("total", "current"):
+            zero[scope]["started"] = zero[scope]["completed"]
+        fit_loop: dict[str, Any] = {
+            "state_dict": {"combined_loader": combined_loader_state} if combined_loader_state is not None else {},
+            "epoch_loop.state_dict": {"_batches_that_stepped": self.batches_that_stepped},
+            "epoch_loop.batch_progress": {**self.batch_progress.to_lightning(), "is_last_batch": self.is_last_batch},
+            "epoch_loop.scheduler_progress": self.scheduler_progress.to_lightning(with_processed=False),
+            "epoch_loop.automatic_optimization.state_dict": {},
+            "epoch_loop.automatic_optimization.optim_progress": {
+                "optimizer": {"step": opt if not manual else _zero_step(), "zero_grad": zero}
+            },
+            "epoch_loop.manual_optimization.state_dict": {},
+            "epoch_loop.manual_optimization.optim_step_progress": opt if manual else _zero_step(),
+            "epoch_loop.val_loop.state_dict": {},
+            "epoch_loop.val_loop.batch_progress": {**self.val_batch_progress.to_lightning(), "is_last_batch": False},
+            "epoch_progress": self.epoch_progress.to_lightning(),
+        }
+        empty_eval = {"state_dict": {}, "batch_progress": {**Progress().to_lightning(), "is_last_batch": False}}
+        return {
+            "fit_loop": fit_loop,
+            "validate_loop": dict(empty_eval),
+            "test_loop": dict(empty_eval),
+            "predict_loop": {"state_dict": {}, "batch_progress": Progress().to_lightning()},
+        }
+
+    def load_lightning_loops(self, loops: dict[str, Any], manual: bool) -> None:
+        """Restore counters from a Lightning-layout ``loops`` dict (a fulmen or a Lightning checkpoint)."""
+        fit = loops.get("fit_loop", {})
+        self.batches_that_stepped = int(fit.get("epoch_loop.state_dict", {}).get("_batches_that_stepped", 0))
+        bp = fit.get("epoch_loop.batch_progress", {})
+        self.batch_progress.from_lightning(bp)
+        self.is_last_batch = bool(bp.get("is_last_batch", False))
+        self.scheduler_progress.from_lightning(fit.get("epoch_loop.scheduler_progress", {}))
+        optim = fit.get("epoch_loop.automatic_optimization.optim_progress", {}).get("optimizer", {})
+        if manual:
+            self.optimizer_steps.from_lightning(fit.get("epoch_loop.manual_optimization.optim_step_progress", {}))
+        else:
+            self.optimizer_steps.from_lightning(optim.get("step", {}))
+        self.zero_grad_progress.from_lightning(optim.get("zero_grad", {}))
+        self.val_batch_progress.from_lightning(fit.get("epoch_loop.val_loop.batch_progress", {}))
+        self.epoch_progress.from_lightning(fit.get("epoch_progress", {}))
+        self.global_step = self.optimizer_steps.total_completed
+        self.epoch = self.epoch_progress.current_completed
+        self.batch_in_epoch = self.batch_progress.current_completed
+
+
+def _zero_step() -> dict[str, dict[str, int]]:
+    return {"total": {"ready": 0, "completed": 0}, "current": {"ready": 0, "completed": 0}}

@@ -1,0 +1,207 @@
+"""Precision plugins: how forward, backward and the optimizer step handle dtypes and loss scaling.
+
+Plugins never call hooks. ``optimizer_step`` receives the loop's ``closure`` (forward + backward)
+and ``after_closure`` (the loop's pre-step hooks and clipping) and runs them in the right order
+around unscaling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from fulmen.utilities.exceptions import MisconfigurationException
+from fulmen.utilities.registry import Registry
+
+_ALIASES = {
+    64: "64-true", "64": "64-true", 32: "32-true", "32": "32-true", 16: "16-mixed", "16": "16-mixed",
+    "bf16": "bf16-mixed",
+}
+
+
+class Precision:
+    """Full precision (``32-true``): no autocast, no scaling."""
+
+    precision: str = "32-true"
+
+    def convert_module(self, module: nn.Module) -> nn.Module:
+        return module
+
+    def forward_context(self) -> Any:
+        return nullcontext()
+
+    def backward(self, tensor: torch.Tensor, model: nn.Module | None, *args: Any, **kwargs: Any) -> None:
+        tensor.backward(*args, **kwargs)
+
+    def pre_backward(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def unscale_gradients(self, optimizer: Optimizer) -> None:
+        """Bring gradients to their true scale (no-op without a GradScaler)."""
+
+    def optimizer_step(
+        self, optimizer: Optimizer, closure: Callable[[], Any] | None, after_closure: Callable[[], None] | None = None, **kw: Any
+    ) -> Any:
+        if closure is None:
+            if after_closure is not None:
+                after_closure()
+            return optimizer.step(**kw)
+        if after_closure is None:
+            return optimizer.step(closure=closure, **kw)
+
+        def wrapped() -> Any:
+            out = closure()
+            after_closure()
+            return out
+
+        return optimizer.step(closure=wrapped, **kw)
+
+    @contextmanager
+    def module_init_context(self) -> Generator[None, None, None]:
+        yield
+
+    def convert_input(self, data: Any) -> Any:
+        return data
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+
+    def teardown(self) -> None: ...
+
+
+class MixedPrecision(Precision):
+    """``16-mixed`` / ``bf16-mixed``: ``torch.autocast``, plus a GradScaler for fp16 (state checkpointed)."""
+
+    def __init__(self, precision: str, device: str, scaler: Any = None) -> None:
+        if precision not in ("16-mixed", "bf16-mixed"):
+            raise MisconfigurationException(f"MixedPrecision(precision={precision!r}); expected '16-mixed' or 'bf16-mixed'.")
+        self.precision = precision
+        self.device = device
+        if precision == "16-mixed" and scaler is None:
+            scaler = torch.amp.GradScaler(device) if device == "cuda" else None
+            if device == "cpu":
+                scaler = torch.amp.GradScaler("cpu")
+        if precision == "bf16-mixed" and scaler is not None:
+            raise MisconfigurationException("bf16-mixed does not use a GradScaler. Fix: drop the scaler argument.")
+        self.scaler = scaler
+        self._dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float16
+        self._unscaled: set[int] = set()
+
+    def forward_context(self) -> Any:
+        return torch.autocast(self.device, dtype=self._dtype)
+
+    def backward(self, tensor: torch.Tensor, model: nn.Module | None, *args: Any, **kwargs: Any) -> None:
+        if self.scaler is not None:
+            tensor = self.scaler.scale(tensor)
+        tensor.backward(*args, **kwargs)
+
+    def unscale_gradients(self, optimizer: Optimizer) -> None:
+        if self.scaler is not None and id(optimizer) not in self._unscaled:
+            self.scaler.unscale_(optimizer)
+            self._unscaled.add(id(optimizer))
+
+    def optimizer_step(
+        self, optimizer: Optimizer, closure: Callable[[], Any] | None, after_closure: Callable[[], None] | None = None, **kw: Any
+    ) -> Any:
+        if self.scaler is None:
+            return super().optimizer_step(optimizer, closure, after_closure, **kw)
+        if isinstance(optimizer, torch.optim.LBFGS):
+            raise MisconfigurationException("16-mixed with LBFGS is not supported. Fix: use precision='bf16-mixed' or '32'.")
+        out = closure() if closure is not None else None
+        self.unscale_gradients(optimizer)
+        if after_closure is not None:
+            after_closure()
+        skip = closure is not None and out is None
+        self._unscaled.discard(id(optimizer))
+        if skip:
+            return out
+        step_out = self.scaler.step(optimizer, **kw)
+        self.scaler.update()
+        return step_out if closure is None else out
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.scaler.state_dict() if self.scaler is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.scaler is not None and state_dict:
+            self.scaler.load_state_dict(state_dict)
+
+
+class HalfPrecision(Precision):
+    """``16-true`` / ``bf16-true``: parameters and inputs in half precision."""
+
+    def __init__(self, precision: str = "16-true") -> None:
+        self.precision = precision
+        self._dtype = torch.bfloat16 if precision == "bf16-true" else torch.float16
+
+    def convert_module(self, module: nn.Module) -> nn.Module:
+        return module.to(dtype=self._dtype)
+
+    @contextmanager
+    def module_init_context(self) -> Generator[None, None, None]:
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(self._dtype)
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(default)
+
+    def forward_context(self) -> Any:
+        return self.module_init_context()
+
+    def convert_input(self, data: Any) -> Any:
+        from fulmen.utilities.apply_func import apply_to_collection
+
+        return apply_to_collection(data, torch.Tensor, lambda t: t.to(self._dtype) if t.is_floating_point() else t)
+
+
+class DoublePrecision(HalfPrecision):
+    """``64-true``."""
+
+    def __init__(self) -> None:
+        self.precision = "64-true"
+        self._dtype = torch.float64
+
+
+PRECISION_REGISTRY: Registry[Precision] = Registry("precision")
+PRECISION_REGISTRY.register("32-true", Precision)
+PRECISION_REGISTRY.register("64-true", DoublePrecision)
+PRECISION_REGISTRY.register("16-true", HalfPrecision, precision="16-true")
+PRECISION_REGISTRY.register("bf16-true", HalfPrecision, precision="bf16-true")
+PRECISION_REGISTRY.register("16-mixed", MixedPrecision, precision="16-mixed")
+PRECISION_REGISTRY.register("bf16-mixed", MixedPrecision, precision="bf16-mixed")
+
+
+def normalize_precision(precision: Any) -> str:
+    if precision is None:
+        return "32-true"
+    value = _ALIASES.get(precision, precision)
+    if value in ("transformer-engine", "transformer-engine-float16"):
+        from fulmen.utilities.exceptions import NotSupportedYetError
+
+        raise NotSupportedYetError(f"precision={precision!r} is not supported yet. Fix: use 'bf16-mixed' or '16-mixed'.")
+    if value not in PRECISION_REGISTRY:
+        raise MisconfigurationException(
+            f"precision={precision!r} is not supported. Expected one of {PRECISION_REGISTRY.names()} or the aliases "
+            "64, 32, 16, '64', '32', '16', 'bf16'. Fix: e.g. precision='bf16-mixed'."
+        )
+    return str(value)
+
+
+def select_precision(precision: Any, device_type: str) -> Precision:
+    if isinstance(precision, Precision):
+        return precision
+    name = normalize_precision(precision)
+    if name in ("16-mixed", "bf16-mixed"):
+        return PRECISION_REGISTRY.get(name, device=device_type)
+    return PRECISION_REGISTRY.get(name)
+
+
+__all__ = ["DoublePrecision", "HalfPrecision", "MixedPrecision", "PRECISION_REGISTRY", "Precision"]

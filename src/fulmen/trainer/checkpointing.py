@@ -1,0 +1,155 @@
+"""Checkpoint dump and restore: the run state serialized in Lightning's layout (spec §2.1-2.2).
+
+Beyond Lightning, a fulmen checkpoint holds the RNG states and the data position (``fulmen`` key),
+which is what makes a mid-epoch resume exact.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fulmen.__about__ import LIGHTNING_COMPAT_VERSION, __version__
+from fulmen.core.hparams import to_plain_data
+from fulmen.utilities.exceptions import MisconfigurationException
+from fulmen.utilities.seed import collect_rng_states, set_rng_states
+
+if TYPE_CHECKING:
+    from fulmen.trainer.trainer import Trainer
+
+
+def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, Any]:
+    module = trainer.lightning_module
+    rs = trainer.run_state
+    manual = not module.automatic_optimization
+    ckpt: dict[str, Any] = {
+        "epoch": rs.epoch,
+        "global_step": rs.global_step,
+        "pytorch-lightning_version": LIGHTNING_COMPAT_VERSION,
+        "fulmen_version": __version__,
+        "state_dict": module.state_dict(),
+        "loops": rs.to_lightning_loops(manual, trainer._data_loader_state()),
+    }
+    if not weights_only:
+        cb_states: dict[str, Any] = {}
+        for cb in trainer.callbacks:
+            state = cb.state_dict()
+            if state:
+                cb_states[cb.state_key] = state
+        ckpt["callbacks"] = cb_states
+        ckpt["optimizer_states"] = [o.state_dict() for o in trainer.optimizers]
+        ckpt["lr_schedulers"] = [c.scheduler.state_dict() for c in trainer.lr_scheduler_configs]
+        prec_state = trainer.strategy.precision.state_dict()
+        if prec_state:
+            ckpt[type(trainer.strategy.precision).__qualname__] = prec_state
+        ckpt["fulmen"] = {"run_state": rs.state_dict(), "rng": collect_rng_states()}
+    if module.hparams:
+        ckpt[module.CHECKPOINT_HYPER_PARAMS_NAME] = None
+        ckpt[module.CHECKPOINT_HYPER_PARAMS_KEY] = to_plain_data(dict(module.hparams))
+    dm = trainer.datamodule
+    if dm is not None:
+        if dm.hparams:
+            ckpt[dm.CHECKPOINT_HYPER_PARAMS_NAME] = None
+            ckpt[dm.CHECKPOINT_HYPER_PARAMS_KEY] = to_plain_data(dict(dm.hparams))
+        dm_state = dm.state_dict()
+        if dm_state:
+            ckpt[type(dm).__qualname__] = dm_state
+    if not weights_only:
+        trainer._dispatcher.callbacks_hook("on_save_checkpoint", ckpt)
+    prev = trainer._current_fx
+    trainer._current_fx = "on_save_checkpoint"
+    try:
+        module.on_save_checkpoint(ckpt)
+    finally:
+        trainer._current_fx = prev
+    return ckpt
+
+
+def restore_module_and_callbacks(trainer: Trainer, ckpt: dict[str, Any]) -> None:
+    """Before setup: datamodule state, module hook + weights, callback states."""
+    module = trainer.lightning_module
+    dm = trainer.datamodule
+    if dm is not None and type(dm).__qualname__ in ckpt:
+        dm.load_state_dict(ckpt[type(dm).__qualname__])
+    module.on_load_checkpoint(ckpt)
+    load_state_dict_strictly(module, ckpt["state_dict"], module.strict_loading, trainer.ckpt_path)
+    trainer._dispatcher.callbacks_hook("on_load_checkpoint", ckpt)
+    states = ckpt.get("callbacks", {})
+    for cb in trainer.callbacks:
+        state = states.get(cb.state_key, states.get(type(cb)))
+        if state:
+            cb.load_state_dict(state)
+
+
+def restore_training_state(trainer: Trainer, ckpt: dict[str, Any]) -> None:
+    """After on_fit_start: precision, loops (run state), optimizers, schedulers, RNG."""
+    module = trainer.lightning_module
+    rs = trainer.run_state
+    prec = trainer.strategy.precision
+    key = type(prec).__qualname__
+    if key in ckpt:
+        prec.load_state_dict(ckpt[key])
+    elif "native_amp_scaling_state" in ckpt:
+        prec.load_state_dict(ckpt["native_amp_scaling_state"])
+    extra = ckpt.get("fulmen")
+    if extra is not None:
+        rs.load_state_dict(extra["run_state"])
+    elif "loops" in ckpt:
+        rs.load_lightning_loops(ckpt["loops"], manual=not module.automatic_optimization)
+        # a Lightning checkpoint written at an epoch end: the epoch is finished
+        if rs.is_last_batch:
+            rs.epoch = rs.epoch_progress.total_processed if rs.epoch_progress.total_processed else rs.epoch
+            rs.batch_in_epoch = 0
+    if rs.is_last_batch and rs.batch_in_epoch > 0:
+        # saved after the epoch's last batch (e.g. at on_train_epoch_end): continue with the next epoch
+        rs.epoch = max(rs.epoch, rs.epoch_progress.total_started)
+        rs.batch_in_epoch = 0
+        rs.epoch_rng_state = None
+    cfg = trainer.config
+    if cfg.max_epochs >= 0 and rs.epoch > cfg.max_epochs:
+        raise MisconfigurationException(
+            f"You restored a checkpoint with current_epoch={rs.epoch}, but max_epochs={cfg.max_epochs}. Fix: raise "
+            "max_epochs to continue training, or use a checkpoint from an earlier epoch."
+        )
+    opt_states = ckpt.get("optimizer_states")
+    if opt_states is None:
+        raise MisconfigurationException(
+            f"The checkpoint {trainer.ckpt_path!r} holds weights only (no optimizer state), so training cannot "
+            "resume from it. Fix: load the weights with load_from_checkpoint and start a new fit, or resume from a "
+            "full checkpoint (save_weights_only=False)."
+        )
+    if len(opt_states) != len(trainer.optimizers):
+        raise MisconfigurationException(
+            f"The checkpoint has {len(opt_states)} optimizer state(s) but configure_optimizers returned "
+            f"{len(trainer.optimizers)}. Fix: resume with the same optimizer setup."
+        )
+    for opt, state in zip(trainer.optimizers, opt_states):
+        opt.load_state_dict(state)
+    for cfg_s, state in zip(trainer.lr_scheduler_configs, ckpt.get("lr_schedulers", [])):
+        cfg_s.scheduler.load_state_dict(state)
+    if extra is not None and "rng" in extra:
+        set_rng_states(extra["rng"])
+
+
+def load_state_dict_strictly(module: Any, state_dict: dict[str, Any], strict: bool, path: Any) -> None:
+    """Load weights; mismatches are reported by parameter name (missing, unexpected, shape)."""
+    own = module.state_dict()
+    shape_errors = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state_dict.items()
+        if k in own and hasattr(v, "shape") and hasattr(own[k], "shape") and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    if shape_errors or (strict and (missing or unexpected)):
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {missing}")
+        if unexpected:
+            parts.append(f"unexpected keys: {unexpected}")
+        if shape_errors:
+            parts.append(f"shape mismatches: {shape_errors}")
+        raise MisconfigurationException(
+            f"The checkpoint {str(path)!r} does not match {type(module).__name__}: " + "; ".join(parts) + ". Fix: load "
+            "it into the model it was saved from, or pass strict=False to ignore missing/unexpected keys."
+        )
+    module.load_state_dict(state_dict, strict=False if not strict else True)

@@ -1,0 +1,301 @@
+"""Finding the loaders for a stage and computing how many batches run (limits, fractions, overfit)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from torch.utils.data import DataLoader, SequentialSampler
+
+from fulmen.utilities.combined_loader import CombinedLoader
+from fulmen.utilities.data import has_len
+from fulmen.utilities.exceptions import MisconfigurationException
+
+_HOOK = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dataloader", "predict": "predict_dataloader"}
+
+
+def _defines(obj: Any, name: str, base: type) -> bool:
+    return obj is not None and (name in vars(obj) or getattr(type(obj), name, None) is not getattr(base, name, None))
+
+
+def source_loaders(stage: str, explicit: Any, module: Any, datamodule: Any, dispatcher: Any) -> Any:
+    """The loaders for ``stage`` from, in order: the explicit argument, the datamodule, the module."""
+    from fulmen.core.datamodule import LightningDataModule
+    from fulmen.core.module import LightningModule
+
+    if explicit is not None:
+        return explicit
+    name = _HOOK[stage]
+    if _defines(datamodule, name, LightningDataModule):
+        return getattr(datamodule, name)()
+    if _defines(module, name, LightningModule):
+        return dispatcher.module_hook(name)
+    return None
+
+
+def as_eval_list(loaders: Any) -> list[Any]:
+    """Evaluation loaders as a list (a dict's values in order; a CombinedLoader's flattened iterables)."""
+    if loaders is None:
+        return []
+    if isinstance(loaders, CombinedLoader):
+        return list(loaders.flattened)
+    if isinstance(loaders, Mapping):
+        return list(loaders.values())
+    if isinstance(loaders, (list, tuple)):
+        return list(loaders)
+    return [loaders]
+
+
+def check_iterable(loader: Any, stage: str) -> None:
+    if isinstance(loader, (str, bytes)) or not isinstance(loader, Iterable):
+        raise MisconfigurationException(
+            f"The {stage} dataloader is {type(loader).__name__} ({loader!r:.80}); expected an iterable such as "
+            "torch.utils.data.DataLoader. Fix: return a DataLoader from "
+            f"{_HOOK[stage]}() or pass one to the Trainer method."
+        )
+
+
+def as_train_loader(loaders: Any) -> Any:
+    if isinstance(loaders, (Mapping, list, tuple)) and not isinstance(loaders, CombinedLoader):
+        return CombinedLoader(loaders, mode="max_size_cycle")
+    return loaders
+
+
+def num_batches(loader: Any, limit: int | float, arg: str) -> int | float:
+    """Batches to run from ``loader`` under ``limit`` (an int count or a float fraction)."""
+    n: int | float = len(loader) if has_len(loader) else math.inf
+    if isinstance(limit, int):
+        return min(n, limit)
+    if n == math.inf:
+        if limit not in (0.0, 1.0):
+            raise MisconfigurationException(
+                f"Trainer({arg}={limit}) is a fraction, but the dataloader has no length (an IterableDataset?). "
+                f"Fix: pass an int number of batches, e.g. {arg}=100."
+            )
+        return 0 if limit == 0.0 else math.inf
+    result = int(n * limit)
+    if limit > 0 and result == 0 and n > 0:
+        raise MisconfigurationException(
+            f"Trainer({arg}={limit}) of {n} batches selects 0 batches. Fix: use a larger fraction or an int, e.g. "
+            f"{arg}=1."
+        )
+    return result
+
+
+def overfit_loader(loader: Any) -> Any:
+    """For ``overfit_batches``: the same loader without shuffling (Lightning uses the train batches)."""
+    if isinstance(loader, DataLoader) and not isinstance(loader.sampler, SequentialSampler) and hasattr(loader.dataset, "__len__"):
+        return DataLoader(
+            loader.dataset,
+            batch_size=loader.batch_size,
+            shuffle=False,
+            num_workers=loader.num_workers,
+            collate_fn=loader.collate_fn,
+            drop_last=loader.drop_last,
+            pin_memory=loader.pin_memory,
+        )
+    return loader
+
+
+class DataManager:
+    """Holds the current run's loaders and batch counts (public through Trainer properties)."""
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+        self.reset()
+
+    def reset(self) -> None:
+        self.explicit: dict[str, Any] = {}
+        self.train_loader: Any = None
+        self.num_training_batches: int | float = math.inf
+        self.val_loaders: list[Any] = []
+        self.num_val_batches: list[int | float] = []
+        self.test_loaders: list[Any] = []
+        self.num_test_batches: list[int | float] = []
+        self.predict_loaders: list[Any] = []
+        self.num_predict_batches: list[int | float] = []
+        self.val_check_batch: int | float = math.inf
+        self._train_loaded_epoch = -1
+
+    def _source(self, stage: str) -> Any:
+        t = self.trainer
+        return source_loaders(stage, self.explicit.get(stage), t.lightning_module, t.datamodule, t._dispatcher)
+
+    # ---- train
+    def load_train(self) -> None:
+        t = self.trainer
+        cfg = t.config
+        loaders = self._source("train")
+        if loaders is None:
+            raise MisconfigurationException(
+                "No training data: pass train_dataloaders to trainer.fit, give the module or datamodule a "
+                "train_dataloader() method, or pass a datamodule."
+            )
+        if isinstance(loaders, (list, tuple, Mapping)):
+            for ld in (loaders.values() if isinstance(loaders, Mapping) else loaders):
+                check_iterable(ld, "train")
+        else:
+            check_iterable(loaders, "train")
+        loader = as_train_loader(loaders)
+        if cfg.overfit_batches:
+            loader = overfit_loader(loader)
+        self.train_loader = loader
+        n = num_batches(loader, cfg.limit_train_batches, "limit_train_batches")
+        if n == 0 and has_len(loader) and len(loader) == 0:
+            raise MisconfigurationException(
+                "The train dataloader is empty (len 0). Fix: check the dataset and batch_size/drop_last settings."
+            )
+        self.num_training_batches = n
+        self._compute_val_check_batch()
+        self._train_loaded_epoch = t.run_state.epoch
+
+    def maybe_reload_train(self, epoch: int) -> None:
+        n = self.trainer.config.reload_dataloaders_every_n_epochs
+        if n and epoch != self._train_loaded_epoch and epoch % n == 0:
+            self.load_train()
+            self.load_val()
+
+    def _compute_val_check_batch(self) -> None:
+        cfg = self.trainer.config
+        vci = cfg.val_check_interval
+        n = self.num_training_batches
+        if isinstance(vci, int):
+            if cfg.check_val_every_n_epoch is not None and n != math.inf and vci > n:
+                raise MisconfigurationException(
+                    f"Trainer(val_check_interval={vci}) is larger than the number of training batches per epoch "
+                    f"({n}). Fix: use val_check_interval <= {n}, a float fraction, or check_val_every_n_epoch=None "
+                    "to count batches across epochs."
+                )
+            self.val_check_batch = vci
+        elif n == math.inf:
+            if vci != 1.0:
+                raise MisconfigurationException(
+                    f"Trainer(val_check_interval={vci}) is a fraction, but the train dataloader has no length. "
+                    "Fix: pass an int number of batches."
+                )
+            self.val_check_batch = math.inf
+        else:
+            self.val_check_batch = max(1, int(n * vci)) if vci != 1.0 else n
+
+    def capture_epoch_rng(self) -> dict[str, Any]:
+        """The RNG state that decides this epoch's batch order (global torch RNG and the sampler's generator)."""
+        import torch
+
+        state: dict[str, Any] = {"torch": torch.get_rng_state()}
+        gen = _sampler_generator(self.train_loader)
+        if gen is not None:
+            state["sampler_generator"] = gen.get_state()
+        return state
+
+    def iterate_train(self, loader: Any, rs: Any, start: int) -> Any:
+        """Yield ``(batch, is_last)``; with ``start > 0`` (mid-epoch resume) the epoch's batch order is rebuilt."""
+        n = self.num_training_batches
+        if start > 0 and rs.epoch_rng_state is not None:
+            import torch
+
+            resume_state = torch.get_rng_state()
+            torch.set_rng_state(rs.epoch_rng_state["torch"])
+            gen = _sampler_generator(loader)
+            if gen is not None and "sampler_generator" in rs.epoch_rng_state:
+                gen.set_state(rs.epoch_rng_state["sampler_generator"])
+            iterator = _skip(loader, start)
+            torch.set_rng_state(resume_state)
+        else:
+            iterator = iter(loader)
+        if n != math.inf:
+            idx = start
+            for batch in iterator:
+                idx += 1
+                yield batch, idx >= n
+            return
+        # unknown length: look one batch ahead to know which is last
+        try:
+            current = next(iterator)
+        except StopIteration:
+            return
+        for nxt in iterator:
+            yield current, False
+            current = nxt
+        yield current, True
+
+    # ---- evaluation
+    def _eval(self, stage: str, limit: int | float, arg: str) -> tuple[list[Any], list[int | float]]:
+        loaders = as_eval_list(self._source(stage))
+        for ld in loaders:
+            check_iterable(ld, stage)
+        return loaders, [num_batches(ld, limit, arg) for ld in loaders]
+
+    def load_val(self) -> None:
+        cfg = self.trainer.config
+        src = self.explicit.get("val")
+        module = self.trainer.lightning_module
+        from fulmen.core.module import LightningModule
+
+        has_step = _defines(module, "validation_step", LightningModule)
+        if src is not None and not has_step:
+            raise MisconfigurationException(
+                f"val_dataloaders were passed but {type(module).__name__} has no validation_step. Fix: define "
+                "validation_step(self, batch, batch_idx), or stop passing val_dataloaders."
+            )
+        if not has_step or cfg.limit_val_batches == 0:
+            self.val_loaders, self.num_val_batches = [], []
+            return
+        self.val_loaders, self.num_val_batches = self._eval("val", cfg.limit_val_batches, "limit_val_batches")
+        if not self.val_loaders:
+            from fulmen.utilities.rank_zero import rank_zero_warn
+
+            rank_zero_warn(
+                f"{type(module).__name__} defines validation_step but no val dataloader was found, so validation "
+                "is skipped. Fix: pass val_dataloaders to trainer.fit or define val_dataloader()."
+            )
+
+    def load_eval(self, stage: str) -> tuple[list[Any], list[int | float]]:
+        cfg = self.trainer.config
+        limit = {"val": cfg.limit_val_batches, "test": cfg.limit_test_batches, "predict": cfg.limit_predict_batches}[stage]
+        arg = {"val": "limit_val_batches", "test": "limit_test_batches", "predict": "limit_predict_batches"}[stage]
+        loaders, counts = self._eval(stage, limit, arg)
+        if not loaders:
+            hook = _HOOK[stage]
+            raise MisconfigurationException(
+                f"No {stage} data: pass dataloaders=... or a datamodule, or define {hook}() on the module. "
+                f"Fix: e.g. trainer.{'validate' if stage == 'val' else stage}(model, dataloaders=loader)."
+            )
+        if stage == "test":
+            self.test_loaders, self.num_test_batches = loaders, counts
+        elif stage == "predict":
+            self.predict_loaders, self.num_predict_batches = loaders, counts
+        else:
+            self.val_loaders, self.num_val_batches = loaders, counts
+        return loaders, counts
+
+
+def _sampler_generator(loader: Any) -> Any:
+    sampler = getattr(loader, "sampler", None)
+    gen = getattr(sampler, "generator", None)
+    if gen is None:
+        batch_sampler = getattr(loader, "batch_sampler", None)
+        gen = getattr(getattr(batch_sampler, "sampler", None), "generator", None)
+    return gen
+
+
+def _skip(loader: Any, n: int) -> Any:
+    """An iterator over ``loader`` positioned after ``n`` batches, without collating the skipped ones when possible."""
+    if isinstance(loader, DataLoader) and loader.batch_sampler is not None and not loader.num_workers and hasattr(loader.dataset, "__getitem__"):
+        # skip at the index level: the sampler advances exactly as it would, no samples are loaded
+        batch_sampler = loader.batch_sampler
+        indices = iter(batch_sampler)
+        for _ in range(n):
+            next(indices, None)
+        fetch = loader.dataset.__getitem__
+        collate = loader.collate_fn
+
+        def gen() -> Any:
+            for idx in indices:
+                yield collate([fetch(i) for i in idx])
+
+        return gen()
+    it = iter(loader)
+    for _ in range(n):
+        next(it, None)
+    return it

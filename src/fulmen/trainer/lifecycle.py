@@ -1,0 +1,446 @@
+"""What happens around the loops: building loggers/callbacks, the stage lifecycle, errors, teardown."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from fulmen.callbacks.callback import Callback
+from fulmen.core.dispatch import Dispatcher
+from fulmen.core.optimizer import LightningOptimizer, init_optimizers
+from fulmen.trainer.states import RunningStage, TrainerFn, TrainerStatus
+from fulmen.utilities.exceptions import MisconfigurationException
+from fulmen.utilities.rank_zero import rank_zero_warn
+
+if TYPE_CHECKING:
+    from fulmen.trainer.trainer import Trainer
+
+
+def build_loggers(trainer: Trainer, logger: Any) -> list[Any]:
+    if logger is None:
+        logger = not trainer.config.barebones
+    if logger is True:
+        from fulmen.loggers import CSVLogger
+
+        return [CSVLogger(save_dir=trainer.config.default_root_dir)]
+    if logger is False:
+        return []
+    loggers = list(logger) if isinstance(logger, (list, tuple)) else [logger]
+    for lg in loggers:
+        if not (hasattr(lg, "log_metrics") and hasattr(lg, "log_hyperparams")):
+            raise MisconfigurationException(
+                f"Trainer(logger=...) got {lg!r}; expected True/False, a fulmen Logger or a list of them. "
+                "Fix: e.g. logger=CSVLogger('logs')."
+            )
+    return loggers
+
+
+def build_callbacks(trainer: Trainer, callbacks: Any, max_time: Any) -> list[Callback]:
+    if callbacks is None:
+        cbs: list[Callback] = []
+    elif isinstance(callbacks, Callback):
+        cbs = [callbacks]
+    elif isinstance(callbacks, (list, tuple)):
+        cbs = list(callbacks)
+    else:
+        raise MisconfigurationException(
+            f"Trainer(callbacks={callbacks!r}); expected a Callback or a list of Callbacks. Fix: callbacks=[...]."
+        )
+    for cb in cbs:
+        if not isinstance(cb, Callback):
+            raise MisconfigurationException(
+                f"Trainer(callbacks=...) contains {cb!r} ({type(cb).__name__}), which is not a fulmen Callback. "
+                "Fix: subclass fulmen.Callback."
+            )
+    cfg = trainer.config
+    names = {type(c).__mro__[i].__name__ for c in cbs for i in range(len(type(c).__mro__))}
+    if cfg.enable_progress_bar and "ProgressBar" not in names:
+        bar = _default_progress_bar()
+        if bar is not None:
+            cbs.append(bar)
+    if cfg.enable_model_summary and "ModelSummary" not in names and "RichModelSummary" not in names:
+        summary = _optional("fulmen.callbacks.model_summary", "ModelSummary")
+        if summary is not None:
+            cbs.append(summary())
+    if max_time is not None and "Timer" not in names:
+        timer = _optional("fulmen.callbacks.timer", "Timer")
+        if timer is None:
+            from fulmen.utilities.exceptions import NotSupportedYetError
+
+            raise NotSupportedYetError("Trainer(max_time=...) needs the Timer callback, which is not available yet.")
+        cbs.append(timer(duration=max_time, interval="step"))
+    if cfg.enable_checkpointing and "Checkpoint" not in names and not cfg.fast_dev_run:
+        mc = _optional("fulmen.callbacks.model_checkpoint", "ModelCheckpoint")
+        if mc is not None:
+            cbs.append(mc())
+    elif not cfg.enable_checkpointing and any(isinstance(c, _checkpoint_base()) for c in cbs):
+        raise MisconfigurationException(
+            "Trainer(enable_checkpointing=False) but a checkpoint callback was passed in callbacks. Fix: remove one."
+        )
+    _check_state_keys(cbs)
+    return _reorder(cbs)
+
+
+def _checkpoint_base() -> type:
+    from fulmen.callbacks.callback import Checkpoint
+
+    return Checkpoint
+
+
+def _reorder(cbs: list[Callback]) -> list[Callback]:
+    """Checkpoint callbacks run last so they see every other callback's state."""
+    ck = _checkpoint_base()
+    return [c for c in cbs if not isinstance(c, ck)] + [c for c in cbs if isinstance(c, ck)]
+
+
+def _check_state_keys(cbs: list[Callback]) -> None:
+    seen: dict[str, Callback] = {}
+    for cb in cbs:
+        if type(cb).state_dict is Callback.state_dict:
+            continue
+        key = cb.state_key
+        if key in seen:
+            raise MisconfigurationException(
+                f"Two stateful callbacks share the state_key {key!r}: {seen[key]!r} and {cb!r}. Their checkpoint "
+                "states would overwrite each other. Fix: give them different arguments or override state_key."
+            )
+        seen[key] = cb
+
+
+def _optional(module: str, name: str) -> Any:
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+
+
+def _default_progress_bar() -> Any:
+    cls = _optional("fulmen.callbacks.progress", "TQDMProgressBar")
+    return cls() if cls is not None else None
+
+
+def apply_global_flags(cfg: Any) -> None:
+    if cfg.deterministic is not None:
+        torch.use_deterministic_algorithms(bool(cfg.deterministic), warn_only=cfg.deterministic == "warn")
+        if cfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if cfg.benchmark is not None:
+        torch.backends.cudnn.benchmark = cfg.benchmark
+    elif cfg.deterministic:
+        torch.backends.cudnn.benchmark = False
+
+
+def transfer_batch(trainer: Trainer, batch: Any, dataloader_idx: int) -> Any:
+    d = trainer._dispatcher
+    dm = trainer.datamodule
+    if dm is not None:
+        batch = _dm_or(d, "on_before_batch_transfer", batch, dataloader_idx)
+    if d.module_overrides("on_before_batch_transfer"):
+        batch = d.module_hook("on_before_batch_transfer", batch, dataloader_idx)
+    device = trainer.strategy.root_device
+    if d.module_overrides("transfer_batch_to_device"):
+        batch = d.module_hook("transfer_batch_to_device", batch, device, dataloader_idx)
+    elif dm is not None and _dm_overrides(d, "transfer_batch_to_device"):
+        batch = dm.transfer_batch_to_device(batch, device, dataloader_idx)
+    else:
+        batch = trainer.strategy.batch_to_device(batch, device)
+    if dm is not None:
+        batch = _dm_or(d, "on_after_batch_transfer", batch, dataloader_idx)
+    if d.module_overrides("on_after_batch_transfer"):
+        batch = d.module_hook("on_after_batch_transfer", batch, dataloader_idx)
+    convert = trainer.strategy.precision.convert_input
+    return convert(batch)
+
+
+def _dm_overrides(d: Dispatcher, name: str) -> bool:
+    from fulmen.core.dispatch import _overrides
+
+    return d.datamodule is not None and _overrides(d.datamodule, d._dm_base, name)
+
+
+def _dm_or(d: Dispatcher, name: str, batch: Any, idx: int) -> Any:
+    if _dm_overrides(d, name):
+        return getattr(d.datamodule, name)(batch, idx)
+    return batch
+
+
+def _check_model(trainer: Trainer, model: Any, fn: TrainerFn) -> Any:
+    from fulmen.core.module import LightningModule
+
+    if model is None:
+        model = trainer.lightning_module
+        if model is None:
+            raise MisconfigurationException(
+                f"trainer.{fn.value}() needs a model: none was passed and no previous fit attached one. "
+                f"Fix: trainer.{fn.value}(model, ...)."
+            )
+    if not isinstance(model, LightningModule):
+        raise MisconfigurationException(
+            f"trainer.{fn.value}() expects a fulmen LightningModule, got {type(model).__name__}. Fix: subclass "
+            "fulmen.LightningModule (for a plain nn.Module write your own loop with fulmen.Fabric)."
+        )
+    from fulmen.core.dispatch import _overrides
+
+    if fn == TrainerFn.FITTING:
+        if not _overrides(model, LightningModule, "training_step"):
+            raise MisconfigurationException(
+                f"{type(model).__name__} has no training_step. Fix: define "
+                "`def training_step(self, batch, batch_idx)` returning the loss."
+            )
+        if model.automatic_optimization and not _overrides(model, LightningModule, "configure_optimizers"):
+            raise MisconfigurationException(
+                f"{type(model).__name__} has no configure_optimizers. Fix: define it, e.g. return "
+                "torch.optim.Adam(self.parameters(), lr=1e-3)."
+            )
+    if fn == TrainerFn.PREDICTING and not _overrides(model, LightningModule, "predict_step") and not _overrides(
+        model, LightningModule, "forward"
+    ):
+        raise MisconfigurationException(
+            f"trainer.predict: {type(model).__name__} defines neither predict_step nor forward. Fix: define "
+            "predict_step(self, batch, batch_idx) returning the predictions."
+        )
+    if fn in (TrainerFn.VALIDATING, TrainerFn.TESTING):
+        step = "validation_step" if fn == TrainerFn.VALIDATING else "test_step"
+        if not _overrides(model, LightningModule, step):
+            raise MisconfigurationException(
+                f"trainer.{fn.value}: {type(model).__name__} has no {step}. Fix: define "
+                f"{step}(self, batch, batch_idx) and log metrics with self.log."
+            )
+    return model
+
+
+def _resolve_ckpt_path(trainer: Trainer, ckpt_path: Any, fn: TrainerFn) -> str | None:
+    if ckpt_path is None:
+        if os.environ.get("FULMEN_AUTO_RESUME") == "1" and fn == TrainerFn.FITTING:
+            ckpt_path = "last"
+        else:
+            return None
+    if ckpt_path == "best":
+        cb = trainer.checkpoint_callback
+        best = getattr(cb, "best_model_path", None)
+        if not best:
+            raise MisconfigurationException(
+                'ckpt_path="best" but no best checkpoint is known (no ModelCheckpoint with a saved best model). '
+                "Fix: pass a path, or fit with a ModelCheckpoint(monitor=...) first."
+            )
+        return str(best)
+    if ckpt_path == "last":
+        return _find_last(trainer)
+    if ckpt_path in ("hpc", "registry"):
+        from fulmen.utilities.exceptions import NotSupportedYetError
+
+        raise NotSupportedYetError(f"ckpt_path={ckpt_path!r} is not supported yet. Fix: pass a path.")
+    return str(ckpt_path)
+
+
+def _find_last(trainer: Trainer) -> str | None:
+    candidates: list[str] = []
+    for cb in trainer.checkpoint_callbacks:
+        last = getattr(cb, "last_model_path", None)
+        if last:
+            candidates.append(last)
+        dirpath = getattr(cb, "dirpath", None)
+        if dirpath is None:
+            continue
+        try:
+            import fsspec
+
+            fs, root = fsspec.core.url_to_fs(str(dirpath))
+            if fs.exists(root):
+                for f in fs.ls(root, detail=True):
+                    name = os.path.basename(f["name"])
+                    if name.startswith("last") and name.endswith(".ckpt"):
+                        candidates.append(f["name"])
+        except Exception:  # noqa: BLE001 - an unreadable dir just has no candidates
+            continue
+    existing = [c for c in candidates if os.path.exists(c)]
+    if not existing:
+        rank_zero_warn('ckpt_path="last" is set, but there is no last checkpoint yet; training starts from scratch.')
+        return None
+    return max(existing, key=os.path.getmtime)
+
+
+def run(trainer: Trainer, fn: TrainerFn, model: Any, datamodule: Any, loaders: dict[str, Any], ckpt_path: Any,
+        weights_only: bool | None, verbose: bool = True, return_predictions: bool = True) -> Any:
+    model = _check_model(trainer, model, fn)
+    from fulmen.core.datamodule import LightningDataModule
+
+    if datamodule is not None and not isinstance(datamodule, LightningDataModule):
+        raise MisconfigurationException(
+            f"datamodule={datamodule!r} is not a LightningDataModule. Fix: subclass fulmen.LightningDataModule."
+        )
+    trainer.state.fn = fn
+    trainer.state.status = TrainerStatus.RUNNING
+    trainer.lightning_module = model
+    trainer.datamodule = datamodule if datamodule is not None else (trainer.datamodule if fn != TrainerFn.FITTING else None)
+    model.trainer = trainer
+    if trainer.datamodule is not None:
+        trainer.datamodule.trainer = trainer
+    trainer._data.reset()
+    trainer._data.explicit = {k: v for k, v in loaders.items() if v is not None}
+    trainer._metrics.reset()
+    callbacks = list(trainer.callbacks)
+    trainer._dispatcher = Dispatcher(trainer, model, trainer.datamodule, trainer.callbacks)
+    stage = fn.value
+    try:
+        _configure_callbacks(trainer, model)
+        trainer._dispatcher = Dispatcher(trainer, model, trainer.datamodule, trainer.callbacks)
+        d = trainer._dispatcher
+        if trainer.datamodule is not None:
+            trainer.datamodule.prepare_data()
+        d.module_hook("prepare_data")
+        d.callbacks_hook("setup", stage)
+        if trainer.datamodule is not None:
+            trainer.datamodule.setup(stage)
+        d.module_hook("setup", stage)
+        return _run_stage(trainer, fn, model, ckpt_path, weights_only, verbose, return_predictions)
+    except KeyboardInterrupt as exc:
+        rank_zero_warn("Detected KeyboardInterrupt, attempting graceful shutdown ...")
+        trainer.state.status = TrainerStatus.INTERRUPTED
+        _on_exception(trainer, exc)
+        return None
+    except BaseException as exc:
+        trainer.state.status = TrainerStatus.INTERRUPTED
+        _on_exception(trainer, exc)
+        _teardown(trainer, stage)
+        raise
+    finally:
+        trainer.callbacks[:] = callbacks if trainer._dispatcher is None else trainer.callbacks
+
+
+def _configure_callbacks(trainer: Trainer, model: Any) -> None:
+    extra = model.configure_callbacks()
+    if not extra:
+        return
+    extra = list(extra) if isinstance(extra, (list, tuple)) else [extra]
+    types = {type(c) for c in extra}
+    kept = [c for c in trainer.callbacks if type(c) not in types]
+    trainer.callbacks[:] = _reorder(kept + extra)
+
+
+def _run_stage(trainer: Trainer, fn: TrainerFn, model: Any, ckpt_path: Any, weights_only: bool | None, verbose: bool,
+               return_predictions: bool) -> Any:
+    from fulmen.trainer.checkpointing import restore_module_and_callbacks, restore_training_state
+
+    d = trainer._dispatcher
+    stage = fn.value
+    path = _resolve_ckpt_path(trainer, ckpt_path, fn)
+    trainer._ckpt_path = path
+    checkpoint = None
+    if path is not None:
+        checkpoint = trainer.strategy.load_checkpoint(path, weights_only=weights_only)
+    d.module_hook("configure_model")
+    strategy = trainer.strategy
+    strategy.setup_environment()
+    model = strategy.precision.convert_module(model)
+    strategy.module_to_device(model)
+    if checkpoint is not None:
+        restore_module_and_callbacks(trainer, checkpoint)
+    trainer._restored_mid_run = False
+    if fn == TrainerFn.FITTING:
+        trainer.run_state.reset_for_new_fit()
+        trainer.run_state.accumulate_grad_batches = trainer.config.accumulate_grad_batches
+        trainer._current_fx = "configure_optimizers"
+        opts, scheds = init_optimizers(model)
+        trainer._current_fx = None
+        if len(opts) > 1 and model.automatic_optimization:
+            raise MisconfigurationException(
+                f"configure_optimizers returned {len(opts)} optimizers, which needs manual optimization. Fix: set "
+                "self.automatic_optimization = False and step each optimizer in training_step."
+            )
+        trainer.optimizers = opts
+        trainer._lightning_optimizers = [LightningOptimizer(o) for o in opts]
+        trainer.lr_scheduler_configs = scheds
+        _log_hparams(trainer, model)
+        d.both("on_fit_start")
+        model.zero_grad()
+        if checkpoint is not None:
+            restore_training_state(trainer, checkpoint)
+            trainer._restored_mid_run = trainer.run_state.batch_in_epoch > 0 or trainer.run_state.global_step > 0
+        trainer._optimization.setup()
+        trainer.fit_loop.run()
+        trainer.state.stage = None
+        d.both("on_fit_end")
+        result = None
+    elif fn in (TrainerFn.VALIDATING, TrainerFn.TESTING):
+        key = "val" if fn == TrainerFn.VALIDATING else "test"
+        loaders, limits = trainer._data.load_eval(key)
+        loop = trainer._val_loop if key == "val" else trainer._test_loop
+        result = loop.run(loaders, limits)
+        if verbose and trainer.is_global_zero:
+            _print_results(result, "Validate" if key == "val" else "Test")
+    else:
+        loaders, limits = trainer._data.load_eval("predict")
+        result = trainer.predict_loop.run(loaders, limits, return_predictions)
+    trainer.state.status = TrainerStatus.FINISHED
+    trainer.state.stage = None
+    _teardown(trainer, stage)
+    return result
+
+
+def _log_hparams(trainer: Trainer, model: Any) -> None:
+    if not trainer.loggers or not trainer.config.enable_autolog_hparams:
+        return
+    params: dict[str, Any] = {}
+    if model.hparams and getattr(model, "_log_hyperparams", True):
+        params.update(dict(model.hparams_initial))
+    dm = trainer.datamodule
+    if dm is not None and dm.hparams and getattr(dm, "_log_hyperparams", True):
+        params.update(dict(dm.hparams_initial))
+    for logger in trainer.loggers:
+        if params:
+            logger.log_hyperparams(params)
+        if hasattr(logger, "log_graph"):
+            logger.log_graph(model)
+        logger.save()
+
+
+def _on_exception(trainer: Trainer, exc: BaseException) -> None:
+    d = trainer._dispatcher
+    try:
+        d.callbacks_hook("on_exception", exc)
+        if trainer.lightning_module is not None and d.module_overrides("on_exception"):
+            d.module_hook("on_exception", exc)
+        if trainer.datamodule is not None:
+            trainer.datamodule.on_exception(exc)
+    finally:
+        for logger in trainer.loggers:
+            logger.finalize("failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted")
+
+
+def _teardown(trainer: Trainer, stage: str) -> None:
+    d = trainer._dispatcher
+    trainer._current_fx = None
+    if trainer.state.status == TrainerStatus.FINISHED:
+        for logger in trainer.loggers:
+            logger.finalize("success")
+    d.callbacks_hook("teardown", stage)
+    if trainer.datamodule is not None:
+        trainer.datamodule.teardown(stage)
+    if trainer.lightning_module is not None:
+        d.module_hook("teardown", stage)
+    trainer.strategy.teardown()
+    trainer.state.stage = None
+
+
+def _print_results(results: list[dict[str, float]], title: str) -> None:
+    if not any(results):
+        return
+    keys = sorted({k for r in results for k in r})
+    width = max(len(k) for k in keys + [f"{title} metric"]) + 2
+    cols = [f"DataLoader {i}" for i in range(len(results))]
+    line = "─" * (width + 16 * len(cols))
+    print(line)
+    print(f"{title + ' metric':>{width}}" + "".join(f"{c:>16}" for c in cols))
+    print(line)
+    for k in keys:
+        row = "".join(f"{results[i][k]:>16.6g}" if k in results[i] else f"{'':>16}" for i in range(len(results)))
+        print(f"{k:>{width}}{row}")
+    print(line)
+
+
+_ = RunningStage

@@ -1,0 +1,130 @@
+"""Validation and test loops (also the sanity check). Hooks in order: see ``core/events.py``."""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from fulmen.core.results import ResultCollection
+from fulmen.trainer.states import RunningStage
+
+if TYPE_CHECKING:
+    from fulmen.trainer.trainer import Trainer
+
+
+def _record_modes(module: torch.nn.Module) -> dict[torch.nn.Module, bool]:
+    return {m: m.training for m in module.modules()}
+
+
+def _restore_modes(modes: dict[torch.nn.Module, bool]) -> None:
+    for m, training in modes.items():
+        if m.training != training:
+            m.training = training
+
+
+def eval_context(trainer: Trainer) -> Any:
+    return torch.inference_mode() if trainer.config.inference_mode else torch.no_grad()
+
+
+class EvaluationLoop:
+    """Runs ``[eval epoch]`` for validation (incl. sanity check) or test."""
+
+    def __init__(self, trainer: Trainer, stage: RunningStage) -> None:
+        self.trainer = trainer
+        self.stage = stage
+        self.prefix = "validation" if stage in (RunningStage.VALIDATING, RunningStage.SANITY_CHECKING) else "test"
+
+    def run(self, loaders: list[Any], limits: list[int | float], in_fit: bool = False) -> list[dict[str, float]]:
+        trainer = self.trainer
+        d = trainer._dispatcher
+        module = trainer.lightning_module
+        p = self.prefix
+        prev_stage = trainer.state.stage
+        prev_results = trainer._results
+        trainer.state.stage = self.stage
+        results = ResultCollection(training=False)
+        results.reduce = trainer.strategy.metric_reduce
+        trainer._results = results
+        trainer._multiple_eval_loaders = len(loaders) > 1
+        modes = _record_modes(module)
+        try:
+            if in_fit and not trainer._accumulating:
+                d.module_hook("on_validation_model_zero_grad")
+            d.module_hook(f"on_{p}_model_eval")
+            d.both(f"on_{p}_start")
+            with eval_context(trainer):
+                d.both(f"on_{p}_epoch_start")
+                self._run_batches(loaders, limits, results)
+                d.both(f"on_{p}_epoch_end")
+            out = self._per_dataloader(results, len(loaders))
+            trainer._metrics.epoch_end(results, log=self.stage != RunningStage.SANITY_CHECKING)
+            self._on_end(p, d)
+        finally:
+            trainer._results = prev_results
+            trainer.state.stage = prev_stage
+        if d.module_overrides(f"on_{p}_model_train") and p in ("validation", "test"):
+            d.module_hook(f"on_{p}_model_train")
+        else:
+            _restore_modes(modes)
+        return out
+
+    def _on_end(self, p: str, d: Any) -> None:
+        # monitoring callbacks (ModelCheckpoint saving on validation end) run after the module's hook
+        d.callbacks_hook(f"on_{p}_end", monitoring=1)
+        if d.module_overrides(f"on_{p}_end"):
+            d.module_hook(f"on_{p}_end")
+        d.callbacks_hook(f"on_{p}_end", monitoring=2)
+
+    def _run_batches(self, loaders: list[Any], limits: list[int | float], results: ResultCollection) -> None:
+        trainer = self.trainer
+        d = trainer._dispatcher
+        p = self.prefix
+        step_name = f"{p}_step"
+        multiple = len(loaders) > 1
+        step_fn = getattr(trainer.lightning_module, step_name)
+        forward_ctx = trainer.strategy.precision.forward_context
+        has_start = d.has_callbacks(f"on_{p}_batch_start") or d.module_overrides(f"on_{p}_batch_start")
+        has_end = d.has_callbacks(f"on_{p}_batch_end") or d.module_overrides(f"on_{p}_batch_end")
+        progress = trainer.run_state.val_batch_progress if p == "validation" else None
+        for dl_idx, (loader, limit) in enumerate(zip(loaders, limits)):
+            if limit == 0:
+                continue
+            trainer._eval_dataloader_idx = dl_idx
+            extra = (dl_idx,) if multiple else ()
+            for batch_idx, batch in enumerate(loader):
+                batch = trainer._transfer_batch(batch, dl_idx)
+                results.set_batch(batch, dl_idx)
+                if has_start:
+                    d.both(f"on_{p}_batch_start", batch, batch_idx, *extra)
+                trainer._current_fx = step_name
+                with forward_ctx():
+                    output = step_fn(batch, batch_idx, *extra)
+                trainer._current_fx = None
+                if has_end:
+                    d.both(f"on_{p}_batch_end", output, batch, batch_idx, *extra)
+                if progress is not None:
+                    progress.increment()
+                if limit != math.inf and batch_idx + 1 >= limit:
+                    break
+
+    @staticmethod
+    def _per_dataloader(results: ResultCollection, n: int) -> list[dict[str, float]]:
+        out: list[dict[str, float]] = [{} for _ in range(max(n, 1))]
+        for m in results.metrics.values():
+            if not m.meta.on_epoch or m.metric_obj is not None:
+                continue
+            value = m.epoch_value(results.reduce)
+            if value is None:
+                continue
+            name = f"{m.meta.name}_epoch" if m.meta.forked else m.meta.name
+            number = value.item() if isinstance(value, torch.Tensor) else float(value)
+            targets = [m.meta.dataloader_idx] if m.meta.dataloader_idx is not None else range(len(out))
+            for i in targets:
+                out[i][name] = number
+        return out
+
+
+_ = nullcontext

@@ -1,0 +1,401 @@
+"""The fit loop, top to bottom: every training hook appears here in the order it fires.
+
+Lightning's order (spec §1.1) is kept exactly; the work between hooks is done once per run where
+possible (which hooks are overridden, the step function, the precision context), so a step with no
+overridden hooks is: transfer, training_step, zero_grad, backward, optimizer.step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from fulmen.core.results import ResultCollection
+from fulmen.trainer.states import RunningStage
+from fulmen.utilities.exceptions import MisconfigurationException
+from fulmen.utilities.rank_zero import rank_zero_info
+
+if TYPE_CHECKING:
+    from fulmen.trainer.trainer import Trainer
+
+
+class FitLoop:
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> None:
+        t = self.trainer
+        d = t._dispatcher
+        rs = t.run_state
+        self._sanity_check()
+        t._data.load_train()
+        d.both("on_train_start")
+        while not self._done():
+            t._data.maybe_reload_train(rs.epoch)
+            self._run_epoch()
+        d.both("on_train_end")
+
+    def _sanity_check(self) -> None:
+        t = self.trainer
+        n = t.config.num_sanity_val_steps
+        if n == 0 or t._restored_mid_run:
+            t._data.load_val()
+            return
+        t._data.load_val()
+        if not t.enable_validation:
+            return
+        limits = [b if n == -1 else min(n, b) for b in t._data.num_val_batches]
+        t.state.stage = RunningStage.SANITY_CHECKING
+        d = t._dispatcher
+        d.callbacks_hook("on_sanity_check_start")
+        if d.module_overrides("on_sanity_check_start"):
+            d.module_hook("on_sanity_check_start")
+        t._val_loop_sanity.run(t._data.val_loaders, limits)
+        t._metrics.reset_after_sanity()
+        d.callbacks_hook("on_sanity_check_end")
+        if d.module_overrides("on_sanity_check_end"):
+            d.module_hook("on_sanity_check_end")
+        t.state.stage = RunningStage.TRAINING
+
+    def _can_stop_early(self) -> bool:
+        t = self.trainer
+        cfg = t.config
+        rs = t.run_state
+        met_epochs = cfg.min_epochs is None or rs.epoch >= cfg.min_epochs
+        met_steps = cfg.min_steps is None or rs.global_step >= cfg.min_steps
+        return met_epochs and met_steps
+
+    def _done(self) -> bool:
+        t = self.trainer
+        cfg = t.config
+        rs = t.run_state
+        if cfg.max_steps >= 0 and rs.global_step >= cfg.max_steps:
+            return True
+        if cfg.max_epochs >= 0 and rs.epoch >= cfg.max_epochs:
+            return True
+        if rs.should_stop:
+            if self._can_stop_early():
+                return True
+            rank_zero_info(
+                f"Trainer was signaled to stop but min_epochs={cfg.min_epochs} or min_steps={cfg.min_steps} has "
+                "not been met. Training will continue."
+            )
+            rs.should_stop = False
+        return False
+
+    # ------------------------------------------------------------------ one epoch
+    def _run_epoch(self) -> None:
+        t = self.trainer
+        d = t._dispatcher
+        rs = t.run_state
+        cfg = t.config
+        results = ResultCollection(training=True)
+        results.reduce = t.strategy.metric_reduce
+        t._results = results
+        t._metrics.new_train_epoch(results)
+        rs.epoch_progress.start()
+        t.state.stage = RunningStage.TRAINING
+        d.both("on_train_epoch_start")
+
+        n_batches = t._data.num_training_batches
+        loader = t._data.train_loader
+        start = rs.batch_in_epoch
+        if start == 0:
+            rs.epoch_rng_state = t._data.capture_epoch_rng()
+            rs.batch_progress.reset_current()
+            rs.val_checks_in_epoch = 0
+        it = t._data.iterate_train(loader, rs, start)
+        module = t.lightning_module
+        auto = module.automatic_optimization
+        val_batch = t._data.val_check_batch
+        check_val = t.enable_validation and (
+            cfg.check_val_every_n_epoch is None or (rs.epoch + 1) % cfg.check_val_every_n_epoch == 0
+        )
+        has_bstart = d.has_callbacks("on_train_batch_start") or d.module_overrides("on_train_batch_start")
+        has_bend = d.has_callbacks("on_train_batch_end") or d.module_overrides("on_train_batch_end")
+        log_n = cfg.log_every_n_steps
+        step = t._optimization.step_auto if auto else t._optimization.step_manual
+        batch_idx = start
+        rs.is_last_batch = False
+        for batch, is_last in it:
+            rs.is_last_batch = is_last
+            batch = t._transfer_batch(batch, 0)
+            results.set_batch(batch)
+            if has_bstart:
+                d.callbacks_hook("on_train_batch_start", batch, batch_idx)
+                if d.module_overrides("on_train_batch_start"):
+                    if d.module_hook("on_train_batch_start", batch, batch_idx) == -1:
+                        break
+            stepped, outputs = step(batch, batch_idx, is_last)
+            rs.batch_in_epoch = batch_idx + 1
+            rs.batch_progress.increment()
+            if has_bend:
+                d.both("on_train_batch_end", outputs, batch, batch_idx)
+            if stepped:
+                if log_n and (rs.batches_that_stepped + 1) % log_n == 0 or rs.should_stop:
+                    t._metrics.log_train_step(results)
+                rs.batches_that_stepped += 1
+            results.reset_step()
+            if is_last:
+                t._optimization.step_schedulers("epoch", plateau=False)
+            if check_val and self._val_due(batch_idx, is_last, val_batch):
+                self._run_validation()
+                t._results = results
+            batch_idx += 1
+            if cfg.max_steps >= 0 and rs.global_step >= cfg.max_steps:
+                break
+            if rs.should_stop and self._can_stop_early():
+                break
+            if n_batches != math.inf and batch_idx >= n_batches:
+                break
+        if batch_idx == start and start == 0 and n_batches != 0:
+            raise MisconfigurationException(
+                "The train dataloader produced no batches. Fix: check the dataset is not empty and that "
+                "drop_last=True does not drop every sample (batch_size larger than the dataset?)."
+            )
+        t._current_fx = None
+        d.epoch_end("on_train_epoch_end")
+        t._metrics.epoch_end(results, log=True)
+        t._optimization.step_schedulers("epoch", plateau=True)
+        rs.epoch_progress.complete()
+        rs.epoch += 1
+        rs.batch_in_epoch = 0
+        rs.epoch_rng_state = None
+
+    def _val_due(self, batch_idx: int, is_last: bool, val_batch: int | float) -> bool:
+        t = self.trainer
+        if val_batch == math.inf:
+            return is_last
+        if t.config.check_val_every_n_epoch is None:
+            return (t.run_state.batch_progress.total_completed) % int(val_batch) == 0
+        return (batch_idx + 1) % int(val_batch) == 0
+
+    def _run_validation(self) -> None:
+        t = self.trainer
+        t.run_state.val_checks_in_epoch += 1
+        t._val_loop.run(t._data.val_loaders, t._data.num_val_batches, in_fit=True)
+        t.state.stage = RunningStage.TRAINING
+
+
+class Optimization:
+    """One training batch: automatic (closure) or manual optimisation; scheduler stepping."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self._setup_done = False
+
+    def setup(self) -> None:
+        t = self.trainer
+        d = t._dispatcher
+        module = t.lightning_module
+        self.module = module
+        self.precision = t.strategy.precision
+        self.forward_ctx = self.precision.forward_context
+        self.training_step = module.training_step
+        self.opt = t.optimizers[0] if t.optimizers else None
+        self.lopt = t._lightning_optimizers[0] if t._lightning_optimizers else None
+        self.custom_optimizer_step = d.module_overrides("optimizer_step")
+        self.custom_zero_grad = d.module_overrides("optimizer_zero_grad")
+        self.custom_backward = d.module_overrides("backward")
+        self.custom_clip = d.module_overrides("configure_gradient_clipping")
+        self.has_before_zero = d.has_callbacks("on_before_zero_grad") or d.module_overrides("on_before_zero_grad")
+        self.has_before_bwd = d.has_callbacks("on_before_backward") or d.module_overrides("on_before_backward")
+        self.has_after_bwd = d.has_callbacks("on_after_backward") or d.module_overrides("on_after_backward")
+        self.has_before_opt = d.has_callbacks("on_before_optimizer_step") or d.module_overrides("on_before_optimizer_step")
+        self.clip_val = t.config.gradient_clip_val
+        self.clip_algo = t.config.gradient_clip_algorithm
+        self.need_after_closure = self.has_before_opt or self.custom_clip or bool(self.clip_val)
+        self.has_sched_step = any(c.interval == "step" for c in t.lr_scheduler_configs)
+        if not module.automatic_optimization:
+            for lo in t._lightning_optimizers:
+                self._install_manual(lo)
+
+    # ---- automatic optimisation
+    def step_auto(self, batch: Any, batch_idx: int, is_last: bool) -> tuple[bool, Any]:
+        t = self.trainer
+        rs = t.run_state
+        acc = rs.accumulate_grad_batches
+        window_pos = (batch_idx % acc) if acc > 1 else 0
+        should_step = acc == 1 or (batch_idx + 1) % acc == 0 or is_last
+        t._accumulating = not should_step
+        zero_now = window_pos == 0
+        output_box: list[Any] = [None]
+
+        def closure() -> torch.Tensor | None:
+            loss, output = self._training_step(batch, batch_idx, acc)
+            output_box[0] = output
+            if zero_now:
+                self._zero_grad(batch_idx)
+            if loss is not None:
+                self._backward(loss)
+            return loss
+
+        if not should_step:
+            with t.strategy_no_sync():
+                closure()
+            return False, output_box[0]
+        if self.opt is None:
+            closure()
+        elif self.custom_optimizer_step:
+            t._dispatcher.module_hook("optimizer_step", rs.epoch, batch_idx, self.lopt, closure)
+        else:
+            self.precision.optimizer_step(self.opt, closure, self._after_closure if self.need_after_closure else None)
+        rs.optimizer_steps.increment()
+        rs.global_step += 1
+        if self.has_sched_step:
+            self.step_schedulers("step", plateau=True)
+        t._accumulating = False
+        return True, output_box[0]
+
+    def _training_step(self, batch: Any, batch_idx: int, acc: int) -> tuple[torch.Tensor | None, Any]:
+        t = self.trainer
+        t._current_fx = "training_step"
+        with self.forward_ctx():
+            output = self.training_step(batch, batch_idx)
+        t._current_fx = None
+        loss = _extract_loss(output, self.module.automatic_optimization)
+        if loss is not None and acc > 1:
+            loss = loss / acc
+        return loss, (output.detach() if isinstance(output, torch.Tensor) else output)
+
+    def _zero_grad(self, batch_idx: int) -> None:
+        t = self.trainer
+        if self.has_before_zero:
+            t._dispatcher.both("on_before_zero_grad", self.opt)
+        if self.custom_zero_grad:
+            t._dispatcher.module_hook("optimizer_zero_grad", t.run_state.epoch, batch_idx, self.opt)
+        elif self.opt is not None:
+            self.opt.zero_grad()
+        t.run_state.zero_grad_progress.increment()
+
+    def _backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        t = self.trainer
+        d = t._dispatcher
+        if self.has_before_bwd:
+            d.both("on_before_backward", loss)
+        if self.custom_backward:
+            d.module_hook("backward", self.precision_scale(loss), *args, **kwargs)
+        else:
+            t.strategy.backward(loss, self.module, *args, **kwargs)
+        if self.has_after_bwd:
+            d.both("on_after_backward")
+
+    def precision_scale(self, loss: torch.Tensor) -> torch.Tensor:
+        scaler = getattr(self.precision, "scaler", None)
+        return scaler.scale(loss) if scaler is not None else loss
+
+    def _after_closure(self, opt: Any = None) -> None:
+        t = self.trainer
+        opt = opt if opt is not None else self.opt
+        if self.has_before_opt:
+            t._dispatcher.both("on_before_optimizer_step", opt)
+        if self.custom_clip:
+            t._dispatcher.module_hook("configure_gradient_clipping", opt, self.clip_val, self.clip_algo)
+        elif self.clip_val:
+            self.module.clip_gradients(opt, self.clip_val, self.clip_algo)
+
+    # ---- manual optimisation
+    def _install_manual(self, lopt: Any) -> None:
+        t = self.trainer
+        precision = self.precision
+        opt = lopt.optimizer
+
+        def step_fn(closure: Any, kwargs: dict[str, Any]) -> Any:
+            def after() -> None:
+                if self.has_before_opt:
+                    t._dispatcher.both("on_before_optimizer_step", opt)
+
+            return precision.optimizer_step(opt, closure, after, **kwargs)
+
+        def on_after() -> None:
+            t.run_state.optimizer_steps.increment()
+            t.run_state.global_step += 1
+
+        lopt._step_fn = step_fn
+        lopt._on_after_step = on_after
+        lopt._module = self.module
+
+    def step_manual(self, batch: Any, batch_idx: int, is_last: bool) -> tuple[bool, Any]:
+        t = self.trainer
+        t._current_fx = "training_step"
+        with self.forward_ctx():
+            output = self.training_step(batch, batch_idx)
+        t._current_fx = None
+        _extract_loss(output, False)
+        if self.has_sched_step and False:  # manual mode: the user steps schedulers
+            pass
+        return True, output
+
+    def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        self._backward(loss, *args, **kwargs)
+
+    # ---- schedulers
+    def step_schedulers(self, interval: str, plateau: bool) -> None:
+        t = self.trainer
+        if not t.lightning_module.automatic_optimization:
+            return
+        rs = t.run_state
+        for cfg in t.lr_scheduler_configs:
+            if cfg.interval != interval:
+                continue
+            if interval == "epoch" and cfg.reduce_on_plateau != plateau:
+                continue
+            counter = rs.global_step if interval == "step" else rs.epoch + 1
+            if counter % cfg.frequency != 0:
+                continue
+            metric = None
+            if cfg.reduce_on_plateau:
+                monitor_val = t.callback_metrics.get(cfg.monitor) if cfg.monitor else None
+                if monitor_val is None:
+                    if cfg.strict:
+                        avail = sorted(t.callback_metrics)
+                        raise MisconfigurationException(
+                            f"ReduceLROnPlateau conditioned on metric {cfg.monitor!r} which is not available. "
+                            f"Available metrics are: {avail}. Fix: log {cfg.monitor!r} with self.log, or set "
+                            "'strict': False in the lr scheduler config."
+                        )
+                    continue
+                metric = monitor_val
+            t._current_fx = "lr_scheduler_step"
+            t._dispatcher.module_hook("lr_scheduler_step", cfg.scheduler, metric)
+            t._current_fx = None
+            rs.scheduler_progress.increment()
+
+
+def _extract_loss(output: Any, automatic: bool) -> torch.Tensor | None:
+    if output is None:
+        return None
+    if isinstance(output, torch.Tensor):
+        loss = output
+    elif isinstance(output, dict):
+        if "loss" not in output:
+            if not automatic:
+                return None
+            raise MisconfigurationException(
+                f"training_step returned a dict without a 'loss' key (keys: {sorted(output)}). Fix: return "
+                "{'loss': loss, ...} or the loss tensor itself."
+            )
+        loss = output["loss"]
+    else:
+        if not automatic:
+            return None
+        raise MisconfigurationException(
+            f"training_step returned {type(output).__name__} ({output!r:.60}); expected a loss tensor, a dict with "
+            "'loss', or None to skip the batch. Fix: return the scalar loss tensor."
+        )
+    if not automatic:
+        return None
+    if not isinstance(loss, torch.Tensor):
+        raise MisconfigurationException(
+            f"training_step's loss is {type(loss).__name__} ({loss!r:.60}); expected a scalar tensor. Fix: return "
+            "the loss tensor computed from the model's output (not loss.item())."
+        )
+    if loss.numel() != 1:
+        raise MisconfigurationException(
+            f"training_step returned a loss of shape {tuple(loss.shape)}; expected a scalar. Fix: reduce it, e.g. "
+            "loss.mean()."
+        )
+    return loss

@@ -1,0 +1,89 @@
+"""The Trainer's view of logged metrics: ``callback_metrics``, ``logged_metrics``, ``progress_bar_metrics``.
+
+Epoch results are kept in plain dicts of device tensors; the live training epoch's step values are
+merged in only when someone reads a property, so nothing runs per step.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from fulmen.core.results import ResultCollection
+
+if TYPE_CHECKING:
+    from fulmen.trainer.trainer import Trainer
+
+
+def _to_float(value: Any) -> float:
+    return value.item() if isinstance(value, torch.Tensor) else float(value)
+
+
+class MetricsStore:
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self.callback: dict[str, torch.Tensor] = {}
+        self.logged: dict[str, Any] = {}
+        self.pbar: dict[str, torch.Tensor] = {}
+        self.live: ResultCollection | None = None
+
+    def reset(self) -> None:
+        self.callback.clear()
+        self.logged.clear()
+        self.pbar.clear()
+        self.live = None
+
+    def reset_after_sanity(self) -> None:
+        # the sanity check's values must not reach callbacks or the bar (Lightning resets them too)
+        self.callback.clear()
+        self.pbar.clear()
+
+    def new_train_epoch(self, results: ResultCollection) -> None:
+        self.live = results
+
+    # ---- reading (the Trainer's properties)
+    def callback_metrics(self) -> dict[str, torch.Tensor]:
+        out = dict(self.callback)
+        if self.live is not None:
+            out.update(self.live.step_metrics()[0])
+        return out
+
+    def progress_bar_metrics(self) -> dict[str, float]:
+        merged = dict(self.pbar)
+        if self.live is not None:
+            merged.update(self.live.step_metrics()[2])
+        return {k: _to_float(v) for k, v in merged.items()}
+
+    def logged_metrics(self) -> dict[str, Any]:
+        return dict(self.logged)
+
+    # ---- writing
+    def log_train_step(self, results: ResultCollection) -> None:
+        """Send this step's values to the loggers (called every ``log_every_n_steps``)."""
+        metrics = results.step_metrics()[1]
+        if metrics:
+            self._to_loggers(metrics)
+
+    def epoch_end(self, results: ResultCollection, log: bool) -> None:
+        """Fold a finished stage's values into the stored dicts and (optionally) send them to loggers."""
+        step_cb, _, step_pb = results.step_metrics()
+        cb, lg, pb = results.epoch_metrics()
+        self.callback.update(step_cb)
+        self.callback.update(cb)
+        self.pbar.update(step_pb)
+        self.pbar.update(pb)
+        if results is self.live:
+            self.live = None
+        if log and lg:
+            self._to_loggers(lg)
+        results.reset()
+
+    def _to_loggers(self, metrics: dict[str, Any]) -> None:
+        trainer = self.trainer
+        scalars = {k: _to_float(v) for k, v in metrics.items()}
+        scalars.setdefault("epoch", trainer.current_epoch)
+        self.logged.update(scalars)
+        step = trainer.run_state.batches_that_stepped
+        for logger in trainer.loggers:
+            logger.log_metrics(scalars, step=step)
