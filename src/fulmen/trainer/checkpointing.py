@@ -41,7 +41,7 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, A
         prec_state = trainer.strategy.precision.state_dict()
         if prec_state:
             ckpt[type(trainer.strategy.precision).__qualname__] = prec_state
-        ckpt["fulmen"] = {"run_state": rs.state_dict(), "rng": collect_rng_states()}
+        ckpt["fulmen"] = {"run_state": rs.state_dict(), "rng": _rng_to_plain(collect_rng_states())}
     if module.hparams:
         ckpt[module.CHECKPOINT_HYPER_PARAMS_NAME] = None
         ckpt[module.CHECKPOINT_HYPER_PARAMS_KEY] = to_plain_data(dict(module.hparams))
@@ -127,7 +127,7 @@ def restore_training_state(trainer: Trainer, ckpt: dict[str, Any]) -> None:
     for cfg_s, state in zip(trainer.lr_scheduler_configs, ckpt.get("lr_schedulers", [])):
         cfg_s.scheduler.load_state_dict(state)
     if extra is not None and "rng" in extra:
-        set_rng_states(extra["rng"])
+        set_rng_states(_rng_from_plain(extra["rng"]))
 
 
 def load_state_dict_strictly(module: Any, state_dict: dict[str, Any], strict: bool, path: Any) -> None:
@@ -153,3 +153,30 @@ def load_state_dict_strictly(module: Any, state_dict: dict[str, Any], strict: bo
             "it into the model it was saved from, or pass strict=False to ignore missing/unexpected keys."
         )
     module.load_state_dict(state_dict, strict=False if not strict else True)
+
+
+def _rng_to_plain(states: dict[str, Any]) -> dict[str, Any]:
+    """RNG states as tensors and builtins only, so the checkpoint loads with ``weights_only=True``."""
+    import torch
+
+    out = dict(states)
+    if "numpy" in out:
+        name, keys, pos, has_gauss, cached = out["numpy"]
+        out["numpy"] = [str(name), torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(cached)]
+    if "python" in out:
+        version, state, gauss = out["python"]
+        out["python"] = [version, list(state), gauss]
+    return out
+
+
+def _rng_from_plain(states: dict[str, Any]) -> dict[str, Any]:
+    import numpy as np
+
+    out = dict(states)
+    if "numpy" in out:
+        name, keys, pos, has_gauss, cached = out["numpy"]
+        out["numpy"] = (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
+    if "python" in out:
+        version, state, gauss = out["python"]
+        out["python"] = (version, tuple(state), gauss)
+    return out

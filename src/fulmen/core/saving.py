@@ -1,0 +1,70 @@
+"""``load_from_checkpoint`` for modules and datamodules: rebuild from saved hparams, then load weights."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from fulmen.utilities.exceptions import MisconfigurationException
+
+
+def _read_hparams_file(path: Any) -> dict[str, Any]:
+    import fsspec
+    import yaml
+
+    with fsspec.open(str(path), "r") as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise MisconfigurationException(f"hparams_file={str(path)!r} does not hold a mapping. Fix: pass a YAML dict.")
+    return data
+
+
+def load_from_checkpoint(
+    cls: type,
+    checkpoint_path: Any,
+    map_location: Any = None,
+    hparams_file: Any = None,
+    strict: bool | None = None,
+    weights_only: bool | None = None,
+    **kwargs: Any,
+) -> Any:
+    from fulmen.checkpoint import TorchCheckpointIO
+    from fulmen.core.datamodule import LightningDataModule
+    from fulmen.trainer.checkpointing import load_state_dict_strictly
+
+    checkpoint = TorchCheckpointIO().load_checkpoint(
+        checkpoint_path, map_location=map_location or "cpu", weights_only=weights_only
+    )
+    is_dm = issubclass(cls, LightningDataModule)
+    key = cls.CHECKPOINT_HYPER_PARAMS_KEY  # type: ignore[attr-defined]
+    hparams = dict(checkpoint.get(key) or {})
+    if hparams_file is not None:
+        hparams.update(_read_hparams_file(hparams_file))
+    hparams.update(kwargs)
+    params = inspect.signature(cls.__init__).parameters
+    accepts_var_kw = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    init_kwargs = hparams if accepts_var_kw else {k: v for k, v in hparams.items() if k in params}
+    try:
+        obj = cls(**init_kwargs)
+    except TypeError as err:
+        raise MisconfigurationException(
+            f"{cls.__name__}.load_from_checkpoint could not rebuild the object from the saved hyperparameters "
+            f"{sorted(init_kwargs)}: {err}. Fix: pass the missing constructor arguments as keyword arguments, "
+            f"e.g. {cls.__name__}.load_from_checkpoint(path, backbone=...)."
+        ) from err
+    if is_dm:
+        state_key = cls.__qualname__
+        if state_key in checkpoint:
+            obj.load_state_dict(checkpoint[state_key])
+        return obj
+    obj.on_load_checkpoint(checkpoint)
+    if "state_dict" not in checkpoint:
+        raise MisconfigurationException(
+            f"{str(checkpoint_path)!r} has no 'state_dict' entry, so it is not a fulmen/Lightning checkpoint. Fix: "
+            "pass a file written by trainer.save_checkpoint or ModelCheckpoint."
+        )
+    load_state_dict_strictly(obj, checkpoint["state_dict"], obj.strict_loading if strict is None else strict, checkpoint_path)
+    if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
+        obj.to(map_location)
+    obj.eval()
+    return obj
