@@ -429,3 +429,125 @@ def test_import_does_not_import_rich() -> None:
     code = "import sys, fulmen.callbacks.progress, fulmen.callbacks.model_summary; print('rich' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------------------------------
+# end to end with the real Trainer
+# --------------------------------------------------------------------------------------------------
+def _model_and_data() -> tuple[Any, Any, Any]:
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import fulmen as L
+
+    class Model(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.layer(x)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            loss = self(batch[0]).pow(2).mean()
+            self.log("loss", loss, prog_bar=True)
+            return loss
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            self.log("val_loss", self(batch[0]).pow(2).mean(), prog_bar=True)
+
+        def test_step(self, batch: Any, batch_idx: int) -> None:
+            self.log("test_loss", self(batch[0]).pow(2).mean())
+
+        def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            return self(batch[0])
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = TensorDataset(torch.randn(40, 4))
+    return Model(), DataLoader(data, batch_size=4), DataLoader(data, batch_size=8)  # 10 train, 5 val batches
+
+
+def _count_metric_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    from fulmen.trainer.trainer import Trainer
+
+    reads = [0]
+    original = Trainer.progress_bar_metrics
+
+    def counting(self: Any) -> Any:
+        reads[0] += 1
+        return original.fget(self)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(Trainer, "progress_bar_metrics", property(counting))
+    return reads
+
+
+def test_e2e_tqdm_fit(tmp_path: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from fulmen import Trainer
+
+    reads = _count_metric_reads(monkeypatch)
+    model, train, val = _model_and_data()
+    bar = TQDMProgressBar(refresh_rate=3)
+    trainer = Trainer(
+        max_epochs=2, callbacks=[bar], enable_progress_bar=True, enable_model_summary=False, logger=False,
+        enable_checkpointing=False, default_root_dir=tmp_path,
+    )
+    assert trainer.progress_bar_callback is bar
+    trainer.fit(model, train, val)
+    out = capsys.readouterr().out
+    assert "Sanity Checking" in out
+    assert "Epoch 0" in out and "Epoch 1" in out and "15/15" in out  # 10 training + 5 validation batches
+    assert "loss=" in out and "val_loss=" in out
+    # per epoch: refresh points 3, 6, 9, 10 + after validation + epoch end; never per batch
+    assert reads[0] == 2 * (4 + 2)
+
+
+def test_e2e_rich_fit_and_eval(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fulmen import Trainer
+
+    reads = _count_metric_reads(monkeypatch)
+    model, train, val = _model_and_data()
+    buffer = io.StringIO()
+    bar = RichProgressBar(refresh_rate=5, console_kwargs={"file": buffer, "width": 140, "force_terminal": False})
+    trainer = Trainer(
+        max_epochs=2, callbacks=[bar], enable_model_summary=False, logger=False, enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, train, val)
+    assert reads[0] == 2 * (2 + 2)  # refresh points 5, 10 + after validation + epoch end
+    trainer.test(model, val, verbose=False)
+    trainer.predict(model, val)
+    lines = buffer.getvalue().splitlines()
+    epochs = [line for line in lines if line.startswith("Epoch")]
+    assert len(epochs) == 2 and all("15/15" in line and "val_loss:" in line for line in epochs)
+    assert any(line.startswith("Testing") and "5/5" in line for line in lines)
+    assert any(line.startswith("Predicting") and "5/5" in line for line in lines)
+
+
+def test_e2e_unknown_length_and_disabled(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+    from torch.utils.data import DataLoader, IterableDataset
+
+    from fulmen import Trainer
+
+    class Stream(IterableDataset):  # type: ignore[type-arg]
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            return iter([(torch.randn(4),) for _ in range(7)])
+
+    model, _, _ = _model_and_data()
+    trainer = Trainer(
+        max_epochs=1, callbacks=[TQDMProgressBar(refresh_rate=2)], enable_model_summary=False, logger=False,
+        enable_checkpointing=False, default_root_dir=tmp_path, limit_val_batches=0,
+    )
+    trainer.fit(model, DataLoader(Stream(), batch_size=None))
+    out = capsys.readouterr().out
+    assert "7/?" in out and "loss=" in out
+
+    model, train, val = _model_and_data()
+    trainer = Trainer(
+        max_epochs=1, enable_progress_bar=False, enable_model_summary=False, logger=False,
+        enable_checkpointing=False, default_root_dir=tmp_path,
+    )
+    trainer.fit(model, train, val)
+    assert "Epoch" not in capsys.readouterr().out

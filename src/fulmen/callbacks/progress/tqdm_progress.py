@@ -163,7 +163,7 @@ class TQDMProgressBar(ProgressBar):
     # bar factories (override to customize)
     # ----------------------------------------------------------------------------------------------
     def _new_bar(self, desc: str, position: int, leave: bool, total: int | None = None) -> Tqdm:
-        return Tqdm(
+        bar = Tqdm(
             desc=desc,
             total=total,
             position=position,
@@ -173,7 +173,12 @@ class TQDMProgressBar(ProgressBar):
             file=sys.stdout,
             smoothing=0,
             bar_format=self.BAR_FORMAT,
+            # tqdm draws at construction unless `delay > 0`; the bars are drawn first when their stage
+            # sets the real total and description, so skip that placeholder draw ("Training: 0/?")
+            delay=1e-9,
         )
+        bar.delay = 0.0  # only the construction draw is skipped; `close` must treat the bar as shown
+        return bar
 
     def init_sanity_tqdm(self) -> Tqdm:
         """The bar for the sanity-check validation run."""
