@@ -84,9 +84,15 @@ def test_max_depth_property_and_summary_override(capsys: pytest.CaptureFixture[s
 
     class Custom(ModelSummary):
         @staticmethod
-        def summarize(summary_data, total_parameters, trainable_parameters, model_size, total_training_modes, **kw):  # type: ignore[no-untyped-def,override]
-            seen.update(total=total_parameters, trainable=trainable_parameters, modes=total_training_modes,
-                        headers=[header for header, _ in summary_data])
+        def summarize(
+            summary_data, total_parameters, trainable_parameters, model_size, total_training_modes, **kw
+        ):  # type: ignore[no-untyped-def,override]
+            seen.update(
+                total=total_parameters,
+                trainable=trainable_parameters,
+                modes=total_training_modes,
+                headers=[header for header, _ in summary_data],
+            )
 
     callback = Custom(max_depth=-1)
     assert callback.max_depth == -1
@@ -105,7 +111,9 @@ def test_rich_summary_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None
 
 def test_rich_summary_requires_rich(monkeypatch: pytest.MonkeyPatch) -> None:
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "rich" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "rich" else real(name, *a)
+    )
     with pytest.raises(ModuleNotFoundError, match=r"fulmen\[rich\]"):
         RichModelSummary()
 
@@ -134,8 +142,12 @@ def _fit(tmp_path: object, **trainer_kwargs: object) -> None:
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
     trainer = L.Trainer(
-        max_epochs=1, enable_progress_bar=False, logger=False, enable_checkpointing=False,
-        default_root_dir=tmp_path, **trainer_kwargs,
+        max_epochs=1,
+        enable_progress_bar=False,
+        logger=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        **trainer_kwargs,
     )
     trainer.fit(Model(), DataLoader(TensorDataset(torch.randn(8, 4)), batch_size=4))
 
@@ -150,6 +162,8 @@ def test_e2e_default_summary(tmp_path: object, capsys: pytest.CaptureFixture[str
 def test_e2e_custom_depth_and_disabled(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
     _fit(tmp_path, callbacks=[ModelSummary(max_depth=-1)])
     out = capsys.readouterr().out
-    assert "net.encoder.0" in out and out.count("Total params") == 1  # the user's summary replaces the default
+    assert (
+        "net.encoder.0" in out and out.count("Total params") == 1
+    )  # the user's summary replaces the default
     _fit(tmp_path, enable_model_summary=False)
     assert "Total params" not in capsys.readouterr().out

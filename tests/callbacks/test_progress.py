@@ -15,8 +15,13 @@ from typing import Any
 
 import pytest
 
-from fulmen.callbacks.progress import ProgressBar, RichProgressBar, RichProgressBarTheme, TQDMProgressBar
-from fulmen.callbacks.progress import tqdm_progress
+from fulmen.callbacks.progress import (
+    ProgressBar,
+    RichProgressBar,
+    RichProgressBarTheme,
+    TQDMProgressBar,
+    tqdm_progress,
+)
 from fulmen.callbacks.progress.progress_bar import get_standard_metrics
 from fulmen.utilities.exceptions import MisconfigurationException
 
@@ -53,7 +58,9 @@ class FakeTrainer:
         return dict(self.metrics)
 
 
-def _eval_loop(bar: ProgressBar, trainer: FakeTrainer, stage: str, sizes: list[Any], reads: list[int] | None = None) -> None:
+def _eval_loop(
+    bar: ProgressBar, trainer: FakeTrainer, stage: str, sizes: list[Any], reads: list[int] | None = None
+) -> None:
     getattr(bar, f"on_{stage}_start")(trainer, None)
     getattr(bar, f"on_{stage}_epoch_start")(trainer, None)
     for dl_idx, size in enumerate(sizes):
@@ -134,7 +141,9 @@ def test_get_metrics_includes_v_num_and_logged_values() -> None:
     bar = ProgressBar()
     assert bar.get_metrics(trainer, None) == {"v_num": 3, "loss": 0.5}  # type: ignore[arg-type]
     assert trainer.metric_reads == 1
-    assert get_standard_metrics(FakeTrainer(loggers=[SimpleNamespace(version="run-abcdef")])) == {"v_num": "cdef"}
+    assert get_standard_metrics(FakeTrainer(loggers=[SimpleNamespace(version="run-abcdef")])) == {
+        "v_num": "cdef"
+    }
     assert get_standard_metrics(FakeTrainer(loggers=[])) == {}
     assert get_standard_metrics(FakeTrainer(loggers=[SimpleNamespace(version=None)])) == {}
 
@@ -238,7 +247,9 @@ def test_tqdm_output_non_tty(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.count("\n") <= 3
 
 
-def test_tqdm_nested_validation_bar_on_a_terminal(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tqdm_nested_validation_bar_on_a_terminal(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(ProgressBar, "_stream_is_tty", staticmethod(lambda stream: True))
     trainer = FakeTrainer(num_val_batches=[4, 2])
     run_fit(TQDMProgressBar(), trainer, epochs=1)
@@ -284,7 +295,11 @@ def test_tqdm_main_bar_grows_when_validation_runs_unplanned(capsys: pytest.Captu
 def test_tqdm_validate_test_predict(capsys: pytest.CaptureFixture[str]) -> None:
     trainer = FakeTrainer(num_test_batches=[3, 2])
     bar = TQDMProgressBar()
-    for stage, fn, sizes in (("validation", "validate", [4]), ("test", "test", [3, 2]), ("predict", "predict", [3])):
+    for stage, fn, sizes in (
+        ("validation", "validate", [4]),
+        ("test", "test", [3, 2]),
+        ("predict", "predict", [3]),
+    ):
         trainer.state.fn = fn
         bar.setup(trainer, None, fn)  # type: ignore[arg-type]
         _eval_loop(bar, trainer, stage, sizes)
@@ -346,14 +361,18 @@ def test_rich_defaults_and_errors() -> None:
 
 def test_rich_missing_names_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "rich" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "rich" else real(name, *a)
+    )
     with pytest.raises(ModuleNotFoundError, match=r"fulmen\[rich\]"):
         RichProgressBar()
 
 
 @pytest.mark.parametrize("terminal", [False, True])
 @pytest.mark.parametrize(("refresh_rate", "train_points"), [(1, 10), (4, 3)])
-def test_rich_reads_metrics_only_at_refresh_points(terminal: bool, refresh_rate: int, train_points: int) -> None:
+def test_rich_reads_metrics_only_at_refresh_points(
+    terminal: bool, refresh_rate: int, train_points: int
+) -> None:
     trainer = FakeTrainer()
     reads: list[int] = []
     bar, _ = _rich_bar(terminal, refresh_rate=refresh_rate)
@@ -389,7 +408,11 @@ def test_rich_unknown_length_and_eval_stages() -> None:
     run_fit(bar, trainer, epochs=1, sanity=False, train_batches=7)
     assert "12/?" in buffer.getvalue()  # 7 training + 5 validation batches
     assert not buffer.getvalue().endswith("\n\n")  # no empty final render
-    for stage, fn, sizes in (("validation", "validate", [4]), ("test", "test", [3]), ("predict", "predict", [3])):
+    for stage, fn, sizes in (
+        ("validation", "validate", [4]),
+        ("test", "test", [3]),
+        ("predict", "predict", [3]),
+    ):
         trainer.state.fn = fn
         bar.setup(trainer, None, fn)  # type: ignore[arg-type]
         _eval_loop(bar, trainer, stage, sizes)
@@ -426,7 +449,9 @@ def test_import_does_not_import_rich() -> None:
     import subprocess
     import sys
 
-    code = "import sys, fulmen.callbacks.progress, fulmen.callbacks.model_summary; print('rich' in sys.modules)"
+    code = (
+        "import sys, fulmen.callbacks.progress, fulmen.callbacks.model_summary; print('rich' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 
@@ -483,15 +508,22 @@ def _count_metric_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return reads
 
 
-def test_e2e_tqdm_fit(tmp_path: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_e2e_tqdm_fit(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from fulmen import Trainer
 
     reads = _count_metric_reads(monkeypatch)
     model, train, val = _model_and_data()
     bar = TQDMProgressBar(refresh_rate=3)
     trainer = Trainer(
-        max_epochs=2, callbacks=[bar], enable_progress_bar=True, enable_model_summary=False, logger=False,
-        enable_checkpointing=False, default_root_dir=tmp_path,
+        max_epochs=2,
+        callbacks=[bar],
+        enable_progress_bar=True,
+        enable_model_summary=False,
+        logger=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
     )
     assert trainer.progress_bar_callback is bar
     trainer.fit(model, train, val)
@@ -509,9 +541,15 @@ def test_e2e_rich_fit_and_eval(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -
     reads = _count_metric_reads(monkeypatch)
     model, train, val = _model_and_data()
     buffer = io.StringIO()
-    bar = RichProgressBar(refresh_rate=5, console_kwargs={"file": buffer, "width": 140, "force_terminal": False})
+    bar = RichProgressBar(
+        refresh_rate=5, console_kwargs={"file": buffer, "width": 140, "force_terminal": False}
+    )
     trainer = Trainer(
-        max_epochs=2, callbacks=[bar], enable_model_summary=False, logger=False, enable_checkpointing=False,
+        max_epochs=2,
+        callbacks=[bar],
+        enable_model_summary=False,
+        logger=False,
+        enable_checkpointing=False,
         default_root_dir=tmp_path,
     )
     trainer.fit(model, train, val)
@@ -537,8 +575,13 @@ def test_e2e_unknown_length_and_disabled(tmp_path: Any, capsys: pytest.CaptureFi
 
     model, _, _ = _model_and_data()
     trainer = Trainer(
-        max_epochs=1, callbacks=[TQDMProgressBar(refresh_rate=2)], enable_model_summary=False, logger=False,
-        enable_checkpointing=False, default_root_dir=tmp_path, limit_val_batches=0,
+        max_epochs=1,
+        callbacks=[TQDMProgressBar(refresh_rate=2)],
+        enable_model_summary=False,
+        logger=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        limit_val_batches=0,
     )
     trainer.fit(model, DataLoader(Stream(), batch_size=None))
     out = capsys.readouterr().out
@@ -546,8 +589,12 @@ def test_e2e_unknown_length_and_disabled(tmp_path: Any, capsys: pytest.CaptureFi
 
     model, train, val = _model_and_data()
     trainer = Trainer(
-        max_epochs=1, enable_progress_bar=False, enable_model_summary=False, logger=False,
-        enable_checkpointing=False, default_root_dir=tmp_path,
+        max_epochs=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
     )
     trainer.fit(model, train, val)
     assert "Epoch" not in capsys.readouterr().out

@@ -75,7 +75,13 @@ def test_depths() -> None:
     model = Net()
     assert ModelSummary(model, max_depth=0).layer_names == []
     assert ModelSummary(model, max_depth=1).layer_names == ["encoder", "head", "unused"]
-    assert ModelSummary(model, max_depth=2).layer_names == ["encoder", "encoder.0", "encoder.1", "head", "unused"]
+    assert ModelSummary(model, max_depth=2).layer_names == [
+        "encoder",
+        "encoder.0",
+        "encoder.1",
+        "head",
+        "unused",
+    ]
     assert ModelSummary(model, max_depth=-1).layer_names == ModelSummary(model, max_depth=5).layer_names
     summary = summarize(model, max_depth=2)
     assert summary.max_depth == 2
@@ -156,7 +162,9 @@ def test_example_input_tuple_dict_and_multiple_outputs() -> None:
             return self.split(self.a(x), scale=y)
 
     class Splitter(nn.Module):
-        def forward(self, x: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        def forward(
+            self, x: torch.Tensor, scale: torch.Tensor
+        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             return x * scale, {"sum": x.sum(1)}
 
     model = Two()
@@ -187,7 +195,9 @@ def test_forward_error_propagates_with_note_and_cleans_up() -> None:
     model = Broken(example=torch.zeros(2, 4))
     with pytest.raises(RuntimeError, match="boom") as info:
         ModelSummary(model)
-    assert any("example_input_array" in note for note in getattr(info.value, "__notes__", ["example_input_array"]))
+    assert any(
+        "example_input_array" in note for note in getattr(info.value, "__notes__", ["example_input_array"])
+    )
     assert model.training and model.encoder.training
     assert all(not m._forward_hooks for m in model.modules())
 

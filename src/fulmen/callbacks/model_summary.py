@@ -64,7 +64,9 @@ class ModelSummary(Callback):
     def __init__(self, max_depth: int = 1, **summarize_kwargs: Any) -> None:
         if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < -1:
             raise misconfig(
-                f"{type(self).__name__}(max_depth=...)", max_depth, "an int >= -1 (-1: all layers, 0: disabled)",
+                f"{type(self).__name__}(max_depth=...)",
+                max_depth,
+                "an int >= -1 (-1: all layers, 0: disabled)",
                 "pass e.g. `max_depth=1` for the top-level layers, or `enable_model_summary=False` on the Trainer "
                 "to turn the summary off",
             )
@@ -72,10 +74,11 @@ class ModelSummary(Callback):
         if unknown:
             allowed = ", ".join(sorted(self._SUMMARIZE_KWARGS)) or "none"
             raise misconfig(
-                f"{type(self).__name__}(**summarize_kwargs)", unknown, f"only these keywords: {allowed}",
-                "remove the unknown keywords" + (
-                    "" if self._SUMMARIZE_KWARGS else " (use RichModelSummary for `header_style`)"
-                ),
+                f"{type(self).__name__}(**summarize_kwargs)",
+                unknown,
+                f"only these keywords: {allowed}",
+                "remove the unknown keywords"
+                + ("" if self._SUMMARIZE_KWARGS else " (use RichModelSummary for `header_style`)"),
             )
         self._max_depth = max_depth
         self._summarize_kwargs = summarize_kwargs
@@ -141,7 +144,9 @@ class RichModelSummary(ModelSummary):
 
     _SUMMARIZE_KWARGS = frozenset({"header_style"})
 
-    def __init__(self, max_depth: int = 1, header_style: str = "bold magenta", **summarize_kwargs: Any) -> None:
+    def __init__(
+        self, max_depth: int = 1, header_style: str = "bold magenta", **summarize_kwargs: Any
+    ) -> None:
         _require_rich("RichModelSummary")
         super().__init__(max_depth, header_style=header_style, **summarize_kwargs)
 
@@ -165,13 +170,17 @@ class RichModelSummary(ModelSummary):
         if summary_data and summary_data[0][1]:
             table = Table(header_style=header_style)
             for header, _ in summary_data:
-                table.add_column(header, no_wrap=header in (" ", "Name"), justify="right" if header == " " else "left")
+                table.add_column(
+                    header, no_wrap=header in (" ", "Name"), justify="right" if header == " " else "left"
+                )
             for row in zip(*(cells for _, cells in summary_data)):
                 table.add_row(*(Text(cell) for cell in row))  # cells are data, not markup
             console.print(table)
         grid = Table.grid(padding=(0, 1))
         grid.add_column(justify="right")
         grid.add_column()
-        for value, label in summary_totals(total_parameters, trainable_parameters, model_size, total_training_modes):
+        for value, label in summary_totals(
+            total_parameters, trainable_parameters, model_size, total_training_modes
+        ):
             grid.add_row(Text(value.strip(), style="bold"), label)
         console.print(grid)

@@ -44,10 +44,10 @@ from fulmen.utilities.exceptions import misconfig
 from fulmen.utilities.rank_zero import rank_zero_warn
 
 __all__ = [
-    "LayerSummary",
-    "ModelSummary",
     "PARAMETER_NUM_UNITS",
     "UNKNOWN_SIZE",
+    "LayerSummary",
+    "ModelSummary",
     "format_summary_table",
     "get_formatted_model_size",
     "get_human_readable_count",
@@ -63,7 +63,7 @@ UNKNOWN_SIZE = "?"
 _HEADER_WIDTH = 10  # width of the number column in the totals block
 
 
-def get_human_readable_count(number: int | float) -> str:
+def get_human_readable_count(number: float) -> str:
     """Abbreviate a (parameter) count with a K/M/B/T suffix.
 
     Counts under 1,000 are printed in full followed by a space (so columns line up with the suffixed
@@ -209,7 +209,9 @@ class ModelSummary:
     def __init__(self, model: nn.Module, max_depth: int = 1) -> None:
         if not isinstance(model, nn.Module):
             raise misconfig(
-                "ModelSummary(model=...)", type(model).__name__, "a torch.nn.Module",
+                "ModelSummary(model=...)",
+                type(model).__name__,
+                "a torch.nn.Module",
                 "pass the LightningModule (or any nn.Module) to summarize",
             )
         _validate_max_depth(max_depth)
@@ -282,7 +284,9 @@ class ModelSummary:
         self._total_parameters = sum(p.numel() for p in sized)
         self._trainable_parameters = sum(p.numel() for p in sized if p.requires_grad)
         self._model_size = sum(p.numel() * p.element_size() for p in sized) / 1e6
-        modes = [module.training for module in self._model.modules()][1:]  # the root is not a "module in mode"
+        modes = [module.training for module in self._model.modules()][
+            1:
+        ]  # the root is not a "module in mode"
         self._total_training_modes = {"train": modes.count(True), "eval": modes.count(False)}
         if self._has_lazy:
             rank_zero_warn(
@@ -411,7 +415,10 @@ def format_summary_table(columns: list[tuple[str, list[str]]], totals: list[tupl
 
 
 def summary_totals(
-    total_parameters: int, trainable_parameters: int, model_size: float, total_training_modes: Mapping[str, int]
+    total_parameters: int,
+    trainable_parameters: int,
+    model_size: float,
+    total_training_modes: Mapping[str, int],
 ) -> list[tuple[str, str]]:
     """The totals block under the table as ``(formatted value, label)`` pairs.
 
@@ -439,7 +446,9 @@ def summarize(lightning_module: nn.Module, max_depth: int = 1) -> ModelSummary:
 def _validate_max_depth(max_depth: Any) -> None:
     if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < -1:
         raise misconfig(
-            "ModelSummary(max_depth=...)", max_depth, "an int >= -1 (-1: all layers, 0: totals only)",
+            "ModelSummary(max_depth=...)",
+            max_depth,
+            "an int >= -1 (-1: all layers, 0: totals only)",
             "pass e.g. `max_depth=1` for the top-level layers or `max_depth=-1` for all of them",
         )
 

@@ -236,7 +236,7 @@ class ProgressBar(Callback):
     # helpers for subclasses
     # ----------------------------------------------------------------------------------------------
     @staticmethod
-    def _is_refresh_point(current: int, total: int | float, refresh_rate: int) -> bool:
+    def _is_refresh_point(current: int, total: float, refresh_rate: int) -> bool:
         """True every ``refresh_rate`` batches and on the last batch of a known-length loader."""
         return current % refresh_rate == 0 or current == total
 

@@ -85,7 +85,7 @@ def _format_duration(seconds: float | None) -> str:
 
 def _columns(theme: RichProgressBarTheme) -> list[ProgressColumn]:
     """The bar's columns (rich is imported here, on first use)."""
-    from rich.progress import BarColumn, ProgressColumn, Task, TextColumn
+    from rich.progress import BarColumn, ProgressColumn, TextColumn
     from rich.text import Text
 
     class BatchesColumn(ProgressColumn):
@@ -210,7 +210,9 @@ class RichProgressBar(ProgressBar):
 
             if self._console is None:
                 self._console = Console(**self._console_kwargs) if self._console_kwargs else get_console()
-            self.progress = Progress(*self.configure_columns(trainer), console=self._console, auto_refresh=False)
+            self.progress = Progress(
+                *self.configure_columns(trainer), console=self._console, auto_refresh=False
+            )
             self.progress.start()
         return self.progress
 
@@ -218,14 +220,16 @@ class RichProgressBar(ProgressBar):
         progress, console = self.progress, self._console
         if progress is not None:
             self.progress = None
-            silent = console is not None and not console.is_terminal and not any(t.visible for t in progress.tasks)
-            if silent:  # a file or CI log: rich would print an empty final render
+            nothing_shown = not any(task.visible for task in progress.tasks)
+            if console is not None and nothing_shown and not console.is_terminal:
+                # a file or CI log: rich would print an empty final render
                 console.quiet = True
-            try:
-                progress.stop()
-            finally:
-                if silent:
+                try:
+                    progress.stop()
+                finally:
                     console.quiet = False
+            else:
+                progress.stop()
         self.train_progress_bar_id = None
         self.val_sanity_progress_bar_id = None
         self.val_progress_bar_id = None
@@ -241,7 +245,7 @@ class RichProgressBar(ProgressBar):
         return self._console is not None and self._console.is_terminal
 
     def _new_task(
-        self, old: TaskID | None, description: str, total: int | float, keep_old: bool = False
+        self, old: TaskID | None, description: str, total: float, keep_old: bool = False
     ) -> TaskID | None:
         """A fresh task replacing ``old`` (so an unknown total, ``None`` in rich, is set cleanly).
 
@@ -260,9 +264,10 @@ class RichProgressBar(ProgressBar):
     def _print_finished(self, task_id: TaskID) -> None:
         """On a non-terminal console, print a task as a line before it leaves the display."""
         task = self._task(task_id)
-        if self.progress is not None and self._console is not None and not self._on_terminal():
-            if task is not None and task.visible:
-                self._console.print(self.progress.make_tasks_table([task]))
+        if self.progress is None or self._console is None or self._on_terminal():
+            return
+        if task is not None and task.visible:
+            self._console.print(self.progress.make_tasks_table([task]))
 
     def _remove_task(self, task: TaskID | None) -> None:
         if self.progress is not None and task is not None:
@@ -339,7 +344,9 @@ class RichProgressBar(ProgressBar):
             return
         self._train_total = self.total_train_batches
         total = self._train_total + self.total_val_batches
-        self.train_progress_bar_id = self._new_task(self.train_progress_bar_id, self._train_description(trainer), total)
+        self.train_progress_bar_id = self._new_task(
+            self.train_progress_bar_id, self._train_description(trainer), total
+        )
         self.refresh()
 
     @override
@@ -379,7 +386,12 @@ class RichProgressBar(ProgressBar):
 
     @override
     def on_validation_batch_start(
-        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         if not self.has_dataloader_changed(dataloader_idx):
             return
@@ -394,7 +406,9 @@ class RichProgressBar(ProgressBar):
                 self.val_sanity_progress_bar_id, description, self._eval_total
             )
         else:
-            description = self._eval_description(self.validation_description, trainer.num_val_batches, dataloader_idx)
+            description = self._eval_description(
+                self.validation_description, trainer.num_val_batches, dataloader_idx
+            )
             self.val_progress_bar_id = self._new_task(
                 self.val_progress_bar_id, description, self._eval_total, keep_old=not self._fitting
             )
@@ -414,7 +428,9 @@ class RichProgressBar(ProgressBar):
         in_epoch = self._fitting and not trainer.sanity_checking
         if in_epoch:
             self._main_n += 1
-        if self.is_disabled or not self._is_refresh_point(self.val_batch_idx, self._eval_total, self._refresh_rate):
+        if self.is_disabled or not self._is_refresh_point(
+            self.val_batch_idx, self._eval_total, self._refresh_rate
+        ):
             return
         task = self.val_sanity_progress_bar_id if trainer.sanity_checking else self.val_progress_bar_id
         self._draw(task, self.val_batch_idx)
@@ -440,13 +456,20 @@ class RichProgressBar(ProgressBar):
 
     @override
     def on_test_batch_start(
-        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         if not self.has_dataloader_changed(dataloader_idx):
             return
         self._eval_total = self.total_test_batches_current_dataloader
         if self.progress is not None:
-            description = self._eval_description(self.test_description, trainer.num_test_batches, dataloader_idx)
+            description = self._eval_description(
+                self.test_description, trainer.num_test_batches, dataloader_idx
+            )
             self.test_progress_bar_id = self._new_task(
                 self.test_progress_bar_id, description, self._eval_total, keep_old=True
             )
@@ -463,7 +486,9 @@ class RichProgressBar(ProgressBar):
         dataloader_idx: int = 0,
     ) -> None:
         self.test_batch_idx = batch_idx + 1
-        if self.is_enabled and self._is_refresh_point(self.test_batch_idx, self._eval_total, self._refresh_rate):
+        if self.is_enabled and self._is_refresh_point(
+            self.test_batch_idx, self._eval_total, self._refresh_rate
+        ):
             self._draw(self.test_progress_bar_id, self.test_batch_idx)
 
     @override
@@ -476,13 +501,20 @@ class RichProgressBar(ProgressBar):
 
     @override
     def on_predict_batch_start(
-        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         if not self.has_dataloader_changed(dataloader_idx):
             return
         self._eval_total = self.total_predict_batches_current_dataloader
         if self.progress is not None:
-            description = self._eval_description(self.predict_description, trainer.num_predict_batches, dataloader_idx)
+            description = self._eval_description(
+                self.predict_description, trainer.num_predict_batches, dataloader_idx
+            )
             self.predict_progress_bar_id = self._new_task(
                 self.predict_progress_bar_id, description, self._eval_total, keep_old=True
             )
@@ -499,7 +531,9 @@ class RichProgressBar(ProgressBar):
         dataloader_idx: int = 0,
     ) -> None:
         self.predict_batch_idx = batch_idx + 1
-        if self.is_enabled and self._is_refresh_point(self.predict_batch_idx, self._eval_total, self._refresh_rate):
+        if self.is_enabled and self._is_refresh_point(
+            self.predict_batch_idx, self._eval_total, self._refresh_rate
+        ):
             self._draw(self.predict_progress_bar_id, self.predict_batch_idx)
 
     @override

@@ -23,7 +23,7 @@ import math
 import sys
 from typing import TYPE_CHECKING, Any
 
-from tqdm import tqdm as _tqdm
+from tqdm import tqdm as _tqdm  # type: ignore[import-untyped,unused-ignore]
 from typing_extensions import override
 
 from fulmen.callbacks.progress.progress_bar import ProgressBar, _validate_non_negative_int
@@ -37,11 +37,11 @@ __all__ = ["TQDMProgressBar", "Tqdm"]
 _PAD_SIZE = 5  # floats are padded to this many characters so the postfix does not jitter
 
 
-class Tqdm(_tqdm):  # type: ignore[type-arg]
+class Tqdm(_tqdm):  # type: ignore[misc,type-arg,unused-ignore]
     """``tqdm`` that prints floats with 3 significant digits padded to a steady width (``0.100``)."""
 
     @staticmethod
-    def format_num(n: int | float | str) -> str:
+    def format_num(n: float | str) -> str:
         """Format a number for the postfix: ints as is, floats with 3 significant digits, zero-padded.
 
         Example::
@@ -59,7 +59,7 @@ class Tqdm(_tqdm):  # type: ignore[type-arg]
         return text
 
 
-def _total_or_none(total: int | float) -> int | None:
+def _total_or_none(total: float) -> int | None:
     """tqdm's ``total`` for a size: ``None`` (unknown) for ``inf``."""
     return None if total == float("inf") else int(total)
 
@@ -107,7 +107,12 @@ class TQDMProgressBar(ProgressBar):
     def __getstate__(self) -> dict[str, Any]:
         # tqdm objects hold locks and file handles: drop them when the callback is pickled (spawn)
         state = self.__dict__.copy()
-        for key in ("_train_progress_bar", "_val_progress_bar", "_test_progress_bar", "_predict_progress_bar"):
+        for key in (
+            "_train_progress_bar",
+            "_val_progress_bar",
+            "_test_progress_bar",
+            "_predict_progress_bar",
+        ):
             state[key] = None
         return state
 
@@ -192,7 +197,9 @@ class TQDMProgressBar(ProgressBar):
         """The validation bar: under the main bar during ``fit``, alone (and kept) in ``validate``."""
         has_main_bar = self._fitting
         return self._new_bar(
-            self.validation_description, 2 * self._process_position + int(has_main_bar), leave=not has_main_bar
+            self.validation_description,
+            2 * self._process_position + int(has_main_bar),
+            leave=not has_main_bar,
         )
 
     def init_test_tqdm(self) -> Tqdm:
@@ -216,7 +223,7 @@ class TQDMProgressBar(ProgressBar):
         bar.refresh()
 
     @staticmethod
-    def _reset_bar(bar: Tqdm, total: int | float, desc: str) -> None:
+    def _reset_bar(bar: Tqdm, total: float, desc: str) -> None:
         bar.set_description(desc, refresh=False)
         bar.total = _total_or_none(total)
         bar.reset(total=bar.total)  # also redraws at 0
@@ -313,7 +320,12 @@ class TQDMProgressBar(ProgressBar):
 
     @override
     def on_validation_batch_start(
-        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         if not self.has_dataloader_changed(dataloader_idx):
             return
@@ -341,7 +353,9 @@ class TQDMProgressBar(ProgressBar):
         in_epoch = self._fitting and not trainer.sanity_checking
         if in_epoch:
             self._main_n += 1
-        if self.is_disabled or not self._is_refresh_point(self.val_batch_idx, self._eval_total, self._refresh_rate):
+        if self.is_disabled or not self._is_refresh_point(
+            self.val_batch_idx, self._eval_total, self._refresh_rate
+        ):
             return
         self._draw(self._val_progress_bar, self.val_batch_idx)
         if in_epoch:
@@ -367,7 +381,12 @@ class TQDMProgressBar(ProgressBar):
 
     @override
     def on_test_batch_start(
-        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         if not self.has_dataloader_changed(dataloader_idx):
             return
@@ -387,7 +406,9 @@ class TQDMProgressBar(ProgressBar):
         dataloader_idx: int = 0,
     ) -> None:
         self.test_batch_idx = batch_idx + 1
-        if self.is_enabled and self._is_refresh_point(self.test_batch_idx, self._eval_total, self._refresh_rate):
+        if self.is_enabled and self._is_refresh_point(
+            self.test_batch_idx, self._eval_total, self._refresh_rate
+        ):
             self._draw(self._test_progress_bar, self.test_batch_idx)
 
     @override
@@ -403,13 +424,20 @@ class TQDMProgressBar(ProgressBar):
 
     @override
     def on_predict_batch_start(
-        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         if not self.has_dataloader_changed(dataloader_idx):
             return
         self._eval_total = self.total_predict_batches_current_dataloader
         if self._predict_progress_bar is not None and not self._predict_progress_bar.disable:
-            desc = self._eval_description(self.predict_description, trainer.num_predict_batches, dataloader_idx)
+            desc = self._eval_description(
+                self.predict_description, trainer.num_predict_batches, dataloader_idx
+            )
             self._reset_bar(self._predict_progress_bar, self._eval_total, desc)
 
     @override
@@ -423,7 +451,9 @@ class TQDMProgressBar(ProgressBar):
         dataloader_idx: int = 0,
     ) -> None:
         self.predict_batch_idx = batch_idx + 1
-        if self.is_enabled and self._is_refresh_point(self.predict_batch_idx, self._eval_total, self._refresh_rate):
+        if self.is_enabled and self._is_refresh_point(
+            self.predict_batch_idx, self._eval_total, self._refresh_rate
+        ):
             self._draw(self._predict_progress_bar, self.predict_batch_idx)
 
     @override
@@ -436,7 +466,12 @@ class TQDMProgressBar(ProgressBar):
     # teardown and printing
     # ----------------------------------------------------------------------------------------------
     def _close_all(self) -> None:
-        for name in ("_val_progress_bar", "_test_progress_bar", "_predict_progress_bar", "_train_progress_bar"):
+        for name in (
+            "_val_progress_bar",
+            "_test_progress_bar",
+            "_predict_progress_bar",
+            "_train_progress_bar",
+        ):
             self._close(getattr(self, name))
             setattr(self, name, None)
         self._fitting = False
