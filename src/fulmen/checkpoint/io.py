@@ -305,7 +305,8 @@ class AsyncCheckpointIO(WrappingCheckpointIO):
     previous file intact.
 
     Args:
-        checkpoint_io: The plugin that does the writing; defaults to :class:`TorchCheckpointIO`.
+        checkpoint_io: The plugin that does the writing. ``None`` lets the Trainer set it, or
+            :class:`TorchCheckpointIO` on first use.
 
     Raises:
         TypeError: If ``checkpoint_io`` is not a ``CheckpointIO``.
