@@ -182,31 +182,33 @@ def _scheduler_config(item: Any, model: LightningModule) -> LRSchedulerConfig:
     if isinstance(item, Mapping):
         if "scheduler" not in item:
             raise MisconfigurationException(
-                f"The lr scheduler config {dict(item)!r} has no 'scheduler' key. Fix: "
-                "{'scheduler': torch.optim.lr_scheduler.X(opt, ...), 'interval': 'epoch', ...}."
+                f"configure_optimizers returned the lr scheduler config {dict(item)!r}, which has no 'scheduler' key. "
+                "Fix: {'scheduler': torch.optim.lr_scheduler.X(opt, ...), 'interval': 'epoch', ...}."
             )
         unknown = set(item) - _SCHEDULER_KEYS
         if unknown:
             raise MisconfigurationException(
-                f"The lr scheduler config has unknown keys {sorted(unknown)}; expected a subset of "
-                f"{sorted(_SCHEDULER_KEYS - {'opt_idx'})}. Fix: remove or rename them."
+                f"configure_optimizers returned an lr scheduler config with unknown keys {sorted(unknown)}; "
+                f"expected a subset of {sorted(_SCHEDULER_KEYS - {'opt_idx'})}. Fix: remove or rename them."
             )
         cfg = LRSchedulerConfig(**{k: v for k, v in item.items() if k in {f.name for f in fields(LRSchedulerConfig)}})
     else:
         cfg = LRSchedulerConfig(scheduler=item)
     if cfg.interval not in ("epoch", "step"):
         raise MisconfigurationException(
-            f"lr scheduler config 'interval'={cfg.interval!r}; expected 'epoch' or 'step'. Fix: use one of them."
+            f"configure_optimizers returned an lr scheduler config with 'interval'={cfg.interval!r}; expected 'epoch' "
+            "or 'step'. Fix: use 'interval': 'step' to step every optimizer step, or 'epoch'."
         )
     if not isinstance(cfg.frequency, int) or cfg.frequency < 1:
         raise MisconfigurationException(
-            f"lr scheduler config 'frequency'={cfg.frequency!r}; expected a positive int. Fix: e.g. 'frequency': 1."
+            f"configure_optimizers returned an lr scheduler config with 'frequency'={cfg.frequency!r}; expected a "
+            "positive int. Fix: e.g. 'frequency': 1."
         )
     sched = cfg.scheduler
     if not (hasattr(sched, "step") and hasattr(sched, "state_dict")):
         raise MisconfigurationException(
-            f"The lr scheduler {sched!r} has no step()/state_dict(); expected a torch.optim.lr_scheduler "
-            "instance. Fix: return a scheduler object."
+            f"configure_optimizers returned the lr scheduler {sched!r}, which has no step()/state_dict(); expected "
+            "a torch.optim.lr_scheduler instance. Fix: return a scheduler object."
         )
     cfg.reduce_on_plateau = isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau)
     if cfg.reduce_on_plateau and cfg.monitor is None:
