@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -45,6 +46,15 @@ class _MockOptimizer(Optimizer):
     def __repr__(self) -> str:
         return "No Optimizer"
 
+
+@functools.cache
+def _make_lightning_optimizer_class(optimizer_cls: type) -> type:
+    """A class deriving from both LightningOptimizer and the wrapped optimizer's class.
+
+    ``LightningOptimizer.__class__`` reports it, so ``isinstance(wrapped, torch.optim.Adam)`` holds as in
+    Lightning. It is never instantiated; one class per optimizer type is cached.
+    """
+    return type(f"Lightning{optimizer_cls.__name__}", (LightningOptimizer, optimizer_cls), {})
 
 
 class LightningOptimizer:
