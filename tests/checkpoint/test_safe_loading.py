@@ -142,9 +142,9 @@ def test_registered_enum_and_dataclass_load_safely(tmp_path: Path) -> None:
 def test_registry_does_not_leak_into_torch_global_allowlist(tmp_path: Path) -> None:
     path = tmp_path / "hp.ckpt"
     fc.atomic_save({"hp": AttributeDict(a=1)}, path)
-    before = torch.serialization.get_safe_globals()
+    before = set(torch.serialization.get_safe_globals())
     fc.load(path)
-    assert torch.serialization.get_safe_globals() == before
+    assert set(torch.serialization.get_safe_globals()) == before
     with pytest.raises(pickle.UnpicklingError):  # plain torch.load does not see fulmen's allowlist
         torch.load(path, weights_only=True)
 

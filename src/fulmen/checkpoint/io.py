@@ -314,7 +314,8 @@ class AsyncCheckpointIO(WrappingCheckpointIO):
 
     def __init__(self, checkpoint_io: CheckpointIO | None = None) -> None:
         super().__init__(checkpoint_io)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _pending
+        self._save_lock = threading.Lock()  # one save at a time, even when called from several threads
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._pending: tuple[str, concurrent.futures.Future[None]] | None = None
 
@@ -347,16 +348,17 @@ class AsyncCheckpointIO(WrappingCheckpointIO):
         """
         _check_checkpoint(checkpoint, path)
         display = cloud_io._check_path(path)
-        self._wait_for_pending()
-        wrapped = self._wrapped()
-        snapshot = _snapshot(checkpoint, {})
-        if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="fulmen-async-checkpoint"
-            )
-        future = self._executor.submit(wrapped.save_checkpoint, snapshot, path, storage_options)
-        with self._lock:
-            self._pending = (display, future)
+        with self._save_lock:
+            self._wait_for_pending()
+            wrapped = self._wrapped()
+            snapshot = _snapshot(checkpoint, {})
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="fulmen-async-checkpoint"
+                )
+            future = self._executor.submit(wrapped.save_checkpoint, snapshot, path, storage_options)
+            with self._lock:
+                self._pending = (display, future)
 
     @override
     def load_checkpoint(
@@ -391,9 +393,10 @@ class AsyncCheckpointIO(WrappingCheckpointIO):
         # Threads and locks cannot be pickled (spawn-based launchers pickle the strategy).
         self._wait_for_pending()
         state = self.__dict__.copy()
-        state.update(_lock=None, _executor=None, _pending=None)
+        state.update(_lock=None, _save_lock=None, _executor=None, _pending=None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        self._save_lock = threading.Lock()
