@@ -650,7 +650,10 @@ class ModelCheckpoint(Checkpoint):
             self._remove_checkpoint(trainer, evicted)
 
     def _save_none_monitor_checkpoint(self, trainer: Trainer, candidates: dict[str, Any]) -> None:
-        filepath = self._get_metric_interpolated_filepath_name(candidates, trainer, self.best_model_path)
+        # With save_top_k == 1 the previous file is replaced, so its name may be reused; otherwise it
+        # is kept and a taken name must get a version suffix (Lightning would overwrite it).
+        reusable = self.best_model_path if self.save_top_k == 1 else None
+        filepath = self._get_metric_interpolated_filepath_name(candidates, trainer, reusable)
         previous = self.best_model_path
         self.best_model_path = filepath  # part of the saved state
         try:
