@@ -79,7 +79,8 @@ def test_in_place_updates_after_save_do_not_reach_the_file(tmp_path: Path) -> No
     expected_momentum = optimizer.state[model.weight]["momentum_buffer"].clone()
     path = tmp_path / "a.ckpt"
     io.save_checkpoint(
-        {"state_dict": model.state_dict(), "optimizer_states": [optimizer.state_dict()], "meta": {"n": [1]}}, path
+        {"state_dict": model.state_dict(), "optimizer_states": [optimizer.state_dict()], "meta": {"n": [1]}},
+        path,
     )
     # Training goes on while the write is still pending.
     model(torch.randn(2, 3)).sum().backward()

@@ -146,7 +146,9 @@ class _RecordingIO(CheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         self.calls.append(("save", path, storage_options))
 
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: Any = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: Any, map_location: Any = None, weights_only: Any = None
+    ) -> dict[str, Any]:
         self.calls.append(("load", path, map_location, weights_only))
         return {"loaded": path}
 
@@ -176,7 +178,9 @@ def test_wrapping_io_forwards_every_call() -> None:
 def test_wrapping_io_subclass_can_inject_storage_options() -> None:
     class WithCredentials(WrappingCheckpointIO):
         def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-            super().save_checkpoint(checkpoint, path, storage_options={"token": "secret", **(storage_options or {})})
+            super().save_checkpoint(
+                checkpoint, path, storage_options={"token": "secret", **(storage_options or {})}
+            )
 
     inner = _RecordingIO()
     WithCredentials(inner).save_checkpoint({}, "p")

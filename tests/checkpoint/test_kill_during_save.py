@@ -10,6 +10,7 @@ two saves would be caught too.
 
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import random
@@ -97,7 +98,7 @@ def test_sigkill_during_save_never_leaves_a_partial_checkpoint(tmp_path: Path) -
             for _ in range(rng.randint(2, 3)):
                 last_saved = int(worker.expect("saved")[0])
                 times.append(time.monotonic())
-            period = max(min(b - a for a, b in zip(times, times[1:])), 0.005)
+            period = max(min(b - a for a, b in itertools.pairwise(times)), 0.005)
             time.sleep(rng.uniform(0.0, period))
             os.kill(int(pid), signal.SIGKILL)
             worker.send(f"reap {pid}")
@@ -113,7 +114,9 @@ def test_sigkill_during_save_never_leaves_a_partial_checkpoint(tmp_path: Path) -
             verify_checkpoint(path)  # complete zip, every record's CRC-32 matches
             checkpoint = io.load_checkpoint(path)
             step = checkpoint["step"]
-            assert step in (last_saved, last_saved + 1), f"file holds step {step}, last save {last_saved} {context}"
+            assert step in (last_saved, last_saved + 1), (
+                f"file holds step {step}, last save {last_saved} {context}"
+            )
             assert step > last_verified, f"step went back from {last_verified} to {step} {context}"
             payload = checkpoint["payload"]
             assert payload.numel() == NUMEL, context

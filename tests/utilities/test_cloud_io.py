@@ -8,7 +8,7 @@ import os
 import pickle
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import fsspec
 import pytest
@@ -64,8 +64,13 @@ def test_bad_storage_options_are_rejected_clearly(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("path", "expected"),
-    [("/tmp/a.ckpt", True), ("relative/a.ckpt", True), ("file:///tmp/a.ckpt", True), ("s3://b/a.ckpt", False),
-     ("memory://a.ckpt", False)],
+    [
+        ("/tmp/a.ckpt", True),
+        ("relative/a.ckpt", True),
+        ("file:///tmp/a.ckpt", True),
+        ("s3://b/a.ckpt", False),
+        ("memory://a.ckpt", False),
+    ],
 )
 def test_is_local_file_protocol(path: str, expected: bool) -> None:
     assert cloud_io._is_local_file_protocol(path) is expected
@@ -150,7 +155,9 @@ def test_failed_save_keeps_previous_file_intact_and_leaves_no_temp_file(
     elif failure == "fsync fails":
         monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
     else:
-        monkeypatch.setattr(os, "replace", lambda a, b: (_ for _ in ()).throw(OSError(errno.EXDEV, "cross-device")))
+        monkeypatch.setattr(
+            os, "replace", lambda a, b: (_ for _ in ()).throw(OSError(errno.EXDEV, "cross-device"))
+        )
 
     with pytest.raises(expected):
         atomic_save(new, path)
@@ -212,9 +219,9 @@ def test_memory_round_trip(memory_dir: str) -> None:
     assert load(path)["step"] == 2
     assert load(path, map_location="cpu")["state_dict"]["w"].device.type == "cpu"
     verify_checkpoint(path)
-    assert [p.rsplit("/", 1)[-1] for p in fsspec.filesystem("memory").ls(f"{memory_dir}/run", detail=False)] == [
-        "last.ckpt"
-    ]
+    assert [
+        p.rsplit("/", 1)[-1] for p in fsspec.filesystem("memory").ls(f"{memory_dir}/run", detail=False)
+    ] == ["last.ckpt"]
 
 
 def test_file_url_round_trip(tmp_path: Path) -> None:
@@ -237,9 +244,9 @@ class _RenameFileSystem(MemoryFileSystem):
     """A filesystem that is neither local nor a single-put object store: exercises temp-name + mv."""
 
     protocol = ("fulmenrenamefs",)
-    store: dict[str, Any] = {}
-    pseudo_dirs = [""]
-    moves: list[tuple[str, str]] = []
+    store: ClassVar[dict[str, Any]] = {}
+    pseudo_dirs: ClassVar[list[str]] = [""]
+    moves: ClassVar[list[tuple[str, str]]] = []
 
     @classmethod
     def _strip_protocol(cls, path: str) -> str:

@@ -287,7 +287,7 @@ def _snapshot(obj: Any, memo: dict[int, Any]) -> Any:
     else:
         try:
             result = copy.deepcopy(obj)
-        except Exception:
+        except Exception:  # noqa: BLE001 - not copyable: pickled as it is at write time (documented)
             result = obj
     memo[key] = result
     return result

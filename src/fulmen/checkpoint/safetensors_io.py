@@ -95,7 +95,8 @@ def save_safetensors(
     """
     st = _import_safetensors()
     if metadata is not None and (
-        not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+        not isinstance(metadata, dict)
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
     ):
         raise TypeError(
             f"save_safetensors: metadata must be a dict of str to str, got {metadata!r}. "

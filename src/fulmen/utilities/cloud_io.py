@@ -50,7 +50,7 @@ import uuid
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, Any, Union
+from typing import IO, Any
 
 import fsspec
 import torch
@@ -71,9 +71,9 @@ __all__ = [
     "verify_checkpoint",
 ]
 
-_PATH = Union[str, "os.PathLike[str]"]
-_MAP_LOCATION = Union[str, torch.device, Callable[..., Any], dict[str, str], None]
-_SafeGlobal = Union[Callable[..., Any], tuple[Callable[..., Any], str]]
+_PATH = str | os.PathLike[str]
+_MAP_LOCATION = str | torch.device | Callable[..., Any] | dict[str, str] | None
+_SafeGlobal = Callable[..., Any] | tuple[Callable[..., Any], str]
 
 # Protocols whose single put is atomic (the object appears whole or not at all).
 _SINGLE_PUT_PROTOCOLS = frozenset(
@@ -173,7 +173,9 @@ def get_filesystem(path: _PATH, **storage_options: Any) -> fsspec.AbstractFileSy
     return _resolve(path, storage_options)[0]
 
 
-def _resolve(path: _PATH, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+def _resolve(
+    path: _PATH, storage_options: dict[str, Any] | None = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
     """Return ``(filesystem, path as that filesystem names it)``."""
     text = _check_path(path)
     options = _check_storage_options(storage_options)
@@ -251,7 +253,9 @@ def _atomic_write_local(target: str, write: Callable[[IO[bytes]], None]) -> None
     _fsync_dir(directory)
 
 
-def _atomic_write_remote(fs: fsspec.AbstractFileSystem, target: str, write: Callable[[IO[bytes]], None]) -> None:
+def _atomic_write_remote(
+    fs: fsspec.AbstractFileSystem, target: str, write: Callable[[IO[bytes]], None]
+) -> None:
     if _protocol(fs) in _SINGLE_PUT_PROTOCOLS:
         buffer = io.BytesIO()
         write(buffer)
@@ -297,7 +301,7 @@ class _ProbePickler(pickle.Pickler):
 def _picklable(obj: Any) -> bool:
     try:
         _ProbePickler(_Discard(), protocol=2).dump(obj)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure means "cannot be pickled"; we only locate it
         return False
     return True
 
@@ -331,7 +335,11 @@ class _Pickler(pickle.Pickler):
     ``AttributeDict({...})``, a call safe loading allows because the class is allowlisted.
     """
 
-    dispatch_table = collections.ChainMap({AttributeDict: _reduce_attribute_dict}, copyreg.dispatch_table)
+    # A live view over copyreg's table, so later copyreg registrations still apply.
+    dispatch_table = collections.ChainMap(  # noqa: RUF012 - pickle reads this attribute by name
+        {AttributeDict: _reduce_attribute_dict},
+        copyreg.dispatch_table,  # type: ignore[arg-type]
+    )
 
 
 class _PickleModule:
@@ -343,7 +351,7 @@ class _PickleModule:
 
 
 def _torch_save(obj: Any, f: IO[bytes]) -> None:
-    torch.save(obj, f, pickle_module=_PickleModule)  # type: ignore[arg-type]
+    torch.save(obj, f, pickle_module=_PickleModule)
 
 
 def atomic_save(obj: Any, path: _PATH, storage_options: dict[str, Any] | None = None) -> None:
@@ -378,7 +386,9 @@ def atomic_save(obj: Any, path: _PATH, storage_options: dict[str, Any] | None = 
             "lambdas, locks, open files or generators."
         ) from err
     except Exception as err:
-        err.add_note(f"While saving a checkpoint to {os.fspath(path)!r}; the previous file there, if any, is unchanged.")
+        err.add_note(
+            f"While saving a checkpoint to {os.fspath(path)!r}; the previous file there, if any, is unchanged."
+        )
         raise
 
 
@@ -547,7 +557,10 @@ def _check_zip(f: IO[bytes], size: int, only: Callable[[str], bool] | None = Non
     with archive:
         infos = archive.infolist()
         if not any(info.filename.endswith("data.pkl") for info in infos):
-            return "damaged", "its zip archive has no data.pkl record, so it is not a complete torch.save file"
+            return (
+                "damaged",
+                "its zip archive has no data.pkl record, so it is not a complete torch.save file",
+            )
         for info in infos:
             if only is not None and not only(info.filename):
                 continue
@@ -648,7 +661,7 @@ def _other_checkpoints(fs: fsspec.AbstractFileSystem | None, fs_path: str, limit
 
 def _torch_reason(err: BaseException) -> str:
     text = str(err)
-    match = re.search(r"WeightsUnpickler error:\s*(.*)", text, re.S)
+    match = re.search(r"WeightsUnpickler error:\s*(.*)", text, re.DOTALL)
     if match:
         text = match.group(1)
     # torch appends long generic advice after the specific reason; keep the specific part.
@@ -699,11 +712,17 @@ def _check_is_file(fs: fsspec.AbstractFileSystem, fs_path: str, display: str) ->
         )
 
 
-def _unsafe_globals(source: Any, fs: fsspec.AbstractFileSystem | None, fs_path: str, err: BaseException) -> list[str]:
+def _unsafe_globals(
+    source: Any, fs: fsspec.AbstractFileSystem | None, fs_path: str, err: BaseException
+) -> list[str]:
     names: list[str] = []
     finder = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
     if finder is not None:
-        with contextlib.suppress(Exception), _safe_globals_active(), _open_for_check(source, fs, fs_path) as f:
+        with (
+            contextlib.suppress(Exception),
+            _safe_globals_active(),
+            _open_for_check(source, fs, fs_path) as f,
+        ):
             names = sorted(finder(f))
     if not names:
         names = list(dict.fromkeys(re.findall(r"GLOBAL ([\w.]+)", str(err))))
@@ -738,7 +757,14 @@ def _unsafe_error(display: str, names: list[str], err: BaseException) -> UnsafeC
 
 # Exceptions that mean "these bytes are not a valid pickle stream" for the legacy (non-zip) format,
 # which has no checksums to consult.
-_LEGACY_CORRUPTION = (EOFError, UnicodeDecodeError, struct.error, pickle.UnpicklingError, ValueError, OverflowError)
+_LEGACY_CORRUPTION = (
+    EOFError,
+    UnicodeDecodeError,
+    struct.error,
+    pickle.UnpicklingError,
+    ValueError,
+    OverflowError,
+)
 
 
 def load(
@@ -790,7 +816,7 @@ def load(
             raise _damaged_error(display, "it is empty (0 bytes)", None, fs, fs_path)
         with _safe_globals_active():
             if fs is None:
-                return torch.load(source, map_location=map_location, weights_only=safe)  # type: ignore[arg-type]
+                return torch.load(source, map_location=map_location, weights_only=safe)
             if isinstance(fs, LocalFileSystem):
                 return torch.load(fs_path, map_location=map_location, weights_only=safe)
             with fs.open(fs_path, "rb") as f:
@@ -806,8 +832,8 @@ def load(
                 # The names in a refusal come from data.pkl alone, so checking that record suffices.
                 only = (lambda name: name.endswith(".pkl")) if refused else None
                 status, problem = _check_zip(f, size, only)
-        except Exception:  # the check itself failed (e.g. the file vanished): report torch's error as is
-            raise err from None
+        except Exception:  # noqa: BLE001 - the check itself failed (file vanished): report torch's error
+            status, problem = "unknown", ""
         if status == "damaged":
             raise _damaged_error(display, problem, err, fs, fs_path) from err
         names = _unsafe_globals(source, fs, fs_path, err) if refused else []
