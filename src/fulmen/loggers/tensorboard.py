@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from argparse import Namespace
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -218,7 +219,11 @@ class TensorBoardLogger(_DirectoryLogger):
             return
         input_array = _transfer_to_model_device(model, input_array)
         try:
-            self.experiment.add_graph(model, input_array)
+            with warnings.catch_warnings():
+                # add_graph traces with torch.jit, which warns that it is deprecated; the user
+                # can do nothing about that, so it is noise here
+                warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace", category=DeprecationWarning)
+                self.experiment.add_graph(model, input_array)
         except Exception as exc:
             raise RuntimeError(
                 f"TensorBoardLogger.log_graph: tracing {type(model).__name__} with an input of type"
