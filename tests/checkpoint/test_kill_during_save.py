@@ -49,7 +49,8 @@ class _Worker:
             env=env,
         )
         self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
+        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
+        self._pump_thread.start()
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None
@@ -74,6 +75,10 @@ class _Worker:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(timeout=TIMEOUT)
+        self._pump_thread.join(TIMEOUT)  # reads to EOF, which the exit guarantees
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
         self._log.close()
 
 
@@ -126,7 +131,6 @@ def test_sigkill_during_save_never_leaves_a_partial_checkpoint(tmp_path: Path) -
             for name in leftovers:  # an orphaned temp file from the killed write: 64 MB each
                 os.remove(tmp_path / name)
         # Guards against a vacuous pass: some kills must have landed while a write was in progress.
-        print(f"kills mid-write: {kills_mid_write}/{KILLS}")
         assert kills_mid_write >= 1, f"no kill hit a write in progress (seed {seed}); the test did not test"
     finally:
         if worker.proc.poll() is None:
