@@ -144,8 +144,10 @@ class ResultCollection:
         rank_zero_only: bool,
         multiple_dataloaders: bool,
     ) -> None:
-        dl_idx = self.dataloader_idx if (add_dataloader_idx and multiple_dataloaders) else None
-        key_name = f"{name}/dataloader_idx_{dl_idx}" if dl_idx is not None else name
+        # the loader a value belongs to (it decides which per-dataloader result holds it) and the name suffix
+        dl_idx = self.dataloader_idx if multiple_dataloaders else None
+        suffix_idx = dl_idx if add_dataloader_idx else None
+        key_name = f"{name}/dataloader_idx_{suffix_idx}" if suffix_idx is not None else name
         key = f"{fx}.{key_name}"
         metric = self.metrics.get(key)
         if metric is None:
@@ -172,6 +174,12 @@ class ResultCollection:
             )
             metric = _Metric(meta)
             self.metrics[key] = metric
+        elif metric.meta.dataloader_idx != dl_idx:
+            raise MisconfigurationException(
+                f"self.log({name!r}, ..., add_dataloader_idx=False) in {fx!r} was called for dataloader {dl_idx} "
+                f"after dataloader {metric.meta.dataloader_idx}, so their values would be mixed. Fix: log a "
+                f"distinct name per dataloader (e.g. f'{name}_{{dataloader_idx}}') or keep add_dataloader_idx=True."
+            )
         elif metric.meta.on_step != on_step or metric.meta.on_epoch != on_epoch or metric.meta.reduce_fx != reduce_fx:
             raise MisconfigurationException(
                 f"self.log({name!r}, ...) in {fx!r} was called with different on_step/on_epoch/reduce_fx arguments "
