@@ -58,8 +58,13 @@ class EvaluationLoop:
             with eval_context(trainer):
                 d.both(f"on_{p}_epoch_start")
                 self._run_batches(loaders, limits, results)
+                # epoch-end hooks belong to no dataloader: their values get no suffix and go to every result
+                results.set_batch(None)
                 d.both(f"on_{p}_epoch_end")
-            out = self._per_dataloader(results, len(loaders))
+            # only trainer.validate/test return the per-dataloader numbers; skipping them in fit and the
+            # sanity check saves a host sync per metric
+            returned = not in_fit and self.stage != RunningStage.SANITY_CHECKING
+            out = self._per_dataloader(results, len(loaders)) if returned else []
             trainer._metrics.epoch_end(results, log=self.stage != RunningStage.SANITY_CHECKING)
             self._on_end(p, d)
         finally:
@@ -114,8 +119,9 @@ class EvaluationLoop:
     def _per_dataloader(results: ResultCollection, n: int) -> list[dict[str, float]]:
         out: list[dict[str, float]] = [{} for _ in range(max(n, 1))]
         for m in results.metrics.values():
-            if not m.meta.on_epoch or m.metric_obj is not None:
+            if not m.meta.on_epoch:
                 continue
+            # a torchmetrics Metric computes here once; torchmetrics caches it for the epoch_end that follows
             value = m.epoch_value(results.reduce)
             if value is None:
                 continue
