@@ -212,6 +212,8 @@ class Optimization:
         if not module.automatic_optimization:
             for lo in t._lightning_optimizers:
                 self._install_manual(lo)
+        elif self.lopt is not None:
+            self._install_auto(self.lopt)
 
     # ---- automatic optimisation
     def step_auto(self, batch: Any, batch_idx: int, is_last: bool) -> tuple[bool, Any]:
@@ -296,6 +298,19 @@ class Optimization:
             t._dispatcher.module_hook("configure_gradient_clipping", opt, self.clip_val, self.clip_algo)
         elif self.clip_val:
             self.module.clip_gradients(opt, self.clip_val, self.clip_algo)
+
+    def _install_auto(self, lopt: Any) -> None:
+        """A user ``optimizer_step`` calls ``optimizer.step(closure)``: route it through the precision plugin so
+        unscaling, ``on_before_optimizer_step`` and gradient clipping run after the closure, as on the default path."""
+        precision = self.precision
+        opt = lopt.optimizer
+        after = self._after_closure if self.need_after_closure else None
+
+        def step_fn(closure: Any, kwargs: dict[str, Any]) -> Any:
+            return precision.optimizer_step(opt, closure, after, **kwargs)
+
+        lopt._step_fn = step_fn
+        lopt._module = self.module
 
     # ---- manual optimisation
     def _install_manual(self, lopt: Any) -> None:
