@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 class FitLoop:
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
+        self._first_results: ResultCollection | None = None
 
     # ------------------------------------------------------------------ the run
     def run(self) -> None:
@@ -32,6 +33,8 @@ class FitLoop:
         rs = t.run_state
         self._sanity_check()
         t._data.load_train()
+        # values logged in on_train_start belong to the first epoch's results (as in Lightning)
+        self._first_results = t._results = self._new_results()
         d.both("on_train_start")
         while not self._done():
             t._data.maybe_reload_train(rs.epoch)
@@ -92,8 +95,8 @@ class FitLoop:
         d = t._dispatcher
         rs = t.run_state
         cfg = t.config
-        results = ResultCollection(training=True)
-        results.reduce = t.strategy.metric_reduce
+        results = self._first_results or self._new_results()
+        self._first_results = None
         t._results = results
         t._metrics.new_train_epoch(results)
         rs.epoch_progress.start()
@@ -164,6 +167,11 @@ class FitLoop:
         rs.epoch += 1
         rs.batch_in_epoch = 0
         rs.epoch_rng_state = None
+
+    def _new_results(self) -> ResultCollection:
+        results = ResultCollection(training=True)
+        results.reduce = self.trainer.strategy.metric_reduce
+        return results
 
     def _val_due(self, batch_idx: int, is_last: bool, val_batch: int | float) -> bool:
         t = self.trainer
