@@ -6,6 +6,8 @@ merged in only when someone reads a property, so nothing runs per step.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -27,6 +29,22 @@ class MetricsStore:
         self.logged: dict[str, Any] = {}
         self.pbar: dict[str, torch.Tensor] = {}
         self.live: ResultCollection | None = None
+        # added to batches_that_stepped for the logger step (see ``logging_step_offset``)
+        self._step_offset = 0
+
+    @contextmanager
+    def logging_step_offset(self, offset: int) -> Iterator[None]:
+        """Log with ``step = batches_that_stepped + offset`` inside the block.
+
+        The fit loop counts a batch as stepped before it runs in-epoch validation and the epoch end; as in
+        Lightning, those values are logged at the step of the batch that just ran (offset -1).
+        """
+        prev = self._step_offset
+        self._step_offset = offset
+        try:
+            yield
+        finally:
+            self._step_offset = prev
 
     def reset(self) -> None:
         self.callback.clear()
@@ -81,9 +99,11 @@ class MetricsStore:
 
     def _to_loggers(self, metrics: dict[str, Any]) -> None:
         trainer = self.trainer
+        if not trainer.loggers:
+            return  # nothing to write: no host sync, and logged_metrics stays empty (as in Lightning)
         scalars = {k: _to_float(v) for k, v in metrics.items()}
-        scalars.setdefault("epoch", trainer.current_epoch)
         self.logged.update(scalars)
-        step = trainer.run_state.batches_that_stepped
+        scalars.setdefault("epoch", trainer.current_epoch)  # for the loggers only, not logged_metrics
+        step = max(0, trainer.run_state.batches_that_stepped + self._step_offset)
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=step)

@@ -145,7 +145,9 @@ class FitLoop:
             if is_last:
                 t._optimization.step_schedulers("epoch", plateau=False)
             if check_val and self._val_due(batch_idx, is_last, val_batch):
-                self._run_validation()
+                # logged at the step of this batch, which was already counted in batches_that_stepped
+                with t._metrics.logging_step_offset(-1 if stepped else 0):
+                    self._run_validation()
                 t._results = results
             batch_idx += 1
             if cfg.max_steps >= 0 and rs.global_step >= cfg.max_steps:
@@ -161,7 +163,8 @@ class FitLoop:
             )
         t._current_fx = None
         d.epoch_end("on_train_epoch_end")
-        t._metrics.epoch_end(results, log=True)
+        with t._metrics.logging_step_offset(-1):  # at the step of the epoch's last batch, as in Lightning
+            t._metrics.epoch_end(results, log=True)
         t._optimization.step_schedulers("epoch", plateau=True)
         rs.epoch_progress.complete()
         rs.epoch += 1
