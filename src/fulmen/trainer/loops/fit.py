@@ -44,24 +44,40 @@ class FitLoop:
     def _sanity_check(self) -> None:
         t = self.trainer
         n = t.config.num_sanity_val_steps
-        if n == 0 or t._restored_mid_run:
+        if n == 0 or t._restored_mid_run or not self._validation_defined():
             t._data.load_val()
             return
-        t._data.load_val()
-        if not t.enable_validation:
-            return
-        limits = [b if n == -1 else min(n, b) for b in t._data.num_val_batches]
         t.state.stage = RunningStage.SANITY_CHECKING
         d = t._dispatcher
         d.callbacks_hook("on_sanity_check_start")
         if d.module_overrides("on_sanity_check_start"):
             d.module_hook("on_sanity_check_start")
-        t._val_loop_sanity.run(t._data.val_loaders, limits)
-        t._metrics.reset_after_sanity()
+        # as in Lightning, val_dataloader is requested inside the sanity check, after on_sanity_check_start
+        t._data.load_val()
+        if t.enable_validation:
+            limits = [b if n == -1 else min(n, b) for b in t._data.num_val_batches]
+            t._val_loop_sanity.run(t._data.val_loaders, limits)
+            t._metrics.reset_after_sanity()
         d.callbacks_hook("on_sanity_check_end")
         if d.module_overrides("on_sanity_check_end"):
             d.module_hook("on_sanity_check_end")
         t.state.stage = RunningStage.TRAINING
+
+    def _validation_defined(self) -> bool:
+        """Whether validation can run, decided without building a loader: validation_step is defined, a val
+        source exists (explicit loaders, datamodule or module ``val_dataloader``) and limit_val_batches > 0."""
+        from fulmen.core.datamodule import LightningDataModule
+        from fulmen.core.module import LightningModule
+        from fulmen.trainer.data import _defines
+
+        t = self.trainer
+        if t.config.limit_val_batches == 0 or not _defines(t.lightning_module, "validation_step", LightningModule):
+            return False
+        return (
+            t._data.explicit.get("val") is not None
+            or _defines(t.datamodule, "val_dataloader", LightningDataModule)
+            or _defines(t.lightning_module, "val_dataloader", LightningModule)
+        )
 
     def _can_stop_early(self) -> bool:
         t = self.trainer
