@@ -47,7 +47,9 @@ def test_layout_and_automatic_versions(tmp_path: Path) -> None:
 
 def test_explicit_versions_and_empty_name(tmp_path: Path) -> None:
     assert CSVLogger(tmp_path, version=3).log_dir == os.path.join(tmp_path, "lightning_logs", "version_3")
-    assert CSVLogger(tmp_path, version="baseline").log_dir == os.path.join(tmp_path, "lightning_logs", "baseline")
+    assert CSVLogger(tmp_path, version="baseline").log_dir == os.path.join(
+        tmp_path, "lightning_logs", "baseline"
+    )
     for name in (None, ""):
         logger = CSVLogger(tmp_path, name=name)
         assert logger.name == ""
@@ -88,7 +90,11 @@ def test_new_metric_names_rewrite_the_header_and_keep_old_rows(tmp_path: Path) -
     logger.save()
     header, rows = read_csv(os.path.join(logger.log_dir, "metrics.csv"))
     assert header == ["a", "b", "step"]
-    assert [(r["a"], r["b"], r["step"]) for r in rows] == [("1.0", "", "0"), ("2.0", "", "1"), ("", "3.0", "2")]
+    assert [(r["a"], r["b"], r["step"]) for r in rows] == [
+        ("1.0", "", "0"),
+        ("2.0", "", "1"),
+        ("", "3.0", "2"),
+    ]
     leftovers = [p for p in os.listdir(logger.log_dir) if ".tmp" in p]
     assert leftovers == []
 
@@ -202,7 +208,11 @@ def test_existing_metrics_file_is_appended_to(tmp_path: Path) -> None:
     resumed.finalize("success")
     header, rows = read_csv(os.path.join(logger.log_dir, "metrics.csv"))
     assert header == ["acc", "loss", "step"]
-    assert [(r["step"], r["loss"], r["acc"]) for r in rows] == [("0", "1.0", ""), ("1", "0.5", ""), ("2", "0.25", "0.9")]
+    assert [(r["step"], r["loss"], r["acc"]) for r in rows] == [
+        ("0", "1.0", ""),
+        ("1", "0.5", ""),
+        ("2", "0.25", "0.9"),
+    ]
 
 
 def test_fsspec_url(tmp_path: Path) -> None:
@@ -257,7 +267,9 @@ def test_bad_arguments(tmp_path: Path, kwargs: dict[str, object], match: str) ->
 
 
 def test_bad_save_dir(tmp_path: Path) -> None:
-    with pytest.raises(MisconfigurationException, match=r"save_dir=...\): got None; expected a non-empty path"):
+    with pytest.raises(
+        MisconfigurationException, match=r"save_dir=...\): got None; expected a non-empty path"
+    ):
         CSVLogger(None)  # type: ignore[arg-type]
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
@@ -265,7 +277,9 @@ def test_bad_save_dir(tmp_path: Path) -> None:
         CSVLogger(a_file)
     # a directory that can't be created (a file is in the way) fails when the logger first writes
     logger = CSVLogger(a_file / "sub")
-    with pytest.raises(MisconfigurationException, match=r"can't create its log directory .*Fix: pass a save_dir"):
+    with pytest.raises(
+        MisconfigurationException, match=r"can't create its log directory .*Fix: pass a save_dir"
+    ):
         logger.log_metrics({"x": 1.0}, step=0)
 
 

@@ -14,13 +14,13 @@ import yaml
 
 pytest.importorskip("mlflow")
 
-from mlflow.tracking import MlflowClient  # noqa: E402
+from mlflow.tracking import MlflowClient
 
-from fulmen.loggers import MLFlowLogger  # noqa: E402
-from fulmen.loggers.logger import DummyExperiment  # noqa: E402
-from fulmen.utilities.exceptions import MisconfigurationException  # noqa: E402
+from fulmen.loggers import MLFlowLogger
+from fulmen.loggers.logger import DummyExperiment
+from fulmen.utilities.exceptions import MisconfigurationException
 
-from .conftest import CheckpointCallbackRecord  # noqa: E402
+from .conftest import CheckpointCallbackRecord
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +45,9 @@ def metric_history(client: MlflowClient, run_id: str, key: str) -> list[tuple[in
 
 
 def test_params_metrics_tags_and_status(mlflow_sqlite_uri: str, tmp_path: Path) -> None:
-    logger = make_logger(mlflow_sqlite_uri, tmp_path, run_name="baseline", tags={"team": "vision", "seed": 7}, prefix="fit")
+    logger = make_logger(
+        mlflow_sqlite_uri, tmp_path, run_name="baseline", tags={"team": "vision", "seed": 7}, prefix="fit"
+    )
     logger.log_hyperparams(Namespace(lr=0.01, optimizer={"name": "adam", "betas": (0.9, 0.99)}, note=None))
     for step in range(3):
         logger.log_metrics({"loss": torch.tensor(1.0 / (step + 1)), "acc": step / 2}, step=step)
@@ -56,11 +58,20 @@ def test_params_metrics_tags_and_status(mlflow_sqlite_uri: str, tmp_path: Path) 
     assert run.info.experiment_id == logger.experiment_id == logger.name
     assert run.info.run_id == logger.version
     assert run.info.status == "FINISHED"
-    assert run.data.params == {"lr": "0.01", "optimizer/name": "adam", "optimizer/betas": "(0.9, 0.99)", "note": "None"}
+    assert run.data.params == {
+        "lr": "0.01",
+        "optimizer/name": "adam",
+        "optimizer/betas": "(0.9, 0.99)",
+        "note": "None",
+    }
     assert run.data.tags["team"] == "vision"
     assert run.data.tags["seed"] == "7"
     assert run.data.tags["mlflow.runName"] == "baseline"
-    assert metric_history(client, logger.run_id, "fit-loss") == [(0, 1.0), (1, 0.5), (2, pytest.approx(1 / 3))]
+    assert metric_history(client, logger.run_id, "fit-loss") == [
+        (0, 1.0),
+        (1, 0.5),
+        (2, pytest.approx(1 / 3)),
+    ]
     assert metric_history(client, logger.run_id, "fit-acc") == [(0, 0.0), (1, 0.5), (2, 1.0)]
     assert client.get_experiment(logger.experiment_id).artifact_location == (tmp_path / "artifacts").as_uri()
     assert logger.save_dir is None  # a database URI: nothing local to point at
@@ -112,7 +123,9 @@ def test_params_cannot_change_and_long_values_are_truncated(mlflow_sqlite_uri: s
     logger = make_logger(mlflow_sqlite_uri, tmp_path)
     logger.log_hyperparams({"lr": 0.1})
     logger.log_hyperparams({"lr": 0.1, "wd": 0.0})  # same value again: fine
-    with pytest.raises(MisconfigurationException, match=r"param 'lr': got '0.2'; expected the value logged before.*'0.1'"):
+    with pytest.raises(
+        MisconfigurationException, match=r"param 'lr': got '0.2'; expected the value logged before.*'0.1'"
+    ):
         logger.log_hyperparams({"lr": 0.2})
     with pytest.warns(UserWarning, match="characters long; MLflow keeps"):
         logger.log_hyperparams({"long": "x" * 10_000})
@@ -153,7 +166,11 @@ def test_log_model_all_logs_each_checkpoint_when_saved(
     client = MlflowClient(tracking_uri=mlflow_sqlite_uri)
     checkpoint_callback.save("epoch=0.ckpt", score=0.5)
     logger.after_save_checkpoint(checkpoint_callback)
-    assert list_files(client, logger.run_id) == {"epoch=0/epoch=0.ckpt", "epoch=0/metadata.yaml", "epoch=0/aliases.txt"}
+    assert list_files(client, logger.run_id) == {
+        "epoch=0/epoch=0.ckpt",
+        "epoch=0/metadata.yaml",
+        "epoch=0/aliases.txt",
+    }
 
     checkpoint_callback.save("epoch=1.ckpt", score=0.25)
     checkpoint_callback.save("last.ckpt", score=0.25, content=b"v1")
@@ -210,7 +227,9 @@ def test_file_store_when_allowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert (save_dir / logger.experiment_id / logger.run_id).is_dir()
 
 
-def test_default_store_is_sqlite_in_save_dir_when_file_store_is_refused(tmp_path: Path, mlflow_sqlite_uri: str) -> None:
+def test_default_store_is_sqlite_in_save_dir_when_file_store_is_refused(
+    tmp_path: Path, mlflow_sqlite_uri: str
+) -> None:
     from fulmen.loggers.mlflow import _file_store_allowed
 
     if _file_store_allowed():
@@ -281,5 +300,7 @@ def test_asynchronous_logging(mlflow_sqlite_uri: str, tmp_path: Path) -> None:
 
 def test_missing_mlflow_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "mlflow", None)
-    with pytest.raises(ModuleNotFoundError, match=r"MLFlowLogger requires mlflow: pip install 'fulmen\[mlflow\]'"):
+    with pytest.raises(
+        ModuleNotFoundError, match=r"MLFlowLogger requires mlflow: pip install 'fulmen\[mlflow\]'"
+    ):
         MLFlowLogger()

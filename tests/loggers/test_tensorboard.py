@@ -14,12 +14,12 @@ from torch import nn
 
 pytest.importorskip("tensorboard")
 
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
-from tensorboard.plugins.hparams import plugin_data_pb2  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
 
-from fulmen.loggers import TensorBoardLogger  # noqa: E402
-from fulmen.loggers.logger import DummyExperiment  # noqa: E402
-from fulmen.utilities.exceptions import MisconfigurationException  # noqa: E402
+from fulmen.loggers import TensorBoardLogger
+from fulmen.loggers.logger import DummyExperiment
+from fulmen.utilities.exceptions import MisconfigurationException
 
 
 def load_events(log_dir: str) -> EventAccumulator:
@@ -91,7 +91,9 @@ def test_scalars_are_read_back(tmp_path: Path) -> None:
 def test_hparams_plugin_records_and_default_hp_metric(tmp_path: Path) -> None:
     logger = TensorBoardLogger(tmp_path)
     logger.log_hyperparams(
-        Namespace(lr=0.01, optimizer={"name": "sgd", "momentum": 0.9}, layers=[4, 2], use_bias=True, note=None)
+        Namespace(
+            lr=0.01, optimizer={"name": "sgd", "momentum": 0.9}, layers=[4, 2], use_bias=True, note=None
+        )
     )
     logger.finalize("success")
     acc = load_events(logger.log_dir)
@@ -198,9 +200,13 @@ def test_writer_kwargs_are_passed_and_checked(tmp_path: Path) -> None:
     logger.log_metrics({"x": 1.0}, step=0)
     logger.finalize("success")
     assert any(name.endswith(".fulmen") for name in os.listdir(logger.log_dir))
-    with pytest.raises(MisconfigurationException, match=r"got \['flush_sec'\]; expected keyword arguments of SummaryWriter"):
+    with pytest.raises(
+        MisconfigurationException, match=r"got \['flush_sec'\]; expected keyword arguments of SummaryWriter"
+    ):
         TensorBoardLogger(tmp_path, flush_sec=5)
-    with pytest.raises(MisconfigurationException, match="use save_dir=, name=, version= and sub_dir= instead"):
+    with pytest.raises(
+        MisconfigurationException, match="use save_dir=, name=, version= and sub_dir= instead"
+    ):
         TensorBoardLogger(tmp_path, log_dir=str(tmp_path))
 
 
@@ -255,5 +261,8 @@ def test_bad_arguments_and_values(tmp_path: Path) -> None:
 
 def test_missing_tensorboard_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorboard", None)
-    with pytest.raises(ModuleNotFoundError, match=r"TensorBoardLogger requires tensorboard: pip install 'fulmen\[tensorboard\]'"):
+    with pytest.raises(
+        ModuleNotFoundError,
+        match=r"TensorBoardLogger requires tensorboard: pip install 'fulmen\[tensorboard\]'",
+    ):
         TensorBoardLogger(tmp_path)

@@ -13,11 +13,11 @@ import torch
 
 pytest.importorskip("wandb")
 
-from fulmen.loggers import WandbLogger  # noqa: E402
-from fulmen.loggers.logger import DummyExperiment  # noqa: E402
-from fulmen.utilities.exceptions import MisconfigurationException  # noqa: E402
+from fulmen.loggers import WandbLogger
+from fulmen.loggers.logger import DummyExperiment
+from fulmen.utilities.exceptions import MisconfigurationException
 
-from .conftest import CheckpointCallbackRecord, read_wandb_records  # noqa: E402
+from .conftest import CheckpointCallbackRecord, read_wandb_records
 
 
 def records_of(logger: WandbLogger) -> list[dict[str, Any]]:
@@ -35,7 +35,9 @@ def test_offline_run_config_history_and_step_axis(tmp_path: Path, wandb_env: Any
     class Encoder:  # a class as a hyperparameter is logged by name, not called
         pass
 
-    logger = WandbLogger(name="baseline", project="fulmen-tests", save_dir=tmp_path, prefix="fit", offline=True)
+    logger = WandbLogger(
+        name="baseline", project="fulmen-tests", save_dir=tmp_path, prefix="fit", offline=True
+    )
     logger.log_hyperparams({"lr": 0.01, "optimizer": {"name": "adam"}, "encoder": Encoder})
     for step in range(3):
         logger.log_metrics({"loss": torch.tensor(1.0 / (step + 1)), "acc": step / 2}, step=step * 10)
@@ -102,7 +104,10 @@ def test_log_model_all_logs_each_checkpoint_offline(
     # the "mutable" policy staged a copy, inside the W&B data folder (here under tmp_path)
     assert Path(contents[0]["local_path"]).is_relative_to(tmp_path)
     metadata = [json.loads(a["metadata"]) for a in artifacts]
-    assert [(m["score"], m["original_filename"]) for m in metadata] == [(0.5, "epoch=0.ckpt"), (0.75, "epoch=1.ckpt")]
+    assert [(m["score"], m["original_filename"]) for m in metadata] == [
+        (0.5, "epoch=0.ckpt"),
+        (0.75, "epoch=1.ckpt"),
+    ]
     assert metadata[0]["CheckpointCallbackRecord"] == {
         "monitor": "val_loss",
         "mode": "min",
@@ -191,14 +196,21 @@ def test_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
 
 def test_bad_log_image_arguments(tmp_path: Path, wandb_env: Any) -> None:
     logger = WandbLogger(save_dir=tmp_path)
-    with pytest.raises(MisconfigurationException, match=r"log_image\(images=...\): got 'Tensor'; expected a list"):
+    with pytest.raises(
+        MisconfigurationException, match=r"log_image\(images=...\): got 'Tensor'; expected a list"
+    ):
         logger.log_image("k", torch.zeros(3, 2, 2))  # type: ignore[arg-type]
-    with pytest.raises(MisconfigurationException, match=r"log_image\(caption=...\): got 1; expected a list with one entry per image \(2\)"):
+    with pytest.raises(
+        MisconfigurationException,
+        match=r"log_image\(caption=...\): got 1; expected a list with one entry per image \(2\)",
+    ):
         logger.log_image("k", [torch.zeros(3, 2, 2)] * 2, caption=["only one"])
     assert wandb_env.run is None  # validation happens before a run is started
 
 
 def test_missing_wandb_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "wandb", None)
-    with pytest.raises(ModuleNotFoundError, match=r"WandbLogger requires wandb: pip install 'fulmen\[wandb\]'"):
+    with pytest.raises(
+        ModuleNotFoundError, match=r"WandbLogger requires wandb: pip install 'fulmen\[wandb\]'"
+    ):
         WandbLogger()
