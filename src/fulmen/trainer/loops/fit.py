@@ -15,7 +15,7 @@ import torch
 from fulmen.core.results import ResultCollection
 from fulmen.trainer.states import RunningStage
 from fulmen.utilities.exceptions import MisconfigurationException
-from fulmen.utilities.rank_zero import rank_zero_info
+from fulmen.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 if TYPE_CHECKING:
     from fulmen.trainer.trainer import Trainer
@@ -399,6 +399,11 @@ class Optimization:
                             f"Available metrics are: {avail}. Fix: log {cfg.monitor!r} with self.log, or set "
                             "'strict': False in the lr scheduler config."
                         )
+                    rank_zero_warn(
+                        f"ReduceLROnPlateau conditioned on metric {cfg.monitor!r} which is not available but strict "
+                        "is set to False; skipping this learning rate update.",
+                        category=RuntimeWarning,
+                    )
                     continue
                 metric = monitor_val
             t._current_fx = "lr_scheduler_step"
