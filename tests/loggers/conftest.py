@@ -19,7 +19,9 @@ _HERE = Path(__file__).parent
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # MLflow's SQL store uses a loader option SQLAlchemy 2.1 deprecates; nothing fulmen can act on.
-    ignore = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated:DeprecationWarning")
+    ignore = pytest.mark.filterwarnings(
+        "ignore:The ``noload`` loader strategy is deprecated:DeprecationWarning"
+    )
     for item in items:
         if item.path.is_relative_to(_HERE):
             item.add_marker(ignore)
