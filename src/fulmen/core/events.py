@@ -18,12 +18,13 @@ The loop, in pseudocode (``trainer.fit``; validate/test/predict run the ``[eval 
                 closure: training_step; [on_before_zero_grad; optimizer_zero_grad]
                          on_before_backward; backward; on_after_backward
                 on_before_optimizer_step; configure_gradient_clipping
-            lr_scheduler_step (interval="step")
+            lr_scheduler_step (interval="step"; on the epoch's last batch also interval="epoch")
             on_train_batch_end
             [val check]: on_validation_model_zero_grad; on_validation_model_eval
                          on_validation_start; [eval epoch]; on_validation_end; on_validation_model_train
+            lr_scheduler_step (interval="step", ReduceLROnPlateau: sees this batch's validation)
         on_train_epoch_end  (callbacks, module, then monitoring callbacks)
-        lr_scheduler_step (interval="epoch")
+        lr_scheduler_step (interval="epoch", ReduceLROnPlateau)
     on_train_end; on_fit_end; teardown(stage)
 
     [eval epoch]: on_X_epoch_start

@@ -151,6 +151,8 @@ class FitLoop:
             stepped, outputs = step(batch, batch_idx, is_last)
             rs.batch_in_epoch = batch_idx + 1
             rs.batch_progress.increment()
+            if is_last:  # Lightning steps epoch-interval schedulers on the last batch, before on_train_batch_end
+                t._optimization.step_schedulers("epoch", plateau=False)
             if has_bend:
                 d.both("on_train_batch_end", outputs, batch, batch_idx)
             if stepped:
@@ -158,13 +160,14 @@ class FitLoop:
                     t._metrics.log_train_step(results)
                 rs.batches_that_stepped += 1
             results.reset_step()
-            if is_last:
-                t._optimization.step_schedulers("epoch", plateau=False)
             if check_val and self._val_due(batch_idx, is_last, val_batch):
                 # logged at the step of this batch, which was already counted in batches_that_stepped
                 with t._metrics.logging_step_offset(-1 if stepped else 0):
                     self._run_validation()
                 t._results = results
+            if stepped and t._optimization.has_sched_step:
+                # step-interval ReduceLROnPlateau: after this batch's validation, so it can monitor val metrics
+                t._optimization.step_schedulers("step", plateau=True)
             batch_idx += 1
             if cfg.max_steps >= 0 and rs.global_step >= cfg.max_steps:
                 break
@@ -275,7 +278,7 @@ class Optimization:
         rs.optimizer_steps.increment()
         rs.global_step += 1
         if self.has_sched_step:
-            self.step_schedulers("step", plateau=True)
+            self.step_schedulers("step", plateau=False)
         t._accumulating = False
         return True, output_box[0]
 
@@ -383,7 +386,7 @@ class Optimization:
         for cfg in t.lr_scheduler_configs:
             if cfg.interval != interval:
                 continue
-            if interval == "epoch" and cfg.reduce_on_plateau != plateau:
+            if cfg.reduce_on_plateau != plateau:
                 continue
             counter = rs.global_step if interval == "step" else rs.epoch + 1
             if counter % cfg.frequency != 0:
