@@ -304,3 +304,25 @@ def test_missing_mlflow_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None
         ModuleNotFoundError, match=r"MLFlowLogger requires mlflow: pip install 'fulmen\[mlflow\]'"
     ):
         MLFlowLogger()
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("val/loss", "val/loss"),
+        ("a b:c-d.e_f", "a b:c-d.e_f"),
+        ("acc@1", "acc1"),
+        ("a//b", "a/b"),
+        ("/abs", "abs"),
+        ("a/../b", "a/b"),
+        ("trailing/", "trailing"),
+        ("@@", "_"),
+    ],
+)
+def test_mlflow_names(name: str, expected: str) -> None:
+    from mlflow.utils.validation import _validate_metric_name
+
+    from fulmen.loggers.mlflow import _mlflow_name
+
+    assert _mlflow_name(name) == expected
+    _validate_metric_name(_mlflow_name(name))  # MLflow's own check accepts the result

@@ -72,9 +72,9 @@ _STATUS = {
 def _mlflow_name(name: str) -> str:
     """Return ``name`` unchanged if MLflow accepts it, else with bad characters and path tricks removed."""
     clean = _BAD_NAME_CHARS.sub("", name)
-    if clean and posixpath.normpath(clean) != clean or clean.startswith("/") or clean in (".", ".."):
-        parts = [p for p in clean.split("/") if p not in ("", ".", "..")]
-        clean = "/".join(parts)
+    # MLflow also refuses names that are not their own normalized path ("a//b", "/a", "a/../b")
+    if posixpath.normpath(clean) != clean or clean.startswith("/") or clean in (".", ".."):
+        clean = "/".join(part for part in clean.split("/") if part not in ("", ".", ".."))
     return clean or "_"
 
 
