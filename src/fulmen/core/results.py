@@ -194,6 +194,29 @@ class ResultCollection:
             batch_size = self._current_batch_size()
         metric.update(value, batch_size or 1)
 
+    # ---- checkpointing (exact mid-epoch resume) ----
+    def state_dict(self) -> dict[str, Any]:
+        """The accumulated values as tensors and builtins (torchmetrics objects are not included)."""
+        out: dict[str, Any] = {}
+        for key, m in self.metrics.items():
+            if m.metric_obj is not None:
+                continue
+            meta = {f: getattr(m.meta, f) for f in m.meta.__dataclass_fields__ if f != "sync_dist_group"}
+            out[key] = {"meta": meta, "last": m.last, "acc": m.acc, "weight": m.weight, "count": m.count}
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, entry in state.items():
+            m = _Metric(_Meta(sync_dist_group=None, **entry["meta"]))
+            m.last, m.acc, m.weight, m.count = (
+                entry["last"],
+                entry["acc"],
+                float(entry["weight"]),
+                int(entry["count"]),
+            )
+            m.has_step = m.last is not None
+            self.metrics[key] = m
+
     # ---- reading ----
     def step_metrics(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """(callback, logger, progress bar) step values, with Lightning's ``_step`` naming."""
