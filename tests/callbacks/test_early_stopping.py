@@ -133,9 +133,17 @@ class _FakeStrategy:
 
 def _fake_trainer(metrics: dict[str, Any], **kw: Any) -> Any:
     base = dict(
-        callback_metrics=metrics, fast_dev_run=False, should_stop=False, current_epoch=3,
-        world_size=1, global_rank=0, strategy=_FakeStrategy(), sanity_checking=False,
-        state=SimpleNamespace(fn="fit"), val_check_interval=1.0, check_val_every_n_epoch=1,
+        callback_metrics=metrics,
+        fast_dev_run=False,
+        should_stop=False,
+        current_epoch=3,
+        world_size=1,
+        global_rank=0,
+        strategy=_FakeStrategy(),
+        sanity_checking=False,
+        state=SimpleNamespace(fn="fit"),
+        val_check_interval=1.0,
+        check_val_every_n_epoch=1,
     )
     base.update(kw)
     return SimpleNamespace(**base)
@@ -154,7 +162,9 @@ def test_decision_is_collective_any_rank_stops() -> None:
 def test_missing_metric_strict_and_lenient() -> None:
     trainer = _fake_trainer({"other": T(1.0)})
     es = EarlyStopping("m", check_on_train_epoch_end=True)
-    with pytest.raises(RuntimeError, match="Early stopping conditioned on metric `m` which is not available.*`other`"):
+    with pytest.raises(
+        RuntimeError, match="Early stopping conditioned on metric `m` which is not available.*`other`"
+    ):
         es.on_train_epoch_end(trainer, None)  # type: ignore[arg-type]
     lenient = EarlyStopping("m", strict=False, verbose=True, check_on_train_epoch_end=True)
     with pytest.warns(RuntimeWarning, match="not available"):
@@ -171,11 +181,16 @@ def test_skips_sanity_check_fast_dev_run_and_non_fit() -> None:
 
 
 @pytest.mark.parametrize(
-    ("val_check_interval", "every_n", "expected"), [(1.0, 1, True), (0.5, 1, False), (1.0, 2, False), (10, 1, False)]
+    ("val_check_interval", "every_n", "expected"),
+    [(1.0, 1, True), (0.5, 1, False), (1.0, 2, False), (10, 1, False)],
 )
-def test_check_on_train_epoch_end_follows_validation_schedule(val_check_interval: Any, every_n: int, expected: bool) -> None:
+def test_check_on_train_epoch_end_follows_validation_schedule(
+    val_check_interval: Any, every_n: int, expected: bool
+) -> None:
     es = EarlyStopping("m")
-    es.setup(_fake_trainer({}, val_check_interval=val_check_interval, check_val_every_n_epoch=every_n), None, "fit")  # type: ignore[arg-type]
+    es.setup(
+        _fake_trainer({}, val_check_interval=val_check_interval, check_val_every_n_epoch=every_n), None, "fit"
+    )  # type: ignore[arg-type]
     assert es._check_on_train_epoch_end is expected
 
 
@@ -206,8 +221,14 @@ def _loader() -> DataLoader:
 
 def _trainer(callbacks: list[Any], max_epochs: int, root: Any, **kw: Any) -> L.Trainer:
     return L.Trainer(
-        max_epochs=max_epochs, callbacks=callbacks, default_root_dir=str(root), logger=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, **kw,
+        max_epochs=max_epochs,
+        callbacks=callbacks,
+        default_root_dir=str(root),
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **kw,
     )
 
 

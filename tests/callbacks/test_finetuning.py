@@ -57,7 +57,9 @@ def test_unfreeze_and_add_param_group() -> None:
     BaseFinetuning.unfreeze_and_add_param_group(net[0], opt)  # lr None -> first group's lr / initial_denom_lr
     assert len(opt.param_groups) == 2 and opt.param_groups[1]["lr"] == pytest.approx(0.1)
     assert all(p.requires_grad for p in net[0].parameters())
-    BaseFinetuning.unfreeze_and_add_param_group(net[1], opt, lr=0.5, initial_denom_lr=4.0)  # explicit lr: as given
+    BaseFinetuning.unfreeze_and_add_param_group(
+        net[1], opt, lr=0.5, initial_denom_lr=4.0
+    )  # explicit lr: as given
     assert opt.param_groups[2]["lr"] == 0.5
     # parameters already in the optimizer are skipped with a warning (membership by identity)
     with pytest.warns(UserWarning, match="already exist within another group"):
@@ -106,10 +108,23 @@ class WithBackbone(L.LightningModule):
         return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=0.1)
 
 
-def _fit(tmp_path: Path, callbacks: list[Any], model: L.LightningModule, max_epochs: int, ckpt_path: Any = None,
-         checkpointing: bool = False) -> L.Trainer:
-    trainer = L.Trainer(max_epochs=max_epochs, callbacks=callbacks, default_root_dir=str(tmp_path), logger=False,
-                        enable_checkpointing=checkpointing, enable_progress_bar=False, enable_model_summary=False)
+def _fit(
+    tmp_path: Path,
+    callbacks: list[Any],
+    model: L.LightningModule,
+    max_epochs: int,
+    ckpt_path: Any = None,
+    checkpointing: bool = False,
+) -> L.Trainer:
+    trainer = L.Trainer(
+        max_epochs=max_epochs,
+        callbacks=callbacks,
+        default_root_dir=str(tmp_path),
+        logger=False,
+        enable_checkpointing=checkpointing,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4), ckpt_path=ckpt_path)
     return trainer
 
@@ -173,6 +188,8 @@ def test_resume_rebuilds_param_groups(tmp_path: Path) -> None:
     trainer = _fit(tmp_path, [cb], model, 4, ckpt_path=ck.last_model_path)
     opt = trainer.optimizers[0]
     # both groups are back (the optimizer state, with Adam moments for the backbone, loaded into them)
-    assert len(opt.param_groups) == 2 and id(model.backbone[0].weight) in {id(p) for p in opt.param_groups[1]["params"]}
+    assert len(opt.param_groups) == 2 and id(model.backbone[0].weight) in {
+        id(p) for p in opt.param_groups[1]["params"]
+    }
     assert model.backbone[0].weight.requires_grad  # unfrozen again although setup froze it
     assert [lrs for _, _, lrs in model.seen] == [pytest.approx([0.1, 0.015]), pytest.approx([0.1, 0.0225])]

@@ -10,7 +10,10 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import fulmen as L
-from fulmen.callbacks.gradient_accumulation_scheduler import GradientAccumulationScheduler, accumulation_for_epoch
+from fulmen.callbacks.gradient_accumulation_scheduler import (
+    GradientAccumulationScheduler,
+    accumulation_for_epoch,
+)
 from fulmen.callbacks.model_checkpoint import ModelCheckpoint
 from fulmen.utilities.exceptions import MisconfigurationException
 
@@ -61,10 +64,19 @@ class Recorder(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def _fit(tmp_path: Path, callbacks: list[Any], model: L.LightningModule, max_epochs: int, **kw: Any) -> L.Trainer:
+def _fit(
+    tmp_path: Path, callbacks: list[Any], model: L.LightningModule, max_epochs: int, **kw: Any
+) -> L.Trainer:
     kw.setdefault("enable_checkpointing", False)
-    trainer = L.Trainer(max_epochs=max_epochs, callbacks=callbacks, default_root_dir=str(tmp_path), logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, **kw)
+    trainer = L.Trainer(
+        max_epochs=max_epochs,
+        callbacks=callbacks,
+        default_root_dir=str(tmp_path),
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kw,
+    )
     trainer.fit(model, DataLoader(TensorDataset(torch.randn(16, 2)), batch_size=2))
     return trainer
 
@@ -99,7 +111,9 @@ def test_manual_optimization_is_rejected(tmp_path: Path) -> None:
 
 def test_warns_when_optimizer_step_is_overridden(tmp_path: Path) -> None:
     class CustomStep(Recorder):
-        def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        def optimizer_step(
+            self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
+        ) -> None:
             optimizer.step(closure=optimizer_closure)
 
     with pytest.warns(UserWarning, match="hooks will not be called on every batch"):
@@ -109,12 +123,27 @@ def test_warns_when_optimizer_step_is_overridden(tmp_path: Path) -> None:
 def test_resume_keeps_the_schedule(tmp_path: Path) -> None:
     ck = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True, save_top_k=0)
     sched = {1: 2, 2: 4}
-    first = L.Trainer(max_epochs=2, callbacks=[GradientAccumulationScheduler(sched), ck], default_root_dir=str(tmp_path),
-                      logger=False, enable_progress_bar=False, enable_model_summary=False)
+    first = L.Trainer(
+        max_epochs=2,
+        callbacks=[GradientAccumulationScheduler(sched), ck],
+        default_root_dir=str(tmp_path),
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     data = DataLoader(TensorDataset(torch.randn(16, 2)), batch_size=2)
     first.fit(Recorder(), data)
     model = Recorder()
-    second = L.Trainer(max_epochs=3, callbacks=[GradientAccumulationScheduler(sched)], default_root_dir=str(tmp_path),
-                       logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
-    second.fit(model, data, ckpt_path=ck.last_model_path)  # must not mistake the restored value for a conflict
+    second = L.Trainer(
+        max_epochs=3,
+        callbacks=[GradientAccumulationScheduler(sched)],
+        default_root_dir=str(tmp_path),
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    second.fit(
+        model, data, ckpt_path=ck.last_model_path
+    )  # must not mistake the restored value for a conflict
     assert model.per_epoch == [4] and second.global_step == 8 + 4 + 2

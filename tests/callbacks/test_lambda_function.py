@@ -23,9 +23,14 @@ def test_hook_names_cover_the_callback_api() -> None:
 
 
 def test_unknown_hook_and_non_callable_are_clear_errors() -> None:
-    with pytest.raises(MisconfigurationException, match=r"'on_trian_start' is not a Callback hook. Did you mean 'on_train_start'"):
+    with pytest.raises(
+        MisconfigurationException,
+        match=r"'on_trian_start' is not a Callback hook. Did you mean 'on_train_start'",
+    ):
         LambdaCallback(on_trian_start=lambda *a: None)
-    with pytest.raises(MisconfigurationException, match=r"LambdaCallback\(setup=...\): got 3, which is not callable"):
+    with pytest.raises(
+        MisconfigurationException, match=r"LambdaCallback\(setup=...\): got 3, which is not callable"
+    ):
         LambdaCallback(setup=3)  # type: ignore[arg-type]
 
 
@@ -63,14 +68,29 @@ def test_hooks_fire_in_a_real_fit(tmp_path: Path) -> None:
     calls: list[tuple[str, Any]] = []
     cb = LambdaCallback(
         setup=lambda trainer, pl_module, stage: calls.append(("setup", stage)),
-        on_train_batch_end=lambda trainer, pl_module, outputs, batch, batch_idx: calls.append(("batch_end", batch_idx)),
+        on_train_batch_end=lambda trainer, pl_module, outputs, batch, batch_idx: calls.append(
+            ("batch_end", batch_idx)
+        ),
         on_train_epoch_end=lambda trainer, pl_module: calls.append(("epoch_end", trainer.current_epoch)),
         teardown=lambda trainer, pl_module, stage: calls.append(("teardown", stage)),
     )
-    trainer = L.Trainer(max_epochs=2, callbacks=[cb], default_root_dir=str(tmp_path), logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_epochs=2,
+        callbacks=[cb],
+        default_root_dir=str(tmp_path),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(Tiny(), DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=2))
     assert calls == [
-        ("setup", "fit"), ("batch_end", 0), ("batch_end", 1), ("epoch_end", 0),
-        ("batch_end", 0), ("batch_end", 1), ("epoch_end", 1), ("teardown", "fit"),
+        ("setup", "fit"),
+        ("batch_end", 0),
+        ("batch_end", 1),
+        ("epoch_end", 0),
+        ("batch_end", 0),
+        ("batch_end", 1),
+        ("epoch_end", 1),
+        ("teardown", "fit"),
     ]

@@ -44,8 +44,10 @@ def test_names_duplicates_schedulers_and_prefix() -> None:
     entries = optimizer_stat_names([_sched(a2, interval="step"), _sched(sgd, name="my-sched")], [a1, a2, sgd])
     # scheduled optimizers first (in scheduler order), then the rest; a named scheduler keeps its name
     assert _names(entries) == [["lr-Adam"], ["my-sched"], ["lr-Adam-1"]]
-    assert [(opt is o, interval) for (opt, interval, _), o in zip(entries, [a2, sgd, a1])] == [
-        (True, "step"), (True, "epoch"), (True, None)
+    assert [(opt is o, interval) for (opt, interval, _), o in zip(entries, [a2, sgd, a1], strict=True)] == [
+        (True, "step"),
+        (True, "epoch"),
+        (True, None),
     ]
     prefixed = optimizer_stat_names([_sched(sgd, name="s")], [a1, sgd], prefix="optim/")
     assert _names(prefixed) == [["optim/s"], ["optim/lr-Adam"]]
@@ -59,7 +61,10 @@ def test_duplicate_param_group_names_raise() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"logging_interval": "batch"}, r"logging_interval=...\): got 'batch'"), ({"log_key_prefix": 3}, r"log_key_prefix")],
+    [
+        ({"logging_interval": "batch"}, r"logging_interval=...\): got 'batch'"),
+        ({"log_key_prefix": 3}, r"log_key_prefix"),
+    ],
 )
 def test_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(MisconfigurationException, match=match):
@@ -110,11 +115,24 @@ class Scheduled(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": self.interval}}
 
 
-def _fit(tmp_path: Path, cb: LearningRateMonitor, model: L.LightningModule, logger: Any, max_epochs: int = 2,
-         extra: list[Any] | None = None) -> L.Trainer:
-    trainer = L.Trainer(max_epochs=max_epochs, callbacks=[cb, *(extra or [])], logger=logger,
-                        default_root_dir=str(tmp_path), log_every_n_steps=1, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+def _fit(
+    tmp_path: Path,
+    cb: LearningRateMonitor,
+    model: L.LightningModule,
+    logger: Any,
+    max_epochs: int = 2,
+    extra: list[Any] | None = None,
+) -> L.Trainer:
+    trainer = L.Trainer(
+        max_epochs=max_epochs,
+        callbacks=[cb, *(extra or [])],
+        logger=logger,
+        default_root_dir=str(tmp_path),
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, DataLoader(TensorDataset(torch.randn(6, 2)), batch_size=2))
     return trainer
 
@@ -136,8 +154,13 @@ def test_step_scheduler_logged_every_step(tmp_path: Path) -> None:
 
 def test_epoch_scheduler_logged_at_epoch_start(tmp_path: Path) -> None:
     logger = RecordingLogger()
-    _fit(tmp_path, LearningRateMonitor(log_weight_decay=True, log_key_prefix="optim/"), Scheduled("epoch", "adam"),
-         logger, max_epochs=3)
+    _fit(
+        tmp_path,
+        LearningRateMonitor(log_weight_decay=True, log_key_prefix="optim/"),
+        Scheduled("epoch", "adam"),
+        logger,
+        max_epochs=3,
+    )
     assert logger.lr_records("optim/lr-Adam") == [(0, 1.0), (3, 0.5), (6, 0.25)]
     assert logger.lr_records("optim/lr-Adam-weight_decay") == [(0, 0.5), (3, 0.5), (6, 0.5)]
 
@@ -145,9 +168,16 @@ def test_epoch_scheduler_logged_at_epoch_start(tmp_path: Path) -> None:
 def test_forced_interval_and_log_every_n_steps(tmp_path: Path) -> None:
     logger = RecordingLogger()
     cb = LearningRateMonitor(logging_interval="step")
-    trainer = L.Trainer(max_epochs=1, callbacks=[cb], logger=logger, default_root_dir=str(tmp_path),
-                        log_every_n_steps=2, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)
+    trainer = L.Trainer(
+        max_epochs=1,
+        callbacks=[cb],
+        logger=logger,
+        default_root_dir=str(tmp_path),
+        log_every_n_steps=2,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(Scheduled("epoch"), DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=2))
     # an epoch scheduler, but logging_interval="step": logged on steps where (step + 1) % 2 == 0
     assert logger.lr_records("lr-SGD") == [(1, 1.0), (3, 1.0)]

@@ -35,7 +35,12 @@ INF = float("inf")
     [
         (None, True, {"epoch": 3, "step": T(7)}, "epoch=3-step=7"),
         ("", True, {"epoch": 3, "step": 7}, "epoch=3-step=7"),
-        ("{epoch:02d}-{val_loss:.2f}", True, {"epoch": T(1), "val_loss": T(0.1234)}, "epoch=01-val_loss=0.12"),
+        (
+            "{epoch:02d}-{val_loss:.2f}",
+            True,
+            {"epoch": T(1), "val_loss": T(0.1234)},
+            "epoch=01-val_loss=0.12",
+        ),
         ("{epoch:02d}-{val_loss:.2f}", False, {"epoch": T(1), "val_loss": T(0.1234)}, "01-0.12"),
         ("{val/loss:.3f}", False, {"val/loss": T(0.5)}, "0.500"),
         ("{val/loss:.3f}", True, {"val/loss": T(0.5)}, "val/loss=0.500"),
@@ -46,7 +51,9 @@ INF = float("inf")
         ("static", True, {"epoch": 2}, "static"),
     ],
 )
-def test_format_checkpoint_filename(template: str | None, auto: bool, metrics: dict[str, Any], expected: str) -> None:
+def test_format_checkpoint_filename(
+    template: str | None, auto: bool, metrics: dict[str, Any], expected: str
+) -> None:
     before = dict(metrics)
     assert format_checkpoint_filename(template, metrics, auto_insert_metric_name=auto) == expected
     assert metrics == before  # not modified (Lightning fills missing keys into the caller's dict)
@@ -66,7 +73,8 @@ def test_constants_and_state_key() -> None:
     assert (mc.CHECKPOINT_JOIN_CHAR, mc.CHECKPOINT_EQUALS_CHAR, mc.CHECKPOINT_NAME_LAST) == ("-", "=", "last")
     assert (mc.FILE_EXTENSION, mc.STARTING_VERSION) == (".ckpt", 1)
     assert ModelCheckpoint(monitor="val_loss").state_key == (
-        "ModelCheckpoint{'monitor': 'val_loss', 'mode': 'min', 'every_n_train_steps': 0, 'every_n_epochs': 1, "
+        "ModelCheckpoint{'monitor': 'val_loss', 'mode': 'min', 'every_n_train_steps': 0, "
+        "'every_n_epochs': 1, "
         "'train_time_interval': None}"
     )
     assert ModelCheckpoint(every_n_train_steps=5).state_key == (
@@ -128,7 +136,9 @@ def test_update_top_k_max_mode_nan_and_unlimited() -> None:
         (None, 3, 1, [5], False),
     ],
 )
-def test_should_save_on_train_epoch_end(explicit: Any, vci: Any, every_n: int, num_val: Any, expected: bool) -> None:
+def test_should_save_on_train_epoch_end(
+    explicit: Any, vci: Any, every_n: int, num_val: Any, expected: bool
+) -> None:
     assert should_save_on_train_epoch_end(explicit, vci, every_n, num_val) is expected
 
 
@@ -194,13 +204,24 @@ def _data(n: int = 4) -> DataLoader:
     return DataLoader(TensorDataset(torch.randn(n, 2)), batch_size=2)
 
 
-def _fit(tmp_path: Path, callbacks: list[Any], max_epochs: int, model: L.LightningModule | None = None,
-         ckpt_path: Any = None, val: bool = True, **kw: Any) -> L.Trainer:
+def _fit(
+    tmp_path: Path,
+    callbacks: list[Any],
+    max_epochs: int,
+    model: L.LightningModule | None = None,
+    ckpt_path: Any = None,
+    val: bool = True,
+    **kw: Any,
+) -> L.Trainer:
     kw.setdefault("logger", False)
     kw.setdefault("num_sanity_val_steps", 0)
     trainer = L.Trainer(
-        max_epochs=max_epochs, callbacks=callbacks, default_root_dir=str(tmp_path), enable_progress_bar=False,
-        enable_model_summary=False, **kw,
+        max_epochs=max_epochs,
+        callbacks=callbacks,
+        default_root_dir=str(tmp_path),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kw,
     )
     trainer.fit(model or Scripted(), _data(), _data() if val else None, ckpt_path=ckpt_path)
     return trainer
@@ -212,13 +233,17 @@ def _files(d: Path) -> set[str]:
 
 def test_top_k_files_on_disk_match_best_k_models(tmp_path: Path) -> None:
     losses = [0.9, 0.5, 0.7, 0.3, 0.8, 0.6]
-    mc = ModelCheckpoint(dirpath=tmp_path / "ck", monitor="val_loss", save_top_k=2, filename="{epoch}-{val_loss:.1f}")
+    mc = ModelCheckpoint(
+        dirpath=tmp_path / "ck", monitor="val_loss", save_top_k=2, filename="{epoch}-{val_loss:.1f}"
+    )
     _fit(tmp_path, [mc], 6, Scripted(losses))
     assert _files(tmp_path / "ck") == {"epoch=1-val_loss=0.5.ckpt", "epoch=3-val_loss=0.3.ckpt"}
     assert set(mc.best_k_models) == {str(tmp_path / "ck" / f) for f in _files(tmp_path / "ck")}
     assert mc.best_model_path.endswith("epoch=3-val_loss=0.3.ckpt")
     assert float(mc.best_model_score) == pytest.approx(0.3)
-    assert mc.kth_best_model_path.endswith("epoch=1-val_loss=0.5.ckpt") and float(mc.kth_value) == pytest.approx(0.5)
+    assert mc.kth_best_model_path.endswith("epoch=1-val_loss=0.5.ckpt") and float(
+        mc.kth_value
+    ) == pytest.approx(0.5)
     assert float(mc.current_score) == pytest.approx(0.3)  # last score that entered the top k
     # the saved file lists itself in its own callback state
     state = torch.load(mc.best_model_path, weights_only=True)["callbacks"][mc.state_key]
@@ -228,8 +253,13 @@ def test_top_k_files_on_disk_match_best_k_models(tmp_path: Path) -> None:
 
 def test_mode_max_slash_metric_and_save_last(tmp_path: Path) -> None:
     mc = ModelCheckpoint(
-        dirpath=tmp_path, monitor="val/acc", mode="max", save_top_k=1, save_last=True,
-        filename="e{epoch}-acc{val/acc:.2f}", auto_insert_metric_name=False,
+        dirpath=tmp_path,
+        monitor="val/acc",
+        mode="max",
+        save_top_k=1,
+        save_last=True,
+        filename="e{epoch}-acc{val/acc:.2f}",
+        auto_insert_metric_name=False,
     )
     _fit(tmp_path, [mc], 3, Scripted([0.9, 0.2, 0.5]))
     assert _files(tmp_path) == {"e1-acc0.80.ckpt", "last.ckpt"}
@@ -301,8 +331,14 @@ def test_train_time_interval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 def test_never_saves_twice_for_the_same_step(tmp_path: Path) -> None:
     mc = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=-1, save_on_train_epoch_end=True)
-    trainer = L.Trainer(max_epochs=2, callbacks=[mc], default_root_dir=str(tmp_path), logger=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_epochs=2,
+        callbacks=[mc],
+        default_root_dir=str(tmp_path),
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     saved: list[tuple[str, int]] = []
     original = trainer.save_checkpoint
 
@@ -318,7 +354,9 @@ def test_never_saves_twice_for_the_same_step(tmp_path: Path) -> None:
 
 def test_skips_sanity_check_and_fast_dev_run(tmp_path: Path) -> None:
     mc = ModelCheckpoint(dirpath=tmp_path / "a", every_n_train_steps=1)
-    trainer = L.Trainer(fast_dev_run=True, callbacks=[mc], default_root_dir=str(tmp_path), enable_progress_bar=False)
+    trainer = L.Trainer(
+        fast_dev_run=True, callbacks=[mc], default_root_dir=str(tmp_path), enable_progress_bar=False
+    )
     trainer.fit(Scripted(), _data(), _data())
     assert not (tmp_path / "a").exists() or not _files(tmp_path / "a")
 
@@ -338,7 +376,9 @@ def test_skips_sanity_check_and_fast_dev_run(tmp_path: Path) -> None:
 @pytest.mark.filterwarnings("ignore:.*no val dataloader was found")
 def test_missing_monitor_raises_with_available_keys(tmp_path: Path) -> None:
     mc = ModelCheckpoint(dirpath=tmp_path, monitor="val_los")
-    with pytest.raises(MisconfigurationException, match=r"monitor='val_los'.*'train_loss'.*'val_loss'.*self.log"):
+    with pytest.raises(
+        MisconfigurationException, match=r"monitor='val_los'.*'train_loss'.*'val_loss'.*self.log"
+    ):
         _fit(tmp_path, [mc], 1)
     # no validation at all: the epoch-end save cannot ever find it either
     mc2 = ModelCheckpoint(dirpath=tmp_path / "b", monitor="val_loss")
@@ -362,15 +402,24 @@ def test_version_counter(tmp_path: Path) -> None:
         _fit(tmp_path, [mc], 2)
     assert _files(tmp_path) == {"static.ckpt", "static-v1.ckpt", "static-v2.ckpt"}
     assert (tmp_path / "static.ckpt").read_bytes() == b"old"
-    no_counter = ModelCheckpoint(dirpath=tmp_path / "n", filename="static", save_top_k=-1, enable_version_counter=False)
+    no_counter = ModelCheckpoint(
+        dirpath=tmp_path / "n", filename="static", save_top_k=-1, enable_version_counter=False
+    )
     _fit(tmp_path, [no_counter], 2)
     assert _files(tmp_path / "n") == {"static.ckpt"}
 
 
 def test_failed_save_keeps_bookkeeping_and_files(tmp_path: Path) -> None:
     mc = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", save_top_k=1)
-    trainer = L.Trainer(max_epochs=3, callbacks=[mc], default_root_dir=str(tmp_path), logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        max_epochs=3,
+        callbacks=[mc],
+        default_root_dir=str(tmp_path),
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     original = trainer.save_checkpoint
 
     def flaky(filepath: Any, weights_only: bool = False, storage_options: Any = None) -> None:
@@ -383,7 +432,9 @@ def test_failed_save_keeps_bookkeeping_and_files(tmp_path: Path) -> None:
         trainer.fit(Scripted([0.5, 0.2, 0.1]), _data(), _data())
     first = str(tmp_path / "epoch=0-step=2.ckpt")
     assert _files(tmp_path) == {"epoch=0-step=2.ckpt"}  # the evicted file was not removed
-    assert mc.best_k_models.keys() == {first} and mc.best_model_path == first and mc.kth_best_model_path == first
+    assert (
+        mc.best_k_models.keys() == {first} and mc.best_model_path == first and mc.kth_best_model_path == first
+    )
     assert float(mc.best_model_score) == pytest.approx(0.5) and float(mc.current_score) == pytest.approx(0.5)
 
 

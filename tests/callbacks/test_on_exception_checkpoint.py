@@ -29,17 +29,28 @@ class Failing(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def _fit(tmp_path: Path, cb: OnExceptionCheckpoint, model: L.LightningModule, ckpt_path: Any = None) -> L.Trainer:
-    trainer = L.Trainer(max_epochs=2, callbacks=[cb], default_root_dir=str(tmp_path), logger=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+def _fit(
+    tmp_path: Path, cb: OnExceptionCheckpoint, model: L.LightningModule, ckpt_path: Any = None
+) -> L.Trainer:
+    trainer = L.Trainer(
+        max_epochs=2,
+        callbacks=[cb],
+        default_root_dir=str(tmp_path),
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, DataLoader(TensorDataset(torch.randn(6, 2)), batch_size=2), ckpt_path=ckpt_path)
     return trainer
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"dirpath": ""}, r"dirpath"), ({"dirpath": "d", "filename": ""}, r"filename=...\): got ''"),
-     ({"dirpath": "d", "filename": 3}, r"filename")],
+    [
+        ({"dirpath": ""}, r"dirpath"),
+        ({"dirpath": "d", "filename": ""}, r"filename=...\): got ''"),
+        ({"dirpath": "d", "filename": 3}, r"filename"),
+    ],
 )
 def test_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(MisconfigurationException, match=match):
@@ -57,7 +68,9 @@ def test_saves_on_exception_and_resumes(tmp_path: Path) -> None:
     path = Path(cb.ckpt_path)
     assert path.is_file()  # kept although the trainer tears down after the exception
     assert torch.load(path, weights_only=True)["global_step"] == 4
-    resumed = _fit(tmp_path, OnExceptionCheckpoint(tmp_path / "ck"), Failing(fail_at_step=None), ckpt_path=str(path))
+    resumed = _fit(
+        tmp_path, OnExceptionCheckpoint(tmp_path / "ck"), Failing(fail_at_step=None), ckpt_path=str(path)
+    )
     assert resumed.global_step == 6
     assert not path.exists()  # a normal end makes the crash checkpoint stale: removed
 

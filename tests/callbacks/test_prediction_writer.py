@@ -20,8 +20,16 @@ class Recorder(BasePredictionWriter):
         self.batches: list[tuple[Any, int, int]] = []
         self.epochs: list[tuple[Any, Any]] = []
 
-    def write_on_batch_end(self, trainer: Any, pl_module: Any, prediction: Any, batch_indices: Any, batch: Any,
-                           batch_idx: int, dataloader_idx: int) -> None:
+    def write_on_batch_end(
+        self,
+        trainer: Any,
+        pl_module: Any,
+        prediction: Any,
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
         self.batches.append((prediction, batch_idx, dataloader_idx))
 
     def write_on_epoch_end(self, trainer: Any, pl_module: Any, predictions: Any, batch_indices: Any) -> None:
@@ -42,8 +50,13 @@ def _loader(values: list[float]) -> DataLoader:
 
 
 def _trainer(tmp_path: Path, cb: BasePredictionWriter) -> L.Trainer:
-    return L.Trainer(callbacks=[cb], default_root_dir=str(tmp_path), logger=False, enable_progress_bar=False,
-                     enable_model_summary=False)
+    return L.Trainer(
+        callbacks=[cb],
+        default_root_dir=str(tmp_path),
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
 
 
 def test_interval_values_and_bad_interval() -> None:
@@ -58,7 +71,7 @@ def test_batch_and_epoch_writes(tmp_path: Path, return_predictions: bool) -> Non
     cb = Recorder("batch_and_epoch")
     _trainer(tmp_path, cb).predict(Doubler(), _loader([1, 2, 3]), return_predictions=return_predictions)
     assert [(p.flatten().tolist(), i, d) for p, i, d in cb.batches] == [([2.0, 4.0], 0, 0), ([6.0], 1, 0)]
-    (predictions, indices), = cb.epochs
+    ((predictions, indices),) = cb.epochs
     assert [p.flatten().tolist() for p in predictions] == [[2.0, 4.0], [6.0]]  # one dataloader: flat list
     assert len(indices) == 1 and len(indices[0]) == 2  # always one list per dataloader
 
@@ -67,7 +80,7 @@ def test_multiple_dataloaders_epoch_only(tmp_path: Path) -> None:
     cb = Recorder("epoch")
     _trainer(tmp_path, cb).predict(Doubler(), [_loader([1, 2]), _loader([5])])
     assert cb.batches == []
-    (predictions, indices), = cb.epochs
+    ((predictions, indices),) = cb.epochs
     assert [[p.flatten().tolist() for p in dl] for dl in predictions] == [[[2.0, 4.0]], [[10.0]]]
     assert len(indices) == 2
 

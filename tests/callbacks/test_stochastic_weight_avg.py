@@ -13,7 +13,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import fulmen as L
 from fulmen.callbacks.model_checkpoint import ModelCheckpoint
-from fulmen.callbacks.stochastic_weight_avg import StochasticWeightAveraging, contains_batch_norm, swa_epoch_range
+from fulmen.callbacks.stochastic_weight_avg import (
+    StochasticWeightAveraging,
+    contains_batch_norm,
+    swa_epoch_range,
+)
 from fulmen.utilities.exceptions import MisconfigurationException
 
 
@@ -77,20 +81,39 @@ class Recorder(L.LightningModule):
 
 def _data() -> DataLoader:
     g = torch.Generator().manual_seed(1)
-    return DataLoader(TensorDataset(torch.randn(8, 2, generator=g) * 3 + 1), batch_size=4)  # 2 steps per epoch
+    return DataLoader(
+        TensorDataset(torch.randn(8, 2, generator=g) * 3 + 1), batch_size=4
+    )  # 2 steps per epoch
 
 
-def _fit(tmp_path: Path, callbacks: list[Any], model: L.LightningModule, max_epochs: int, ckpt_path: Any = None,
-         checkpointing: bool = False, **kw: Any) -> L.Trainer:
-    trainer = L.Trainer(max_epochs=max_epochs, callbacks=callbacks, default_root_dir=str(tmp_path), logger=False,
-                        enable_checkpointing=checkpointing, enable_progress_bar=False, enable_model_summary=False, **kw)
+def _fit(
+    tmp_path: Path,
+    callbacks: list[Any],
+    model: L.LightningModule,
+    max_epochs: int,
+    ckpt_path: Any = None,
+    checkpointing: bool = False,
+    **kw: Any,
+) -> L.Trainer:
+    trainer = L.Trainer(
+        max_epochs=max_epochs,
+        callbacks=callbacks,
+        default_root_dir=str(tmp_path),
+        logger=False,
+        enable_checkpointing=checkpointing,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kw,
+    )
     trainer.fit(model, _data(), ckpt_path=ckpt_path)
     return trainer
 
 
 def test_averages_the_swa_epochs_and_anneals_the_lr(tmp_path: Path) -> None:
     model = Recorder(scheduler=True)
-    cb = StochasticWeightAveraging(swa_lrs=0.05, swa_epoch_start=3, annealing_epochs=1, annealing_strategy="linear")
+    cb = StochasticWeightAveraging(
+        swa_lrs=0.05, swa_epoch_start=3, annealing_epochs=1, annealing_strategy="linear"
+    )
     trainer = _fit(tmp_path, [cb], model, 5)
     assert (cb.swa_start, cb.swa_end) == (2, 4)
     assert int(cb.n_averaged) == 3  # type: ignore[arg-type]
@@ -140,7 +163,9 @@ def test_rejects_several_optimizers_and_unbounded_epochs(tmp_path: Path) -> None
         def configure_optimizers(self) -> Any:
             return [torch.optim.SGD(self.parameters(), lr=0.1), torch.optim.SGD(self.parameters(), lr=0.1)]
 
-    with pytest.raises(MisconfigurationException, match="exactly 1 optimizer; configure_optimizers returned 2"):
+    with pytest.raises(
+        MisconfigurationException, match="exactly 1 optimizer; configure_optimizers returned 2"
+    ):
         _fit(tmp_path, [StochasticWeightAveraging(swa_lrs=0.1)], TwoOpts(), 2)
     with pytest.raises(MisconfigurationException, match=r"finite Trainer\(max_epochs=...\)"):
         _fit(tmp_path, [StochasticWeightAveraging(swa_lrs=0.1)], Recorder(), -1, max_steps=4)

@@ -86,7 +86,9 @@ def test_state_dict_restores_training_time(clock: Clock) -> None:
     timer.on_train_start(None, None)  # type: ignore[arg-type]
     clock.now += 7
     state = timer.state_dict()
-    assert state == {"time_elapsed": {"train": 7.0, "sanity_check": 0.0, "validate": 0.0, "test": 0.0, "predict": 0.0}}
+    assert state == {
+        "time_elapsed": {"train": 7.0, "sanity_check": 0.0, "validate": 0.0, "test": 0.0, "predict": 0.0}
+    }
     resumed = Timer()
     resumed.load_state_dict(state)
     assert resumed.time_elapsed() == 7.0
@@ -118,8 +120,14 @@ def _loader() -> DataLoader:
 
 def _trainer(tmp_path: Path, callbacks: list[Any], **kw: Any) -> L.Trainer:
     kw.setdefault("enable_checkpointing", False)
-    return L.Trainer(default_root_dir=str(tmp_path), callbacks=callbacks, logger=False, enable_progress_bar=False,
-                     enable_model_summary=False, **kw)
+    return L.Trainer(
+        default_root_dir=str(tmp_path),
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kw,
+    )
 
 
 def test_stops_after_duration_per_step(tmp_path: Path, clock: Clock) -> None:
@@ -147,8 +155,12 @@ def test_trainer_max_time_adds_timer(tmp_path: Path, clock: Clock) -> None:
 
 def test_resume_continues_budget(tmp_path: Path, clock: Clock) -> None:
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True, save_top_k=0)
-    first = _trainer(tmp_path, [Timer(duration="00:00:01:00", verbose=False), ckpt], max_epochs=1,
-                     enable_checkpointing=True)
+    first = _trainer(
+        tmp_path,
+        [Timer(duration="00:00:01:00", verbose=False), ckpt],
+        max_epochs=1,
+        enable_checkpointing=True,
+    )
     first.fit(Ticking(clock, 10.0), _loader())  # 4 steps: 40 s of the 60 s budget
     saved = torch.load(ckpt.last_model_path, weights_only=True)["callbacks"]["Timer"]
     assert saved["time_elapsed"]["train"] == 40.0

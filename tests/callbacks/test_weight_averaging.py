@@ -31,7 +31,9 @@ def test_make_averaged_model_shares_the_trainer() -> None:
     module.__dict__["_trainer"] = trainer
     module[0].__dict__["_trainer"] = trainer
     averaged = make_averaged_model(module, device="cpu", use_buffers=True)
-    assert averaged.module.__dict__["_trainer"] is trainer and averaged.module[0].__dict__["_trainer"] is trainer
+    assert (
+        averaged.module.__dict__["_trainer"] is trainer and averaged.module[0].__dict__["_trainer"] is trainer
+    )
     assert averaged.module[0].weight is not module[0].weight
     assert torch.equal(averaged.module[0].weight, module[0].weight) and int(averaged.n_averaged) == 0
 
@@ -107,11 +109,25 @@ def _data() -> DataLoader:
     return DataLoader(TensorDataset(torch.randn(8, 2, generator=g)), batch_size=2)  # 4 steps per epoch
 
 
-def _fit(tmp_path: Path, callbacks: list[Any], model: L.LightningModule, max_epochs: int, val: bool = False,
-         ckpt_path: Any = None, checkpointing: bool = False) -> L.Trainer:
-    trainer = L.Trainer(max_epochs=max_epochs, callbacks=callbacks, default_root_dir=str(tmp_path), logger=False,
-                        enable_checkpointing=checkpointing, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0)
+def _fit(
+    tmp_path: Path,
+    callbacks: list[Any],
+    model: L.LightningModule,
+    max_epochs: int,
+    val: bool = False,
+    ckpt_path: Any = None,
+    checkpointing: bool = False,
+) -> L.Trainer:
+    trainer = L.Trainer(
+        max_epochs=max_epochs,
+        callbacks=callbacks,
+        default_root_dir=str(tmp_path),
+        logger=False,
+        enable_checkpointing=checkpointing,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(model, _data(), _data() if val else None, ckpt_path=ckpt_path)
     return trainer
 
@@ -147,7 +163,9 @@ def test_checkpoint_holds_averaged_and_current_weights_and_resume_is_exact(tmp_p
     ckpt = torch.load(ck.last_model_path, weights_only=True)
     live = first.after_step[-1]
     torch.testing.assert_close(ckpt["current_model_state"]["layer.weight"], live)
-    assert not torch.allclose(ckpt["state_dict"]["layer.weight"], live)  # the EMA, what load_from_checkpoint gets
+    assert not torch.allclose(
+        ckpt["state_dict"]["layer.weight"], live
+    )  # the EMA, what load_from_checkpoint gets
     assert int(ckpt["averaging_state"]["n_averaged"]) == 8
     assert ckpt["callbacks"]["EMAWeightAveraging"] == {"latest_update_step": 8, "latest_update_epoch": -1}
 
@@ -183,5 +201,7 @@ def test_use_buffers_false_keeps_live_buffers_in_checkpoint(tmp_path: Path) -> N
     model = WithBN()
     _fit(tmp_path, [WeightAveraging(use_buffers=False), ck], model, 1, checkpointing=True)
     ckpt = torch.load(ck.last_model_path, weights_only=True)
-    torch.testing.assert_close(ckpt["state_dict"]["bn.running_mean"], ckpt["current_model_state"]["bn.running_mean"])
+    torch.testing.assert_close(
+        ckpt["state_dict"]["bn.running_mean"], ckpt["current_model_state"]["bn.running_mean"]
+    )
     assert float(ckpt["state_dict"]["bn.running_mean"].abs().sum()) > 0

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from typing_extensions import override
@@ -27,7 +28,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_MONITOR_OPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"min": torch.lt, "max": torch.gt}
+_MONITOR_OPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "min": torch.lt,
+    "max": torch.gt,
+}
 _ORDER = {"min": "<", "max": ">"}
 
 
@@ -103,7 +107,9 @@ def evaluate_stopping_criteria(
         MisconfigurationException: if ``mode`` is not ``"min"`` or ``"max"``.
     """
     if mode not in _MONITOR_OPS:
-        raise misconfig("evaluate_stopping_criteria(mode=...)", mode, "'min' or 'max'", "pass mode='min' or mode='max'")
+        raise misconfig(
+            "evaluate_stopping_criteria(mode=...)", mode, "'min' or 'max'", "pass mode='min' or mode='max'"
+        )
     op = _MONITOR_OPS[mode]
     current = current.detach().squeeze()
     best_score = best_score.to(current.device)
@@ -115,19 +121,26 @@ def evaluate_stopping_criteria(
             f"Monitored metric {monitor} = {float(current)} is not finite."
             f" Previous best value was {_fmt(best_score)}. Signaling Trainer to stop."
         )
-        return StoppingDecision(True, EarlyStoppingReason.NON_FINITE_METRIC, msg, best_score, wait_count, False)
+        return StoppingDecision(
+            True, EarlyStoppingReason.NON_FINITE_METRIC, msg, best_score, wait_count, False
+        )
     if stopping_threshold is not None and bool(op(current, torch.tensor(stopping_threshold))):
         msg = (
             f"Stopping threshold reached: {monitor} = {float(current)} {_ORDER[mode]} {stopping_threshold}."
             " Signaling Trainer to stop."
         )
-        return StoppingDecision(True, EarlyStoppingReason.STOPPING_THRESHOLD, msg, best_score, wait_count, False)
+        return StoppingDecision(
+            True, EarlyStoppingReason.STOPPING_THRESHOLD, msg, best_score, wait_count, False
+        )
     if divergence_threshold is not None and bool(op(-current, torch.tensor(-divergence_threshold))):
         msg = (
-            f"Divergence threshold reached: {monitor} = {float(current)} {_ORDER[mode]} {divergence_threshold}."
+            f"Divergence threshold reached: {monitor} = {float(current)} {_ORDER[mode]} "
+            f"{divergence_threshold}."
             " Signaling Trainer to stop."
         )
-        return StoppingDecision(True, EarlyStoppingReason.DIVERGENCE_THRESHOLD, msg, best_score, wait_count, False)
+        return StoppingDecision(
+            True, EarlyStoppingReason.DIVERGENCE_THRESHOLD, msg, best_score, wait_count, False
+        )
     if bool(op(current - signed_delta, best_score)):
         if bool(torch.isfinite(best_score)):
             msg = (
@@ -143,7 +156,9 @@ def evaluate_stopping_criteria(
             f"Monitored metric {monitor} did not improve in the last {wait_count} records."
             f" Best score: {_fmt(best_score)}. Signaling Trainer to stop."
         )
-        return StoppingDecision(True, EarlyStoppingReason.PATIENCE_EXHAUSTED, msg, best_score, wait_count, False)
+        return StoppingDecision(
+            True, EarlyStoppingReason.PATIENCE_EXHAUSTED, msg, best_score, wait_count, False
+        )
     return StoppingDecision(False, EarlyStoppingReason.NOT_STOPPED, None, best_score, wait_count, False)
 
 
@@ -198,21 +213,30 @@ class EarlyStopping(Callback):
         super().__init__()
         if not isinstance(monitor, str) or not monitor:
             raise misconfig(
-                "EarlyStopping(monitor=...)", monitor, "the non-empty name of a logged metric",
+                "EarlyStopping(monitor=...)",
+                monitor,
+                "the non-empty name of a logged metric",
                 "pass the key you log with self.log, e.g. EarlyStopping(monitor='val_loss')",
             )
         if mode not in self.mode_dict:
             raise misconfig(
-                "EarlyStopping(mode=...)", mode, "'min' or 'max'",
+                "EarlyStopping(mode=...)",
+                mode,
+                "'min' or 'max'",
                 "use mode='min' for losses and mode='max' for accuracies",
             )
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
             raise misconfig("EarlyStopping(patience=...)", patience, "an int >= 0", "pass e.g. patience=3")
         if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or math.isnan(min_delta):
             raise misconfig("EarlyStopping(min_delta=...)", min_delta, "a number", "pass e.g. min_delta=0.0")
-        for name, value in (("stopping_threshold", stopping_threshold), ("divergence_threshold", divergence_threshold)):
+        for name, value in (
+            ("stopping_threshold", stopping_threshold),
+            ("divergence_threshold", divergence_threshold),
+        ):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise misconfig(f"EarlyStopping({name}=...)", value, "a number or None", f"pass {name}=None or a float")
+                raise misconfig(
+                    f"EarlyStopping({name}=...)", value, "a number or None", f"pass {name}=None or a float"
+                )
         self.monitor = monitor
         self.mode = mode
         self.patience = patience
@@ -223,7 +247,8 @@ class EarlyStopping(Callback):
         self.divergence_threshold = divergence_threshold
         self.log_rank_zero_only = log_rank_zero_only
         self._check_on_train_epoch_end = check_on_train_epoch_end
-        # Stored signed like Lightning (negative for "min") so ``monitor_op(current - min_delta, best)`` reads right.
+        # Stored signed like Lightning (negative for "min"), so that
+        # ``monitor_op(current - min_delta, best)`` reads right.
         self.min_delta = float(min_delta) * (1 if mode == "max" else -1)
         self.wait_count = 0
         self.stopped_epoch = 0
@@ -267,7 +292,9 @@ class EarlyStopping(Callback):
         best = state_dict["best_score"]
         self.best_score = best if isinstance(best, torch.Tensor) else torch.tensor(float(best))
         self.patience = int(state_dict["patience"])
-        self.stopping_reason = EarlyStoppingReason(state_dict.get("stopping_reason", EarlyStoppingReason.NOT_STOPPED))
+        self.stopping_reason = EarlyStoppingReason(
+            state_dict.get("stopping_reason", EarlyStoppingReason.NOT_STOPPED)
+        )
         self.stopping_reason_message = state_dict.get("stopping_reason_message")
 
     def _should_skip_check(self, trainer: Trainer) -> bool:

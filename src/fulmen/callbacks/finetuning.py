@@ -9,8 +9,8 @@ trains the head first and unfreezes ``pl_module.backbone`` at a given epoch with
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator, Iterable
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable, Generator, Iterable
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch.nn import Module, ModuleDict
@@ -74,7 +74,7 @@ class BaseFinetuning(Callback):
             self._internal_optimizer_metadata = state_dict["internal_optimizer_metadata"]
         else:
             # Lightning checkpoints from before 1.6 stored the metadata at the top level.
-            self._internal_optimizer_metadata = state_dict
+            self._internal_optimizer_metadata = cast(dict[int, list[dict[str, Any]]], state_dict)
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -91,7 +91,8 @@ class BaseFinetuning(Callback):
             missing = [n for g in saved for n in g["params"] if n not in named]
             if missing:
                 raise MisconfigurationException(
-                    f"{type(self).__name__}: the checkpoint's optimizer {opt_idx} param groups name parameters that "
+                    f"{type(self).__name__}: the checkpoint's optimizer {opt_idx} param groups name "
+                    "parameters that "
                     f"the model does not have: {missing[:5]}. Fix: resume with the same model architecture."
                 )
             num_configured = len(opt.param_groups)
@@ -173,14 +174,17 @@ class BaseFinetuning(Callback):
                 BaseFinetuning.freeze_module(mod)
 
     @staticmethod
-    def filter_on_optimizer(optimizer: Optimizer, params: Iterable[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+    def filter_on_optimizer(
+        optimizer: Optimizer, params: Iterable[torch.nn.Parameter]
+    ) -> list[torch.nn.Parameter]:
         """Drop the parameters that already belong to a param group of ``optimizer`` (with a warning).
 
         Membership is by identity (Lightning compares values, which confuses equal-valued tensors).
         """
         opt = _unwrap(optimizer)
         in_optimizer = {id(p) for group in opt.param_groups for p in group["params"]}
-        out_params, removed = [], []
+        out_params: list[torch.nn.Parameter] = []
+        removed: list[torch.nn.Parameter] = []
         for param in params:
             (removed if id(param) in in_optimizer else out_params).append(param)
         if removed:
@@ -214,7 +218,9 @@ class BaseFinetuning(Callback):
         """
         if initial_denom_lr <= 0:
             raise misconfig(
-                "unfreeze_and_add_param_group(initial_denom_lr=...)", initial_denom_lr, "a number > 0",
+                "unfreeze_and_add_param_group(initial_denom_lr=...)",
+                initial_denom_lr,
+                "a number > 0",
                 "pass e.g. initial_denom_lr=10.0",
             )
         BaseFinetuning.make_trainable(modules)
@@ -234,11 +240,15 @@ class BaseFinetuning(Callback):
 
     def freeze_before_training(self, pl_module: LightningModule) -> None:
         """Override to freeze modules before the optimizers are created."""
-        raise NotImplementedError(f"{type(self).__name__} must implement `freeze_before_training(pl_module)`.")
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement `freeze_before_training(pl_module)`."
+        )
 
     def finetune_function(self, pl_module: LightningModule, epoch: int, optimizer: Optimizer) -> None:
         """Override to unfreeze modules; called at the start of every train epoch for each optimizer."""
-        raise NotImplementedError(f"{type(self).__name__} must implement `finetune_function(pl_module, epoch, optimizer)`.")
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement `finetune_function(pl_module, epoch, optimizer)`."
+        )
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -251,7 +261,9 @@ class BaseFinetuning(Callback):
     # ---- bookkeeping ---------------------------------------------------------------------------
 
     @staticmethod
-    def _apply_mapping_to_param_groups(param_groups: list[dict[str, Any]], mapping: dict[Any, Any]) -> list[dict[str, Any]]:
+    def _apply_mapping_to_param_groups(
+        param_groups: list[dict[str, Any]], mapping: dict[Any, Any]
+    ) -> list[dict[str, Any]]:
         out = []
         for group in param_groups:
             state = {k: v for k, v in group.items() if k != "params"}
@@ -260,11 +272,17 @@ class BaseFinetuning(Callback):
         return out
 
     def _store(
-        self, pl_module: LightningModule, opt_idx: int, num_param_groups: int, current_param_groups: list[dict[str, Any]]
+        self,
+        pl_module: LightningModule,
+        opt_idx: int,
+        num_param_groups: int,
+        current_param_groups: list[dict[str, Any]],
     ) -> None:
         mapping = {p: n for n, p in pl_module.named_parameters()}
         if opt_idx not in self._internal_optimizer_metadata:
-            self._internal_optimizer_metadata[opt_idx] = self._apply_mapping_to_param_groups(current_param_groups, mapping)
+            self._internal_optimizer_metadata[opt_idx] = self._apply_mapping_to_param_groups(
+                current_param_groups, mapping
+            )
         elif num_param_groups != len(current_param_groups):
             # Keep the groups the policy just added.
             self._internal_optimizer_metadata[opt_idx].extend(
@@ -274,7 +292,7 @@ class BaseFinetuning(Callback):
 
 def _unwrap(optimizer: Any) -> Optimizer:
     inner = getattr(optimizer, "optimizer", None)
-    return inner if isinstance(inner, Optimizer) else optimizer  # type: ignore[no-any-return]
+    return inner if isinstance(inner, Optimizer) else optimizer
 
 
 class BackboneFinetuning(BaseFinetuning):
@@ -317,30 +335,42 @@ class BackboneFinetuning(BaseFinetuning):
         rounding: int = 12,
     ) -> None:
         super().__init__()
-        if isinstance(unfreeze_backbone_at_epoch, bool) or not isinstance(unfreeze_backbone_at_epoch, int) or (
-            unfreeze_backbone_at_epoch < 0
+        if (
+            isinstance(unfreeze_backbone_at_epoch, bool)
+            or not isinstance(unfreeze_backbone_at_epoch, int)
+            or (unfreeze_backbone_at_epoch < 0)
         ):
             raise misconfig(
-                "BackboneFinetuning(unfreeze_backbone_at_epoch=...)", unfreeze_backbone_at_epoch, "an int >= 0",
+                "BackboneFinetuning(unfreeze_backbone_at_epoch=...)",
+                unfreeze_backbone_at_epoch,
+                "an int >= 0",
                 "pass the 0-indexed epoch at which to unfreeze, e.g. 10",
             )
         if not callable(lambda_func):
             raise misconfig(
-                "BackboneFinetuning(lambda_func=...)", lambda_func, "a callable epoch -> multiplier",
+                "BackboneFinetuning(lambda_func=...)",
+                lambda_func,
+                "a callable epoch -> multiplier",
                 "pass e.g. lambda_func=lambda epoch: 1.5",
             )
         if backbone_initial_ratio_lr <= 0:
             raise misconfig(
-                "BackboneFinetuning(backbone_initial_ratio_lr=...)", backbone_initial_ratio_lr, "a number > 0",
+                "BackboneFinetuning(backbone_initial_ratio_lr=...)",
+                backbone_initial_ratio_lr,
+                "a number > 0",
                 "pass e.g. 0.1",
             )
         if backbone_initial_lr is not None and backbone_initial_lr <= 0:
             raise misconfig(
-                "BackboneFinetuning(backbone_initial_lr=...)", backbone_initial_lr, "None or a number > 0",
+                "BackboneFinetuning(backbone_initial_lr=...)",
+                backbone_initial_lr,
+                "None or a number > 0",
                 "pass e.g. 1e-4, or None to use the ratio",
             )
         if initial_denom_lr <= 0:
-            raise misconfig("BackboneFinetuning(initial_denom_lr=...)", initial_denom_lr, "a number > 0", "pass e.g. 10.0")
+            raise misconfig(
+                "BackboneFinetuning(initial_denom_lr=...)", initial_denom_lr, "a number > 0", "pass e.g. 10.0"
+            )
         self.unfreeze_backbone_at_epoch = unfreeze_backbone_at_epoch
         self.lambda_func = lambda_func
         self.backbone_initial_ratio_lr = backbone_initial_ratio_lr
@@ -368,7 +398,8 @@ class BackboneFinetuning(BaseFinetuning):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not isinstance(getattr(pl_module, "backbone", None), Module):
             raise MisconfigurationException(
-                f"BackboneFinetuning: the LightningModule {type(pl_module).__name__} should have a `backbone` "
+                f"BackboneFinetuning: the LightningModule {type(pl_module).__name__} should have a "
+                "`backbone` "
                 "attribute that is an nn.Module. Fix: assign the feature extractor to `self.backbone`."
             )
         super().on_fit_start(trainer, pl_module)
@@ -377,14 +408,15 @@ class BackboneFinetuning(BaseFinetuning):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if not isinstance(getattr(pl_module, "backbone", None), Module):
             raise MisconfigurationException(
-                f"BackboneFinetuning: the LightningModule {type(pl_module).__name__} should have a `backbone` "
+                f"BackboneFinetuning: the LightningModule {type(pl_module).__name__} should have a "
+                "`backbone` "
                 "attribute that is an nn.Module. Fix: assign the feature extractor to `self.backbone`."
             )
         super().setup(trainer, pl_module, stage)
 
     @override
     def freeze_before_training(self, pl_module: LightningModule) -> None:
-        self.freeze(pl_module.backbone)  # type: ignore[arg-type]
+        self.freeze(pl_module.backbone)
 
     @override
     def finetune_function(self, pl_module: LightningModule, epoch: int, optimizer: Optimizer) -> None:
@@ -398,7 +430,7 @@ class BackboneFinetuning(BaseFinetuning):
             )
             self.previous_backbone_lr = initial_backbone_lr
             self.unfreeze_and_add_param_group(
-                pl_module.backbone,  # type: ignore[arg-type]
+                pl_module.backbone,
                 opt,
                 initial_backbone_lr,
                 train_bn=self.train_bn,
@@ -417,7 +449,10 @@ class BackboneFinetuning(BaseFinetuning):
             opt.param_groups[-1]["lr"] = next_lr
             self.previous_backbone_lr = next_lr
             if self.verbose:
-                log.info(f"Current lr: {round(current_lr, self.rounding)}, Backbone lr: {round(next_lr, self.rounding)}")
+                log.info(
+                    f"Current lr: {round(current_lr, self.rounding)}, Backbone lr: "
+                    f"{round(next_lr, self.rounding)}"
+                )
 
 
 __all__ = ["BackboneFinetuning", "BaseFinetuning", "multiplicative"]

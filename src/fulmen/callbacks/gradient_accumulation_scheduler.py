@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 
 def accumulation_for_epoch(scheduling: dict[int, int], epoch: int) -> int:
-    """The accumulation factor in force at ``epoch``: the value of the largest key ``<= epoch`` (1 if none)."""
+    """The accumulation factor in force at ``epoch``: the value of the largest key ``<= epoch`` (1 if "
+    "none)."""
     factor = 1
     for start in sorted(scheduling):
         if epoch >= start:
@@ -59,20 +60,26 @@ class GradientAccumulationScheduler(Callback):
         super().__init__()
         if not isinstance(scheduling, dict) or not scheduling:
             raise MisconfigurationException(
-                f"GradientAccumulationScheduler(scheduling=...): got {scheduling!r}; expected a non-empty dict "
+                f"GradientAccumulationScheduler(scheduling=...): got {scheduling!r}; expected a non-empty "
+                "dict "
                 "{epoch: accumulate_grad_batches}. Fix: pass e.g. scheduling={0: 1, 4: 2}."
             )
         bad_keys = [k for k in scheduling if isinstance(k, bool) or not isinstance(k, int) or k < 0]
         if bad_keys:
             raise MisconfigurationException(
-                f"GradientAccumulationScheduler(scheduling=...): epoch keys {bad_keys} are invalid; expected ints "
+                f"GradientAccumulationScheduler(scheduling=...): epoch keys {bad_keys} are invalid; "
+                "expected ints "
                 f">= 0 (got keys {list(scheduling)}). Fix: use 0-indexed epoch numbers as keys."
             )
-        bad_values = [v for v in scheduling.values() if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+        bad_values = [
+            v for v in scheduling.values() if isinstance(v, bool) or not isinstance(v, int) or v < 1
+        ]
         if bad_values:
             raise MisconfigurationException(
-                f"GradientAccumulationScheduler(scheduling=...): accumulation factors {bad_values} are invalid; "
-                f"expected ints >= 1 (got values {list(scheduling.values())}). Fix: use 1 for no accumulation."
+                f"GradientAccumulationScheduler(scheduling=...): accumulation factors {bad_values} are "
+                "invalid; "
+                f"expected ints >= 1 (got values {list(scheduling.values())}). Fix: use 1 for no "
+                "accumulation."
             )
         self.scheduling = dict(scheduling)
         if 0 not in self.scheduling:
@@ -93,8 +100,10 @@ class GradientAccumulationScheduler(Callback):
         # scheduled value only afterwards), so this sees what the user passed.
         if trainer.accumulate_grad_batches != 1:
             raise MisconfigurationException(
-                f"GradientAccumulationScheduler: Trainer(accumulate_grad_batches={trainer.accumulate_grad_batches}) "
-                "was also set; the two would conflict. Fix: remove accumulate_grad_batches from the Trainer or "
+                "GradientAccumulationScheduler: "
+                f"Trainer(accumulate_grad_batches={trainer.accumulate_grad_batches}) "
+                "was also set; the two would conflict. Fix: remove accumulate_grad_batches from the "
+                "Trainer or "
                 "remove the callback."
             )
 

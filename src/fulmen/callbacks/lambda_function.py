@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from functools import lru_cache
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fulmen.callbacks.callback import Callback
 from fulmen.utilities.exceptions import MisconfigurationException
@@ -41,13 +41,20 @@ def _forwarder(name: str) -> Callable[..., Any]:
     return hook
 
 
-@lru_cache(maxsize=None)
+_SUBCLASSES: dict[tuple[type, frozenset[str]], type[LambdaCallback]] = {}
+
+
 def _subclass_with_hooks(base: type[LambdaCallback], names: frozenset[str]) -> type[LambdaCallback]:
+    cached = _SUBCLASSES.get((base, names))
+    if cached is not None:
+        return cached
     namespace: dict[str, Any] = {name: _forwarder(name) for name in names}
     namespace["__qualname__"] = base.__qualname__  # same ``state_key`` as the base class
     namespace["__module__"] = base.__module__
     namespace["_generated_from"] = base
-    return type(base.__name__, (base,), namespace)
+    cls = type(base.__name__, (base,), namespace)
+    _SUBCLASSES[(base, names)] = cls
+    return cls
 
 
 class LambdaCallback(Callback):
@@ -86,7 +93,8 @@ class LambdaCallback(Callback):
             if not callable(fn):
                 raise MisconfigurationException(
                     f"LambdaCallback({name}=...): got {fn!r}, which is not callable. "
-                    f"Fix: pass a function taking the hook's arguments, e.g. {name}=lambda trainer, pl_module, *args: ..."
+                    f"Fix: pass a function taking the hook's arguments, e.g. {name}=lambda trainer, "
+                    "pl_module, *args: ..."
                 )
         self._hooks = given
         if given:

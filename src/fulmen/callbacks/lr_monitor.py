@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 def _unwrap(optimizer: Any) -> Optimizer:
     # LightningOptimizer and similar wrappers keep the torch optimizer in ``.optimizer``.
     inner = getattr(optimizer, "optimizer", None)
-    return inner if isinstance(inner, Optimizer) else optimizer  # type: ignore[no-any-return]
+    return inner if isinstance(inner, Optimizer) else optimizer
 
 
 def _duplicate_param_group_names(param_groups: Sequence[dict[str, Any]]) -> set[str]:
@@ -79,7 +79,8 @@ def optimizer_stat_names(
         duplicates = _duplicate_param_group_names(opt.param_groups)
         if duplicates:
             raise MisconfigurationException(
-                f"LearningRateMonitor: a single optimizer cannot have several param groups with the same `name`; "
+                "LearningRateMonitor: a single optimizer cannot have several param groups with the same "
+                "`name`; "
                 f"{name} has duplicated param group names {sorted(duplicates)}. Fix: give each param group a "
                 "unique 'name'."
             )
@@ -130,12 +131,17 @@ class LearningRateMonitor(Callback):
         super().__init__()
         if logging_interval not in (None, "step", "epoch"):
             raise misconfig(
-                "LearningRateMonitor(logging_interval=...)", logging_interval, "'step', 'epoch' or None",
+                "LearningRateMonitor(logging_interval=...)",
+                logging_interval,
+                "'step', 'epoch' or None",
                 "pass 'step' or 'epoch', or None to follow each scheduler's interval",
             )
         if log_key_prefix is not None and not isinstance(log_key_prefix, str):
             raise misconfig(
-                "LearningRateMonitor(log_key_prefix=...)", log_key_prefix, "a string or None", "pass e.g. 'optim/'"
+                "LearningRateMonitor(log_key_prefix=...)",
+                log_key_prefix,
+                "a string or None",
+                "pass e.g. 'optim/'",
             )
         self.logging_interval = logging_interval
         self.log_momentum = log_momentum
@@ -168,7 +174,9 @@ class LearningRateMonitor(Callback):
         self.last_weight_decay_values = {f"{name}-weight_decay": None for name in names}
 
     @override
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self.logging_interval == "epoch" or not self._should_log_now(trainer):
             return
         stats = self._extract_stats(trainer, "step" if self.logging_interval is None else "any")
@@ -215,7 +223,7 @@ class LearningRateMonitor(Callback):
     def _optimizer_stats(self, optimizer: Optimizer, names: list[str]) -> dict[str, float]:
         stats: dict[str, float] = {}
         use_betas = "betas" in optimizer.defaults
-        for pg, name in zip(optimizer.param_groups, names):
+        for pg, name in zip(optimizer.param_groups, names, strict=True):
             lr = float(pg["lr"])
             self.lrs.setdefault(name, []).append(lr)
             stats[name] = lr

@@ -219,7 +219,7 @@ def _is_local(path: str | os.PathLike[str]) -> bool:
 
 
 def _fs_and_path(path: str) -> tuple[Any, str]:
-    import fsspec  # lazy: only remote paths need it
+    import fsspec  # type: ignore[import-untyped]  # lazy: only remote paths need it
 
     return fsspec.core.url_to_fs(path)  # type: ignore[no-any-return]
 
@@ -339,23 +339,36 @@ class ModelCheckpoint(Checkpoint):
         train_time_interval: timedelta | None,
     ) -> None:
         if mode not in ("min", "max"):
-            raise misconfig("ModelCheckpoint(mode=...)", mode, "'min' or 'max'", "use 'min' for losses, 'max' for accuracies")
+            raise misconfig(
+                "ModelCheckpoint(mode=...)",
+                mode,
+                "'min' or 'max'",
+                "use 'min' for losses, 'max' for accuracies",
+            )
         if self.save_last not in (None, True, False, "link"):
             raise misconfig(
-                "ModelCheckpoint(save_last=...)", self.save_last, "None, True, False or 'link'",
+                "ModelCheckpoint(save_last=...)",
+                self.save_last,
+                "None, True, False or 'link'",
                 "pass save_last=True to also write last.ckpt, or 'link' to make it a symlink",
             )
         if isinstance(self.save_top_k, bool) or not isinstance(self.save_top_k, int) or self.save_top_k < -1:
             raise misconfig(
-                "ModelCheckpoint(save_top_k=...)", self.save_top_k, "an int >= -1",
+                "ModelCheckpoint(save_top_k=...)",
+                self.save_top_k,
+                "an int >= -1",
                 "pass -1 to keep every checkpoint, 0 to keep none, k > 0 to keep the best k",
             )
         for name, value in (("every_n_train_steps", every_n_train_steps), ("every_n_epochs", every_n_epochs)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise misconfig(f"ModelCheckpoint({name}=...)", value, "None or an int >= 0", f"pass e.g. {name}=1")
+                raise misconfig(
+                    f"ModelCheckpoint({name}=...)", value, "None or an int >= 0", f"pass e.g. {name}=1"
+                )
         if train_time_interval is not None and not isinstance(train_time_interval, timedelta):
             raise misconfig(
-                "ModelCheckpoint(train_time_interval=...)", train_time_interval, "None or a datetime.timedelta",
+                "ModelCheckpoint(train_time_interval=...)",
+                train_time_interval,
+                "None or a datetime.timedelta",
                 "pass e.g. train_time_interval=timedelta(minutes=30)",
             )
         set_triggers = [
@@ -380,7 +393,10 @@ class ModelCheckpoint(Checkpoint):
             )
 
     def _init_triggers(
-        self, every_n_train_steps: int | None, every_n_epochs: int | None, train_time_interval: timedelta | None
+        self,
+        every_n_train_steps: int | None,
+        every_n_epochs: int | None,
+        train_time_interval: timedelta | None,
     ) -> None:
         # Default: save once per epoch.
         if every_n_train_steps is None and every_n_epochs is None and train_time_interval is None:
@@ -478,7 +494,9 @@ class ModelCheckpoint(Checkpoint):
         if trainer.sanity_checking:
             return
         self._val_has_run = True
-        if not self._should_skip_saving_checkpoint(trainer) and not self._should_save_on_train_epoch_end(trainer):
+        if not self._should_skip_saving_checkpoint(trainer) and not self._should_save_on_train_epoch_end(
+            trainer
+        ):
             candidates = self._monitor_candidates(trainer)
             if self._every_n_epochs >= 1 and (trainer.current_epoch + 1) % self._every_n_epochs == 0:
                 self._save_topk_checkpoint(trainer, candidates, final=True)
@@ -531,7 +549,8 @@ class ModelCheckpoint(Checkpoint):
             warnings.warn(
                 f"The dirpath has changed from {dirpath_from_ckpt!r} to {self.dirpath!r}, therefore"
                 " `best_model_score`, `kth_best_model_path`, `kth_value`, `last_model_path` and"
-                " `best_k_models` won't be reloaded. Only `best_model_path` will be reloaded."
+                " `best_k_models` won't be reloaded. Only `best_model_path` will be reloaded.",
+                stacklevel=2,
             )
         self.best_model_path = state_dict["best_model_path"]
 
@@ -575,9 +594,13 @@ class ModelCheckpoint(Checkpoint):
         candidates: dict[str, Any] = dict(trainer.callback_metrics)
         # ``self.log("epoch", ...)`` stores a float; a filename wants an int.
         epoch = candidates.get("epoch")
-        candidates["epoch"] = epoch.int() if isinstance(epoch, torch.Tensor) else torch.tensor(trainer.current_epoch)
+        candidates["epoch"] = (
+            epoch.int() if isinstance(epoch, torch.Tensor) else torch.tensor(trainer.current_epoch)
+        )
         step = candidates.get("step")
-        candidates["step"] = step.int() if isinstance(step, torch.Tensor) else torch.tensor(trainer.global_step)
+        candidates["step"] = (
+            step.int() if isinstance(step, torch.Tensor) else torch.tensor(trainer.global_step)
+        )
         return candidates
 
     def check_monitor_top_k(self, trainer: Trainer, current: torch.Tensor | None = None) -> bool:
@@ -627,7 +650,9 @@ class ModelCheckpoint(Checkpoint):
                 f"{self.monitor!r} was not in top {self.save_top_k}"
             )
 
-    def _update_best_and_save(self, current: torch.Tensor, trainer: Trainer, candidates: dict[str, Any]) -> None:
+    def _update_best_and_save(
+        self, current: torch.Tensor, trainer: Trainer, candidates: dict[str, Any]
+    ) -> None:
         before = self._top_k_state()
         k = len(before.best_k_models) + 1 if self.save_top_k == -1 else self.save_top_k
         to_replace = before.kth_best_model_path if k > 0 and len(before.best_k_models) == k else None
@@ -637,7 +662,8 @@ class ModelCheckpoint(Checkpoint):
         self._apply_top_k_state(after)
         if self.verbose:
             rank_zero_info(
-                f"Epoch {int(candidates['epoch']):d}, global step {int(candidates['step']):d}: {self.monitor!r} "
+                f"Epoch {int(candidates['epoch']):d}, global step {int(candidates['step']):d}: "
+                f"{self.monitor!r} "
                 f"reached {float(after.current_score):0.5f} (best {float(after.best_model_score):0.5f}), "  # type: ignore[arg-type]
                 f"saving model to {filepath!r} as top {k}"
             )
@@ -750,7 +776,11 @@ class ModelCheckpoint(Checkpoint):
     # ---- names ---------------------------------------------------------------------------------
 
     def format_checkpoint_name(
-        self, metrics: dict[str, Any], filename: str | None = None, ver: int | None = None, prefix: str | None = None
+        self,
+        metrics: dict[str, Any],
+        filename: str | None = None,
+        ver: int | None = None,
+        prefix: str | None = None,
     ) -> str:
         """The full path of the checkpoint for these metrics.
 

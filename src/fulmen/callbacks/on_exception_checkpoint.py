@@ -39,10 +39,17 @@ class OnExceptionCheckpoint(Checkpoint):
     def __init__(self, dirpath: str | os.PathLike[str], filename: str = "on_exception") -> None:
         super().__init__()
         if dirpath is None or not str(dirpath):
-            raise misconfig("OnExceptionCheckpoint(dirpath=...)", dirpath, "a directory path", "pass e.g. dirpath='checkpoints'")
+            raise misconfig(
+                "OnExceptionCheckpoint(dirpath=...)",
+                dirpath,
+                "a directory path",
+                "pass e.g. dirpath='checkpoints'",
+            )
         if not isinstance(filename, str) or not filename:
             raise misconfig(
-                "OnExceptionCheckpoint(filename=...)", filename, "a non-empty file name without extension",
+                "OnExceptionCheckpoint(filename=...)",
+                filename,
+                "a non-empty file name without extension",
                 "pass e.g. filename='on_exception'",
             )
         self.dirpath = dirpath

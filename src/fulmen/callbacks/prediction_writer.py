@@ -65,7 +65,8 @@ class BasePredictionWriter(Callback):
                 self.output_dir = output_dir
 
             def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices):
-                torch.save(predictions, os.path.join(self.output_dir, f"predictions_{trainer.global_rank}.pt"))
+                path = os.path.join(self.output_dir, f"predictions_{trainer.global_rank}.pt")
+                torch.save(predictions, path)
     """
 
     def __init__(self, write_interval: str = "batch") -> None:
@@ -74,7 +75,9 @@ class BasePredictionWriter(Callback):
         value = getattr(write_interval, "value", write_interval)
         if value not in valid:
             raise misconfig(
-                "BasePredictionWriter(write_interval=...)", write_interval, f"one of {valid}",
+                "BasePredictionWriter(write_interval=...)",
+                write_interval,
+                f"one of {valid}",
                 "pass write_interval='batch', 'epoch' or 'batch_and_epoch'",
             )
         self.interval = WriteInterval(value)
@@ -93,7 +96,8 @@ class BasePredictionWriter(Callback):
                 return
             if "dataloader_iter" in params:
                 raise NotSupportedYetError(
-                    "BasePredictionWriter does not support `predict_step(dataloader_iter)`: the writer needs each "
+                    "BasePredictionWriter does not support `predict_step(dataloader_iter)`: the writer "
+                    "needs each "
                     "batch. Fix: write predict_step(batch, batch_idx) instead."
                 )
 
@@ -109,7 +113,8 @@ class BasePredictionWriter(Callback):
     ) -> None:
         """Override to write the predictions of one batch (called when the interval includes batches)."""
         raise NotImplementedError(
-            f"{type(self).__name__}(write_interval={self.interval.value!r}) must implement `write_on_batch_end`."
+            f"{type(self).__name__}(write_interval={self.interval.value!r}) must implement "
+            "`write_on_batch_end`."
         )
 
     def write_on_epoch_end(
@@ -125,7 +130,8 @@ class BasePredictionWriter(Callback):
         are several; ``batch_indices`` is always one list per dataloader.
         """
         raise NotImplementedError(
-            f"{type(self).__name__}(write_interval={self.interval.value!r}) must implement `write_on_epoch_end`."
+            f"{type(self).__name__}(write_interval={self.interval.value!r}) must implement "
+            "`write_on_epoch_end`."
         )
 
     @override
@@ -147,7 +153,9 @@ class BasePredictionWriter(Callback):
             return
         batch_indices = _current_batch_indices(trainer)
         if self.interval.on_batch:
-            self.write_on_batch_end(trainer, pl_module, outputs, batch_indices, batch, batch_idx, dataloader_idx)
+            self.write_on_batch_end(
+                trainer, pl_module, outputs, batch_indices, batch, batch_idx, dataloader_idx
+            )
         if self.interval.on_epoch:
             while len(self._predictions) <= dataloader_idx:
                 self._predictions.append([])

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from fulmen.core.module import LightningModule
     from fulmen.trainer.trainer import Trainer
 
+_CPU = torch.device("cpu")
 _AvgFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -85,39 +86,61 @@ class StochasticWeightAveraging(Callback):
         swa_lrs: float | list[float],
         swa_epoch_start: int | float = 0.8,
         annealing_epochs: int = 10,
-        annealing_strategy: str = "cos",
+        annealing_strategy: Literal["cos", "linear"] = "cos",
         avg_fn: _AvgFn | None = None,
-        device: torch.device | str | None = torch.device("cpu"),
+        device: torch.device | str | None = _CPU,
     ) -> None:
         super().__init__()
-        if isinstance(swa_epoch_start, bool) or not isinstance(swa_epoch_start, (int, float)) or (
-            isinstance(swa_epoch_start, int) and swa_epoch_start < 1
-        ) or (isinstance(swa_epoch_start, float) and not 0 <= swa_epoch_start <= 1):
+        if (
+            isinstance(swa_epoch_start, bool)
+            or not isinstance(swa_epoch_start, (int, float))
+            or (isinstance(swa_epoch_start, int) and swa_epoch_start < 1)
+            or (isinstance(swa_epoch_start, float) and not 0 <= swa_epoch_start <= 1)
+        ):
             raise misconfig(
-                "StochasticWeightAveraging(swa_epoch_start=...)", swa_epoch_start,
-                "an int >= 1 (1-indexed epoch) or a float in [0, 1] (fraction of max_epochs)", "pass e.g. 0.8 or 5",
+                "StochasticWeightAveraging(swa_epoch_start=...)",
+                swa_epoch_start,
+                "an int >= 1 (1-indexed epoch) or a float in [0, 1] (fraction of max_epochs)",
+                "pass e.g. 0.8 or 5",
             )
         lrs = swa_lrs if isinstance(swa_lrs, list) else [swa_lrs]
-        if not lrs or any(isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 for lr in lrs):
+        if not lrs or any(
+            isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 for lr in lrs
+        ):
             raise misconfig(
-                "StochasticWeightAveraging(swa_lrs=...)", swa_lrs, "a positive float or a list of positive floats",
+                "StochasticWeightAveraging(swa_lrs=...)",
+                swa_lrs,
+                "a positive float or a list of positive floats",
                 "pass e.g. swa_lrs=1e-2",
             )
-        if isinstance(annealing_epochs, bool) or not isinstance(annealing_epochs, int) or annealing_epochs < 0:
+        if (
+            isinstance(annealing_epochs, bool)
+            or not isinstance(annealing_epochs, int)
+            or annealing_epochs < 0
+        ):
             raise misconfig(
-                "StochasticWeightAveraging(annealing_epochs=...)", annealing_epochs, "an int >= 0",
+                "StochasticWeightAveraging(annealing_epochs=...)",
+                annealing_epochs,
+                "an int >= 0",
                 "pass e.g. annealing_epochs=10",
             )
         if annealing_strategy not in ("cos", "linear"):
             raise misconfig(
-                "StochasticWeightAveraging(annealing_strategy=...)", annealing_strategy, "'cos' or 'linear'",
+                "StochasticWeightAveraging(annealing_strategy=...)",
+                annealing_strategy,
+                "'cos' or 'linear'",
                 "pass annealing_strategy='cos'",
             )
         if avg_fn is not None and not callable(avg_fn):
-            raise misconfig("StochasticWeightAveraging(avg_fn=...)", avg_fn, "a callable or None", "pass a function")
+            raise misconfig(
+                "StochasticWeightAveraging(avg_fn=...)", avg_fn, "a callable or None", "pass a function"
+            )
         if device is not None and not isinstance(device, (torch.device, str)):
             raise misconfig(
-                "StochasticWeightAveraging(device=...)", device, "a torch.device, a str or None", "pass e.g. 'cpu'"
+                "StochasticWeightAveraging(device=...)",
+                device,
+                "a torch.device, a str or None",
+                "pass e.g. 'cpu'",
             )
         self._swa_epoch_start = swa_epoch_start
         self._swa_lrs = swa_lrs
@@ -186,13 +209,15 @@ class StochasticWeightAveraging(Callback):
             )
         if len(trainer.lr_scheduler_configs) > 1:
             raise MisconfigurationException(
-                f"StochasticWeightAveraging supports at most 1 lr scheduler; got {len(trainer.lr_scheduler_configs)}. "
+                "StochasticWeightAveraging supports at most 1 lr scheduler; got "
+                f"{len(trainer.lr_scheduler_configs)}. "
                 "Fix: use one scheduler (SWA replaces it when averaging starts)."
             )
         max_epochs = trainer.max_epochs
         if max_epochs is None or max_epochs < 1:
             raise MisconfigurationException(
-                f"StochasticWeightAveraging needs a finite Trainer(max_epochs=...) to know when averaging ends; got "
+                "StochasticWeightAveraging needs a finite Trainer(max_epochs=...) to know when averaging "
+                "ends; got "
                 f"max_epochs={max_epochs}. Fix: set max_epochs."
             )
         self._max_epochs = max_epochs
@@ -200,7 +225,8 @@ class StochasticWeightAveraging(Callback):
         n_groups = len(_unwrap(trainer.optimizers[0]).param_groups)
         if isinstance(self._swa_lrs, list) and len(self._swa_lrs) != n_groups:
             raise MisconfigurationException(
-                f"StochasticWeightAveraging(swa_lrs=...) has {len(self._swa_lrs)} values but the optimizer has "
+                f"StochasticWeightAveraging(swa_lrs=...) has {len(self._swa_lrs)} values but the optimizer "
+                "has "
                 f"{n_groups} param groups. Fix: pass one lr per param group, or a single float."
             )
         if self._scheduler_state is not None and trainer.lr_scheduler_configs:
@@ -216,15 +242,23 @@ class StochasticWeightAveraging(Callback):
         self._initialized = True
         assert self._average_model is not None
         optimizer = _unwrap(trainer.optimizers[0])
-        swa_lrs = self._swa_lrs if isinstance(self._swa_lrs, list) else [self._swa_lrs] * len(optimizer.param_groups)
+        swa_lrs = (
+            self._swa_lrs
+            if isinstance(self._swa_lrs, list)
+            else [self._swa_lrs] * len(optimizer.param_groups)
+        )
         self._swa_scheduler = SWALR(
-            optimizer, swa_lr=swa_lrs, anneal_epochs=self._annealing_epochs, anneal_strategy=self._annealing_strategy
+            optimizer,
+            swa_lr=swa_lrs,  # type: ignore[arg-type]  # SWALR accepts one lr per param group
+            anneal_epochs=self._annealing_epochs,
+            anneal_strategy=self._annealing_strategy,
         )
         if self._scheduler_state is not None:
             self._swa_scheduler.load_state_dict(self._scheduler_state)
         elif trainer.current_epoch != self.swa_start:
             rank_zero_warn(
-                "SWA is initializing after swa_start without any checkpoint data; the annealing restarts from here."
+                "SWA is initializing after swa_start without any checkpoint data; the annealing restarts "
+                "from here."
             )
         from fulmen.core.optimizer import LRSchedulerConfig
 
@@ -248,7 +282,11 @@ class StochasticWeightAveraging(Callback):
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._average_model is None or self._max_epochs is None or self._latest_update_epoch != self.swa_end:
+        if (
+            self._average_model is None
+            or self._max_epochs is None
+            or self._latest_update_epoch != self.swa_end
+        ):
             return  # stopped before the SWA phase completed: keep the trained weights (as Lightning)
         copy_weights(self._average_model.module, pl_module, with_buffers=False)
         if self._model_contains_batch_norm:
@@ -266,7 +304,9 @@ class StochasticWeightAveraging(Callback):
     def _update_batch_norm(self, trainer: Trainer, pl_module: LightningModule) -> None:
         loader = trainer.train_dataloader
         if loader is None:
-            rank_zero_warn("SWA: no train dataloader to recompute BatchNorm statistics; they are left as trained.")
+            rank_zero_warn(
+                "SWA: no train dataloader to recompute BatchNorm statistics; they are left as trained."
+            )
             return
         bns = [m for m in pl_module.modules() if isinstance(m, _BatchNorm)]
         momenta = {m: m.momentum for m in bns}
@@ -322,7 +362,7 @@ class StochasticWeightAveraging(Callback):
 
 def _unwrap(optimizer: Any) -> torch.optim.Optimizer:
     inner = getattr(optimizer, "optimizer", None)
-    return inner if isinstance(inner, torch.optim.Optimizer) else optimizer  # type: ignore[no-any-return]
+    return inner if isinstance(inner, torch.optim.Optimizer) else optimizer
 
 
 __all__ = ["StochasticWeightAveraging", "contains_batch_norm", "swa_epoch_range"]

@@ -32,7 +32,9 @@ _INTERVALS = ("step", "epoch")
 _DURATION_RE = re.compile(r"(\d+):(\d\d):(\d\d):(\d\d)")
 
 
-def parse_duration(duration: str | timedelta | dict[str, int] | None, what: str = "Timer(duration=...)") -> float | None:
+def parse_duration(
+    duration: str | timedelta | dict[str, int] | None, what: str = "Timer(duration=...)"
+) -> float | None:
     """Convert a duration to seconds.
 
     Args:
@@ -59,18 +61,24 @@ def parse_duration(duration: str | timedelta | dict[str, int] | None, what: str 
             return timedelta(**duration).total_seconds()
         except TypeError as err:
             raise misconfig(
-                what, duration, "a dict of datetime.timedelta arguments (days, hours, minutes, seconds, ...)",
+                what,
+                duration,
+                "a dict of datetime.timedelta arguments (days, hours, minutes, seconds, ...)",
                 "pass e.g. {'hours': 1, 'minutes': 30}",
             ) from err
     if isinstance(duration, timedelta):
         return duration.total_seconds()
-    raise misconfig(what, duration, "a 'DD:HH:MM:SS' string, a timedelta, a dict or None", "pass e.g. '00:01:00:00'")
+    raise misconfig(
+        what, duration, "a 'DD:HH:MM:SS' string, a timedelta, a dict or None", "pass e.g. '00:01:00:00'"
+    )
 
 
 def _stage_value(stage: Any) -> str:
     value = getattr(stage, "value", stage)
     if value not in _STAGES:
-        raise misconfig("Timer stage", stage, f"one of {list(_STAGES)}", "pass e.g. 'train' or RunningStage.TRAINING")
+        raise misconfig(
+            "Timer stage", stage, f"one of {list(_STAGES)}", "pass e.g. 'train' or RunningStage.TRAINING"
+        )
     return str(value)
 
 
@@ -103,7 +111,9 @@ class Timer(Callback):
         super().__init__()
         interval_value = getattr(interval, "value", interval)
         if interval_value not in _INTERVALS:
-            raise misconfig("Timer(interval=...)", interval, "'step' or 'epoch'", "pass interval='step' or 'epoch'")
+            raise misconfig(
+                "Timer(interval=...)", interval, "'step' or 'epoch'", "pass interval='step' or 'epoch'"
+            )
         self._duration = parse_duration(duration)
         self._interval = str(interval_value)
         self._verbose = verbose

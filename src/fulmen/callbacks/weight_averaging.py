@@ -60,6 +60,8 @@ def make_averaged_model(
         The averaged model, with ``n_averaged == 0``.
     """
     # AveragedModel deep-copies what it is given; give it a trivial module, then attach our own copy.
+    if isinstance(device, str):
+        device = torch.device(device)
     averaged = AveragedModel(nn.Module(), device=device, use_buffers=use_buffers, **kwargs)
     clone = copy.deepcopy(module, memo=_shared_refs(module))
     averaged.module = clone.to(device) if device is not None else clone
@@ -67,13 +69,15 @@ def make_averaged_model(
 
 
 def _tensors(module: nn.Module, with_buffers: bool) -> Iterator[torch.Tensor]:
-    return itertools.chain(module.parameters(), module.buffers()) if with_buffers else iter(module.parameters())
+    return (
+        itertools.chain(module.parameters(), module.buffers()) if with_buffers else iter(module.parameters())
+    )
 
 
 @torch.no_grad()
 def swap_weights(a: nn.Module, b: nn.Module, with_buffers: bool = True) -> None:
     """Exchange the values of ``a``'s and ``b``'s parameters (and buffers) in place (devices may differ)."""
-    for x, y in zip(_tensors(a, with_buffers), _tensors(b, with_buffers)):
+    for x, y in zip(_tensors(a, with_buffers), _tensors(b, with_buffers), strict=True):
         tmp = x.detach().clone()
         x.copy_(y.detach())
         y.copy_(tmp)
@@ -82,7 +86,7 @@ def swap_weights(a: nn.Module, b: nn.Module, with_buffers: bool = True) -> None:
 @torch.no_grad()
 def copy_weights(src: nn.Module, dst: nn.Module, with_buffers: bool = True) -> None:
     """Copy ``src``'s parameter (and buffer) values into ``dst`` in place."""
-    for s, d in zip(_tensors(src, with_buffers), _tensors(dst, with_buffers)):
+    for s, d in zip(_tensors(src, with_buffers), _tensors(dst, with_buffers), strict=True):
         d.copy_(s.detach())
 
 
@@ -117,23 +121,31 @@ class WeightAveraging(Callback):
 
     _ALLOWED_KWARGS = frozenset({"avg_fn", "multi_avg_fn"})
 
-    def __init__(self, device: torch.device | str | int | None = None, use_buffers: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self, device: torch.device | str | int | None = None, use_buffers: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__()
         if device is not None and not isinstance(device, (torch.device, str, int)):
             raise misconfig(
-                f"{type(self).__name__}(device=...)", device, "None, a torch.device, a str or an int",
+                f"{type(self).__name__}(device=...)",
+                device,
+                "None, a torch.device, a str or an int",
                 "pass e.g. device='cpu' to keep the averaged copy off the accelerator",
             )
         unknown = sorted(set(kwargs) - self._ALLOWED_KWARGS)
         if unknown:
             raise misconfig(
-                f"{type(self).__name__}(**kwargs)", unknown, f"AveragedModel arguments {sorted(self._ALLOWED_KWARGS)}",
+                f"{type(self).__name__}(**kwargs)",
+                unknown,
+                f"AveragedModel arguments {sorted(self._ALLOWED_KWARGS)}",
                 "remove the unknown arguments",
             )
         for name in self._ALLOWED_KWARGS:
             fn = kwargs.get(name)
             if fn is not None and not callable(fn):
-                raise misconfig(f"{type(self).__name__}({name}=...)", fn, "a callable", f"pass a function or {name}=None")
+                raise misconfig(
+                    f"{type(self).__name__}({name}=...)", fn, "a callable", f"pass a function or {name}=None"
+                )
         self._device = device
         self._use_buffers = use_buffers
         self._kwargs = kwargs
@@ -162,13 +174,16 @@ class WeightAveraging(Callback):
             return
         if _is_overridden_by_user(pl_module, "configure_model"):
             rank_zero_warn(
-                f"You're using {type(self).__name__} with a model that overrides `configure_model`. The averaged "
+                f"You're using {type(self).__name__} with a model that overrides `configure_model`. The "
+                "averaged "
                 "copy is a full (unsharded) copy of the model, so you may run out of memory."
             )
             # The layers must exist before they are copied; ``configure_model`` must be idempotent.
             pl_module.configure_model()
         device = self._device if self._device is not None else pl_module.device
-        self._average_model = make_averaged_model(pl_module, device=device, use_buffers=self._use_buffers, **self._kwargs)
+        self._average_model = make_averaged_model(
+            pl_module, device=device, use_buffers=self._use_buffers, **self._kwargs
+        )
         if self._pending_checkpoint is not None:
             pending, self._pending_checkpoint = self._pending_checkpoint, None
             self._restore_from_checkpoint(pl_module, pending)
@@ -178,14 +193,18 @@ class WeightAveraging(Callback):
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         # One update per optimizer step (several batches may share one under gradient accumulation).
-        if trainer.global_step > self._latest_update_step and self.should_update(step_idx=trainer.global_step - 1):
+        if trainer.global_step > self._latest_update_step and self.should_update(
+            step_idx=trainer.global_step - 1
+        ):
             assert self._average_model is not None
             self._average_model.update_parameters(pl_module)
             self._latest_update_step = trainer.global_step
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.current_epoch > self._latest_update_epoch and self.should_update(epoch_idx=trainer.current_epoch):
+        if trainer.current_epoch > self._latest_update_epoch and self.should_update(
+            epoch_idx=trainer.current_epoch
+        ):
             assert self._average_model is not None
             self._average_model.update_parameters(pl_module)
             self._latest_update_epoch = trainer.current_epoch
@@ -211,7 +230,10 @@ class WeightAveraging(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"latest_update_step": self._latest_update_step, "latest_update_epoch": self._latest_update_epoch}
+        return {
+            "latest_update_step": self._latest_update_step,
+            "latest_update_epoch": self._latest_update_epoch,
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -219,10 +241,13 @@ class WeightAveraging(Callback):
         self._latest_update_epoch = int(state_dict.get("latest_update_epoch", -1))
 
     @override
-    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         if self._average_model is None:
             rank_zero_warn(
-                f"You're using {type(self).__name__}, but saving a checkpoint outside `fit`: the averaged weights "
+                f"You're using {type(self).__name__}, but saving a checkpoint outside `fit`: the averaged "
+                "weights "
                 "are not saved."
             )
             return
@@ -231,13 +256,17 @@ class WeightAveraging(Callback):
         if not self._use_buffers:
             # Buffers are not averaged: the model's own (e.g. BatchNorm statistics) go with the average.
             buffer_names = {name for name, _ in pl_module.named_buffers()}
-            averaged = {k: (current[k] if k in buffer_names and k in current else v) for k, v in averaged.items()}
+            averaged = {
+                k: (current[k] if k in buffer_names and k in current else v) for k, v in averaged.items()
+            }
         checkpoint["current_model_state"] = current
         checkpoint["state_dict"] = averaged
         checkpoint["averaging_state"] = {"n_averaged": self._average_model.n_averaged.detach().clone()}
 
     @override
-    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_load_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         if self._average_model is None:
             if trainer.state.fn == "fit":
                 # Restored before ``setup`` built the averaged copy: finish in ``setup``.
@@ -255,7 +284,8 @@ class WeightAveraging(Callback):
             pl_module.load_state_dict(checkpoint["current_model_state"])
         else:
             rank_zero_warn(
-                f"The checkpoint was not created with {type(self).__name__}: the averaged and the current model "
+                f"The checkpoint was not created with {type(self).__name__}: the averaged and the current "
+                "model "
                 "both start from its `state_dict`."
             )
             copy_weights(pl_module, self._average_model.module, with_buffers=True)
@@ -291,11 +321,24 @@ class EMAWeightAveraging(WeightAveraging):
         update_starting_at_epoch: int | None = None,
         **kwargs: Any,
     ) -> None:
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or math.isnan(decay) or not 0 <= decay <= 1:
-            raise misconfig("EMAWeightAveraging(decay=...)", decay, "a float in [0, 1]", "pass e.g. decay=0.999")
-        if isinstance(update_every_n_steps, bool) or not isinstance(update_every_n_steps, int) or update_every_n_steps < 1:
+        if (
+            isinstance(decay, bool)
+            or not isinstance(decay, (int, float))
+            or math.isnan(decay)
+            or not 0 <= decay <= 1
+        ):
             raise misconfig(
-                "EMAWeightAveraging(update_every_n_steps=...)", update_every_n_steps, "an int >= 1",
+                "EMAWeightAveraging(decay=...)", decay, "a float in [0, 1]", "pass e.g. decay=0.999"
+            )
+        if (
+            isinstance(update_every_n_steps, bool)
+            or not isinstance(update_every_n_steps, int)
+            or update_every_n_steps < 1
+        ):
+            raise misconfig(
+                "EMAWeightAveraging(update_every_n_steps=...)",
+                update_every_n_steps,
+                "an int >= 1",
                 "pass e.g. update_every_n_steps=1",
             )
         for name, value in (
@@ -303,13 +346,18 @@ class EMAWeightAveraging(WeightAveraging):
             ("update_starting_at_epoch", update_starting_at_epoch),
         ):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise misconfig(f"EMAWeightAveraging({name}=...)", value, "None or an int >= 0", f"pass e.g. {name}=0")
+                raise misconfig(
+                    f"EMAWeightAveraging({name}=...)", value, "None or an int >= 0", f"pass e.g. {name}=0"
+                )
         if "multi_avg_fn" in kwargs or "avg_fn" in kwargs:
             raise misconfig(
-                "EMAWeightAveraging(avg_fn/multi_avg_fn=...)", sorted(k for k in kwargs if "avg_fn" in k),
-                "no averaging function (EMA defines its own)", "use WeightAveraging(multi_avg_fn=...) for a custom one",
+                "EMAWeightAveraging(avg_fn/multi_avg_fn=...)",
+                sorted(k for k in kwargs if "avg_fn" in k),
+                "no averaging function (EMA defines its own)",
+                "use WeightAveraging(multi_avg_fn=...) for a custom one",
             )
-        super().__init__(device=device, use_buffers=use_buffers, multi_avg_fn=get_ema_multi_avg_fn(decay), **kwargs)
+        ema_fn = get_ema_multi_avg_fn(decay)  # type: ignore[no-untyped-call]
+        super().__init__(device=device, use_buffers=use_buffers, multi_avg_fn=ema_fn, **kwargs)
         self.decay = float(decay)
         self.update_every_n_steps = update_every_n_steps
         self.update_starting_at_step = update_starting_at_step
