@@ -24,15 +24,15 @@ def loader(n: int = 4, batch_size: int = 2) -> DataLoader:
 
 
 def make_trainer(tmp_path: Path, **kw: Any) -> L.Trainer:
-    defaults: dict[str, Any] = dict(
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-    )
+    defaults: dict[str, Any] = {
+        "max_epochs": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "default_root_dir": tmp_path,
+    }
     defaults.update(kw)
     return L.Trainer(**defaults)
 
@@ -61,7 +61,9 @@ class Base(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def fit_raises(tmp_path: Path, model: L.LightningModule, exc_type: type = MisconfigurationException, **fit_kw: Any):
+def fit_raises(
+    tmp_path: Path, model: L.LightningModule, exc_type: type = MisconfigurationException, **fit_kw: Any
+):
     fit_kw.setdefault("train_dataloaders", loader())
     with pytest.raises(exc_type) as info:
         make_trainer(tmp_path).fit(model, **fit_kw)
