@@ -533,3 +533,59 @@ def test_to_yaml(tmp_path: Path) -> None:
     mc.to_yaml()
     loaded = yaml.safe_load((tmp_path / "best_k_models.yaml").read_text())
     assert loaded == {str(tmp_path / "epoch=0-step=2.ckpt"): 0.5, str(tmp_path / "epoch=1-step=4.ckpt"): 0.25}
+
+
+# ---- collective decisions (a stand-in trainer plays one rank of a multi-process run) ---------------
+
+
+class _Rank1Strategy:
+    """Rank 1: ``broadcast`` returns rank 0's choice, ``reduce_boolean_decision`` combines with rank 0's."""
+
+    def __init__(self, rank0_path: str, rank0_says_top_k: bool) -> None:
+        self.rank0_path = rank0_path
+        self.rank0_says_top_k = rank0_says_top_k
+        self.reductions: list[tuple[bool, bool]] = []
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        if isinstance(obj, str) and obj.endswith(".ckpt"):
+            return self.rank0_path
+        return obj
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        self.reductions.append((decision, all))
+        return (decision and self.rank0_says_top_k) if all else (decision or self.rank0_says_top_k)
+
+    def barrier(self, name: str | None = None) -> None:
+        pass
+
+    def remove_checkpoint(self, filepath: Any) -> None:
+        raise AssertionError("rank 1 test: nothing should be evicted")
+
+
+class _FakeTrainer:
+    def __init__(self, strategy: _Rank1Strategy, metrics: dict[str, Any], step: int) -> None:
+        self.strategy = strategy
+        self.callback_metrics = metrics
+        self.global_step = step
+        self.current_epoch = 0
+        self.is_global_zero = False
+        self.loggers: list[Any] = []
+        self.saved: list[str] = []
+        self.ckpt_path = None
+
+    def save_checkpoint(self, filepath: str, weights_only: bool = False) -> None:
+        self.saved.append(filepath)
+
+
+def test_rank_dependent_choices_are_collective(tmp_path: Path) -> None:
+    mc = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", save_top_k=1, filename="{val_loss:.2f}")
+    # rank 1's metric differs (not synced), so its own name would differ: it must write rank 0's path
+    strategy = _Rank1Strategy(str(tmp_path / "val_loss=0.50.ckpt"), rank0_says_top_k=False)
+    trainer = _FakeTrainer(strategy, {"val_loss": T(0.7)}, step=1)
+    mc._save_topk_checkpoint(trainer, mc._monitor_candidates(trainer), final=True)  # type: ignore[arg-type]
+    assert trainer.saved == [str(tmp_path / "val_loss=0.50.ckpt")]
+    assert strategy.reductions == []  # fewer than k saved: every rank agrees without a collective
+    # rank 1 thinks 0.6 beats its 0.7, but rank 0 disagrees: nobody saves
+    trainer.global_step, trainer.callback_metrics = 2, {"val_loss": T(0.6)}
+    mc._save_topk_checkpoint(trainer, mc._monitor_candidates(trainer), final=True)  # type: ignore[arg-type]
+    assert strategy.reductions == [(True, True)] and len(trainer.saved) == 1
