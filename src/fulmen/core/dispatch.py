@@ -44,6 +44,10 @@ class Dispatcher:
         self._lm_base = LightningModule
         self._dm_base = LightningDataModule
         self._module_overrides: dict[str, bool] = {}
+        if getattr(getattr(trainer, "profiler", None), "active", False):
+            from fulmen.profilers._instrument import instrument_dispatcher
+
+            instrument_dispatcher(self)
 
     def _callback_fns(self, name: str, monitoring: int) -> list[Callable[..., Any]]:
         key = (name, monitoring)

@@ -286,6 +286,7 @@ def run(trainer: Trainer, fn: TrainerFn, model: Any, datamodule: Any, loaders: d
     callbacks = list(trainer.callbacks)
     trainer._dispatcher = Dispatcher(trainer, model, trainer.datamodule, trainer.callbacks)
     stage = fn.value
+    profiling = _start_profiling(trainer, model, stage)
     try:
         _configure_callbacks(trainer, model)
         trainer._dispatcher = Dispatcher(trainer, model, trainer.datamodule, trainer.callbacks)
@@ -309,7 +310,18 @@ def run(trainer: Trainer, fn: TrainerFn, model: Any, datamodule: Any, loaders: d
         _teardown(trainer, stage)
         raise
     finally:
+        if profiling is not None:
+            profiling.close()
         trainer.callbacks[:] = callbacks if trainer._dispatcher is None else trainer.callbacks
+
+
+def _start_profiling(trainer: Trainer, model: Any, stage: str) -> Any:
+    """Instrument this run for ``trainer.profiler`` (None, and no work at all, for the default profiler)."""
+    if not trainer.profiler.active:
+        return None
+    from fulmen.profilers._instrument import RunInstrumentation
+
+    return RunInstrumentation(trainer, model, stage)
 
 
 def _configure_callbacks(trainer: Trainer, model: Any) -> None:
@@ -362,7 +374,11 @@ def _run_stage(trainer: Trainer, fn: TrainerFn, model: Any, ckpt_path: Any, weig
             restore_training_state(trainer, checkpoint)
             trainer._restored_mid_run = trainer.run_state.batch_in_epoch > 0 or trainer.run_state.global_step > 0
         trainer._optimization.setup()
-        trainer.fit_loop.run()
+        from fulmen.trainer.preemption import preemption_handlers
+
+        trainer._preempt_signal = None
+        with preemption_handlers(trainer):
+            trainer.fit_loop.run()
         trainer.state.stage = None
         d.both("on_fit_end")
         result = None

@@ -22,6 +22,7 @@ from fulmen.core.optimizer import LightningOptimizer, LRSchedulerConfig
 from fulmen.core.results import ResultCollection
 from fulmen.core.run_state import RunState
 from fulmen.fabric.fabric import Fabric
+from fulmen.profilers import Profiler, resolve_profiler
 from fulmen.trainer import lifecycle
 from fulmen.trainer.config import TrainerConfig
 from fulmen.trainer.data import DataManager
@@ -90,13 +91,6 @@ class Trainer:
             raise NotSupportedYetError(
                 f"Trainer(model_registry={model_registry!r}) is not supported yet. Fix: drop the argument."
             )
-        if profiler is not None:
-            from fulmen.utilities.exceptions import NotSupportedYetError
-
-            raise NotSupportedYetError(
-                f"Trainer(profiler={profiler!r}) is not supported yet. Fix: drop the argument (profilers come with "
-                "the integrations work)."
-            )
         if sync_batchnorm:
             from fulmen.utilities.exceptions import NotSupportedYetError
 
@@ -120,6 +114,8 @@ class Trainer:
         self.fabric = Fabric(accelerator=accelerator, strategy=strategy, devices=devices, num_nodes=num_nodes,
                              precision=precision, plugins=plugins)
         self.run_state = RunState(accumulate_grad_batches=self.config.accumulate_grad_batches)
+        # the default PassThroughProfiler is never called: the run is instrumented only for a real profiler
+        self.profiler: Profiler = resolve_profiler(profiler)
         self.state = TrainerState()
         self.loggers = lifecycle.build_loggers(self, logger)
         self.callbacks: list[Callback] = lifecycle.build_callbacks(self, callbacks, max_time)
@@ -148,6 +144,8 @@ class Trainer:
         self.test_loop = self._test_loop
         self.predict_loop = PredictionLoop(self)
         self.received_sigterm = False
+        # set by the preemption signal handler; the fit loop checks it at batch boundaries
+        self._preempt_signal: int | None = None
         lifecycle.apply_global_flags(self.config)
 
     # ------------------------------------------------------------------ entry points
