@@ -189,6 +189,13 @@ class WeightAveraging(Callback):
             self._restore_from_checkpoint(pl_module, pending)
 
     @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # ``setup`` runs before the strategy moves the model to its device; follow it there, so that
+        # per-step updates do not copy the weights across devices.
+        if self._device is None and self._average_model is not None:
+            self._average_model.to(pl_module.device)
+
+    @override
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
