@@ -204,10 +204,20 @@ class DataManager:
         else:
             iterator = iter(loader)
         if n != math.inf:
+            # A loader used in full is run to its end, as `for batch in loader` does: samplers draw from their
+            # generator at exhaustion too (RandomSampler's remainder permutation), so stopping one batch short
+            # would change every later epoch's order. It is done before the last batch is handed out, so it
+            # happens even if the caller stops iterating after that batch.
+            full = has_len(loader) and n >= len(loader)
             idx = start
             for batch in iterator:
                 idx += 1
-                yield batch, idx >= n
+                if idx >= n:
+                    if full:
+                        next(iterator, None)
+                    yield batch, True
+                    return
+                yield batch, False
             return
         # unknown length: look one batch ahead to know which is last
         try:
