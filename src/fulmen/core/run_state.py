@@ -93,6 +93,16 @@ class RunState:
     epoch_rng_state: dict[str, Any] | None = None
     # Number of in-epoch validation runs already done in the current epoch.
     val_checks_in_epoch: int = 0
+    # Where inside a batch/epoch the run was when a checkpoint was written: "" (between batches),
+    # "batch_end" (batch done; its logging and validation pending), "val" (validation pending) or
+    # "after_val" (validation done, the rest of the batch's work pending) or "epoch_end" (all batches
+    # done; the work after on_train_epoch_end pending).
+    resume_point: str = ""
+    last_batch_stepped: bool = False
+    # The training epoch's logged-metric accumulators (so epoch means continue across a resume).
+    train_results: dict[str, Any] | None = None
+    # Gradients accumulated so far inside an open accumulation window.
+    grads: dict[str, Any] | None = None
 
     SAVED = (
         "global_step",
@@ -109,6 +119,10 @@ class RunState:
         "val_batch_progress",
         "epoch_rng_state",
         "val_checks_in_epoch",
+        "resume_point",
+        "last_batch_stepped",
+        "train_results",
+        "grads",
     )
 
     def state_dict(self) -> dict[str, Any]:

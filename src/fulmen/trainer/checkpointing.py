@@ -41,7 +41,15 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, A
         prec_state = trainer.strategy.precision.state_dict()
         if prec_state:
             ckpt[type(trainer.strategy.precision).__qualname__] = prec_state
+        live = trainer.fit_loop.current_results if trainer.state.fn == "fit" else None
+        rs.train_results = live.state_dict() if live is not None else None
+        rs.grads = (
+            {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
+            if trainer._accumulating
+            else None
+        )
         ckpt["fulmen"] = {"run_state": rs.state_dict(), "rng": _rng_to_plain(collect_rng_states())}
+        rs.train_results = rs.grads = None
     if module.hparams:
         ckpt[module.CHECKPOINT_HYPER_PARAMS_NAME] = None
         ckpt[module.CHECKPOINT_HYPER_PARAMS_KEY] = to_plain_data(dict(module.hparams))
@@ -90,32 +98,38 @@ def restore_training_state(trainer: Trainer, ckpt: dict[str, Any]) -> None:
         prec.load_state_dict(ckpt[key])
     elif "native_amp_scaling_state" in ckpt:
         prec.load_state_dict(ckpt["native_amp_scaling_state"])
-    extra = ckpt.get("fulmen")
-    if extra is not None:
-        rs.load_state_dict(extra["run_state"])
-    elif "loops" in ckpt:
-        rs.load_lightning_loops(ckpt["loops"], manual=not module.automatic_optimization)
-        # a Lightning checkpoint written at an epoch end: the epoch is finished
-        if rs.is_last_batch:
-            rs.epoch = rs.epoch_progress.total_processed if rs.epoch_progress.total_processed else rs.epoch
-            rs.batch_in_epoch = 0
-    if rs.is_last_batch and rs.batch_in_epoch > 0:
-        # saved after the epoch's last batch (e.g. at on_train_epoch_end): continue with the next epoch
-        rs.epoch = max(rs.epoch, rs.epoch_progress.total_started)
-        rs.batch_in_epoch = 0
-        rs.epoch_rng_state = None
-    cfg = trainer.config
-    if cfg.max_epochs >= 0 and rs.epoch > cfg.max_epochs:
-        raise MisconfigurationException(
-            f"You restored a checkpoint with current_epoch={rs.epoch}, but max_epochs={cfg.max_epochs}. Fix: raise "
-            "max_epochs to continue training, or use a checkpoint from an earlier epoch."
-        )
     opt_states = ckpt.get("optimizer_states")
     if opt_states is None:
         raise MisconfigurationException(
             f"The checkpoint {trainer.ckpt_path!r} holds weights only (no optimizer state), so training cannot "
             "resume from it. Fix: load the weights with load_from_checkpoint and start a new fit, or resume from a "
             "full checkpoint (save_weights_only=False)."
+        )
+    extra = ckpt.get("fulmen")
+    if extra is not None:
+        rs.load_state_dict(extra["run_state"])
+        _restore_partial_state(trainer, module, rs)
+    elif "loops" in ckpt:
+        rs.load_lightning_loops(ckpt["loops"], manual=not module.automatic_optimization)
+        if rs.epoch_progress.total_processed > rs.epoch_progress.total_completed or rs.is_last_batch:
+            # a Lightning checkpoint written at an epoch end: that epoch is finished
+            rs.epoch = max(rs.epoch, rs.epoch_progress.total_processed, rs.epoch + int(rs.is_last_batch))
+            rs.batch_in_epoch = 0
+            rs.is_last_batch = False
+        elif rs.batch_in_epoch:
+            from fulmen.utilities.rank_zero import rank_zero_warn
+
+            rank_zero_warn(
+                "This Lightning checkpoint was written mid-epoch and holds no data position or RNG state; the epoch "
+                "restarts its data from the beginning (Lightning's own behaviour). fulmen checkpoints resume exactly."
+            )
+    loader_state = ckpt.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader")
+    trainer._data.pending_loader_state = loader_state
+    cfg = trainer.config
+    if cfg.max_epochs >= 0 and rs.epoch > cfg.max_epochs:
+        raise MisconfigurationException(
+            f"You restored a checkpoint with current_epoch={rs.epoch}, but max_epochs={cfg.max_epochs}. Fix: raise "
+            "max_epochs to continue training, or use a checkpoint from an earlier epoch."
         )
     if len(opt_states) != len(trainer.optimizers):
         raise MisconfigurationException(
@@ -180,3 +194,21 @@ def _rng_from_plain(states: dict[str, Any]) -> dict[str, Any]:
         version, state, gauss = out["python"]
         out["python"] = (version, tuple(state), gauss)
     return out
+
+
+def _restore_partial_state(trainer: Trainer, module: Any, rs: Any) -> None:
+    """Epoch accumulators of logged metrics and gradients of an open accumulation window."""
+    from fulmen.core.results import ResultCollection
+
+    if rs.train_results is not None:
+        results = trainer.fit_loop._new_results()
+        results.load_state_dict(rs.train_results)
+        trainer.fit_loop.restored_results = results
+    if rs.grads:
+        params = dict(module.named_parameters())
+        for name, grad in rs.grads.items():
+            if name in params:
+                params[name].grad = grad.to(params[name].device)
+        trainer._accumulating = True
+    rs.train_results = rs.grads = None
+    _ = ResultCollection

@@ -117,6 +117,8 @@ class DataManager:
         self.num_predict_batches: list[int | float] = []
         self.val_check_batch: int | float = math.inf
         self._train_loaded_epoch = -1
+        # a stateful train loader's state from the checkpoint, applied before its first iteration
+        self.pending_loader_state: Any = None
 
     def _source(self, stage: str) -> Any:
         t = self.trainer
@@ -191,7 +193,12 @@ class DataManager:
     def iterate_train(self, loader: Any, rs: Any, start: int) -> Any:
         """Yield ``(batch, is_last)``; with ``start > 0`` (mid-epoch resume) the epoch's batch order is rebuilt."""
         n = self.num_training_batches
-        if start > 0 and rs.epoch_rng_state is not None:
+        pending, self.pending_loader_state = self.pending_loader_state, None
+        if pending is not None and hasattr(loader, "load_state_dict"):
+            # a stateful loader (torchdata StatefulDataLoader, litdata, ...) restores its own position
+            loader.load_state_dict(pending)
+            iterator = iter(loader)
+        elif start > 0 and rs.epoch_rng_state is not None:
             import torch
 
             resume_state = torch.get_rng_state()
@@ -290,22 +297,20 @@ def _sampler_generator(loader: Any) -> Any:
 
 
 def _skip(loader: Any, n: int) -> Any:
-    """An iterator over ``loader`` positioned after ``n`` batches, without collating the skipped ones when possible."""
-    if isinstance(loader, DataLoader) and loader.batch_sampler is not None and not loader.num_workers and hasattr(loader.dataset, "__getitem__"):
-        # skip at the index level: the sampler advances exactly as it would, no samples are loaded
-        batch_sampler = loader.batch_sampler
-        indices = iter(batch_sampler)
-        for _ in range(n):
-            next(indices, None)
-        fetch = loader.dataset.__getitem__
-        collate = loader.collate_fn
+    """An iterator over ``loader`` positioned after ``n`` batches.
 
-        def gen() -> Any:
-            for idx in indices:
-                yield collate([fetch(i) for i in idx])
-
-        return gen()
+    The loader's own iterator is created (so it draws its seeds exactly as in the original run). With
+    ``num_workers=0`` the skipped batches are skipped at the index level: the sampler advances, nothing is
+    loaded. With worker processes the indices are already dispatched, so skipped batches are loaded and
+    dropped (still never run through the model).
+    """
     it = iter(loader)
+    sampler_iter = getattr(it, "_sampler_iter", None)
+    if isinstance(loader, DataLoader) and loader.num_workers == 0 and sampler_iter is not None:
+        for _ in range(n):
+            next(sampler_iter, None)
+        it._num_yielded += n
+        return it
     for _ in range(n):
         next(it, None)
     return it

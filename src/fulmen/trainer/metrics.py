@@ -31,6 +31,8 @@ class MetricsStore:
         self.live: ResultCollection | None = None
         # added to batches_that_stepped for the logger step (see ``logging_step_offset``)
         self._step_offset = 0
+        # True while on_train_epoch_end runs: callback_metrics then include the epoch's reduced values
+        self.epoch_end_reached = False
 
     @contextmanager
     def logging_step_offset(self, offset: int) -> Iterator[None]:
@@ -65,6 +67,8 @@ class MetricsStore:
         out = dict(self.callback)
         if self.live is not None:
             out.update(self.live.step_metrics()[0])
+            if self.epoch_end_reached:  # inside on_train_epoch_end: the epoch values are final
+                out.update(self.live.epoch_metrics()[0])
         return out
 
     def progress_bar_metrics(self) -> dict[str, float]:
@@ -83,8 +87,12 @@ class MetricsStore:
         if metrics:
             self._to_loggers(metrics)
 
-    def epoch_end(self, results: ResultCollection, log: bool) -> None:
-        """Fold a finished stage's values into the stored dicts and (optionally) send them to loggers."""
+    def epoch_end(self, results: ResultCollection, log: bool, keep: bool = False) -> None:
+        """Fold a finished stage's values into the stored dicts and (optionally) send them to loggers.
+
+        ``keep=True`` (an epoch cut short by max_steps/should_stop) leaves the accumulators in place, so a
+        resumed run continues the same epoch means.
+        """
         step_cb, _, step_pb = results.step_metrics()
         cb, lg, pb = results.epoch_metrics()
         self.callback.update(step_cb)
@@ -95,7 +103,8 @@ class MetricsStore:
             self.live = None
         if log and lg:
             self._to_loggers(lg)
-        results.reset()
+        if not keep:
+            results.reset()
 
     def _to_loggers(self, metrics: dict[str, Any]) -> None:
         trainer = self.trainer

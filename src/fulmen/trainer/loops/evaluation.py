@@ -66,6 +66,8 @@ class EvaluationLoop:
             returned = not in_fit and self.stage != RunningStage.SANITY_CHECKING
             out = self._per_dataloader(results, len(loaders)) if returned else []
             trainer._metrics.epoch_end(results, log=self.stage != RunningStage.SANITY_CHECKING)
+            if in_fit:  # a checkpoint written from on_validation_end resumes after this validation
+                trainer.run_state.resume_point = "after_val"
             self._on_end(p, d)
         finally:
             trainer._results = prev_results

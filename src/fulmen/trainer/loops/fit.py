@@ -25,6 +25,9 @@ class FitLoop:
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
         self._first_results: ResultCollection | None = None
+        # the training epoch's results: saved in checkpoints, restored on resume
+        self.current_results: ResultCollection | None = None
+        self.restored_results: ResultCollection | None = None
 
     # ------------------------------------------------------------------ the run
     def run(self) -> None:
@@ -111,12 +114,19 @@ class FitLoop:
         d = t._dispatcher
         rs = t.run_state
         cfg = t.config
-        results = self._first_results or self._new_results()
+        resume_point = rs.resume_point if self.restored_results is not None or rs.resume_point else ""
+        results = self.restored_results or self._first_results or self._new_results()
         self._first_results = None
+        self.restored_results = None
+        self.current_results = results
         t._results = results
         t._metrics.new_train_epoch(results)
-        rs.epoch_progress.start()
         t.state.stage = RunningStage.TRAINING
+        if resume_point == "epoch_end":
+            # the checkpoint was written inside on_train_epoch_end: only the work after it remains
+            self._finish_epoch(results, completed=True)
+            return
+        rs.epoch_progress.start()
         d.both("on_train_epoch_start")
 
         n_batches = t._data.num_training_batches
@@ -126,16 +136,39 @@ class FitLoop:
             rs.epoch_rng_state = t._data.capture_epoch_rng()
             rs.batch_progress.reset_current()
             rs.val_checks_in_epoch = 0
-        it = t._data.iterate_train(loader, rs, start)
         module = t.lightning_module
         auto = module.automatic_optimization
         val_batch = t._data.val_check_batch
         check_val = t.enable_validation and (
             cfg.check_val_every_n_epoch is None or (rs.epoch + 1) % cfg.check_val_every_n_epoch == 0
         )
+        if resume_point in ("batch_end", "val"):
+            # the checkpoint was written after batch ``start - 1`` ran but before its logging/validation
+            self._after_batch(results, start - 1, rs.is_last_batch, rs.last_batch_stepped, check_val, val_batch,
+                              skip_logging=resume_point == "val")
+        completed = rs.is_last_batch and start > 0
+        if not completed and not self._should_end_epoch():
+            completed = self._run_batches(results, loader, start, n_batches, auto, check_val, val_batch)
+        self._finish_epoch(results, completed)
+
+    def _should_end_epoch(self) -> bool:
+        t = self.trainer
+        rs = t.run_state
+        if t.config.max_steps >= 0 and rs.global_step >= t.config.max_steps:
+            return True
+        return rs.should_stop and self._can_stop_early()
+
+    def _run_batches(
+        self, results: ResultCollection, loader: Any, start: int, n_batches: int | float, auto: bool,
+        check_val: bool, val_batch: int | float,
+    ) -> bool:
+        """Run the epoch's batches from ``start``; return whether the epoch ran to its end."""
+        t = self.trainer
+        d = t._dispatcher
+        rs = t.run_state
+        it = t._data.iterate_train(loader, rs, start)
         has_bstart = d.has_callbacks("on_train_batch_start") or d.module_overrides("on_train_batch_start")
         has_bend = d.has_callbacks("on_train_batch_end") or d.module_overrides("on_train_batch_end")
-        log_n = cfg.log_every_n_steps
         step = t._optimization.step_auto if auto else t._optimization.step_manual
         batch_idx = start
         rs.is_last_batch = False
@@ -147,48 +180,84 @@ class FitLoop:
                 d.callbacks_hook("on_train_batch_start", batch, batch_idx)
                 if d.module_overrides("on_train_batch_start"):
                     if d.module_hook("on_train_batch_start", batch, batch_idx) == -1:
-                        break
+                        return True  # Lightning: -1 skips the rest of the epoch
             stepped, outputs = step(batch, batch_idx, is_last)
             rs.batch_in_epoch = batch_idx + 1
             rs.batch_progress.increment()
+            rs.last_batch_stepped = stepped
             if is_last:  # Lightning steps epoch-interval schedulers on the last batch, before on_train_batch_end
                 t._optimization.step_schedulers("epoch", plateau=False)
+            rs.resume_point = "batch_end"
             if has_bend:
                 d.both("on_train_batch_end", outputs, batch, batch_idx)
-            if stepped:
-                if log_n and (rs.batches_that_stepped + 1) % log_n == 0 or rs.should_stop:
-                    t._metrics.log_train_step(results)
-                rs.batches_that_stepped += 1
-            results.reset_step()
-            if check_val and self._val_due(batch_idx, is_last, val_batch):
-                # logged at the step of this batch, which was already counted in batches_that_stepped
-                with t._metrics.logging_step_offset(-1 if stepped else 0):
-                    self._run_validation()
-                t._results = results
-            if stepped and t._optimization.has_sched_step:
-                # step-interval ReduceLROnPlateau: after this batch's validation, so it can monitor val metrics
-                t._optimization.step_schedulers("step", plateau=True)
+            self._after_batch(results, batch_idx, is_last, stepped, check_val, val_batch)
+            if t._preempt_signal is not None:
+                from fulmen.trainer.preemption import handle_preemption
+
+                handle_preemption(t)
             batch_idx += 1
-            if cfg.max_steps >= 0 and rs.global_step >= cfg.max_steps:
-                break
-            if rs.should_stop and self._can_stop_early():
-                break
-            if n_batches != math.inf and batch_idx >= n_batches:
-                break
-        if batch_idx == start and start == 0 and n_batches != 0:
+            if is_last:
+                return True
+            if self._should_end_epoch():
+                return False
+        if batch_idx == start and start == 0 and t._data.num_training_batches != 0:
             raise MisconfigurationException(
                 "The train dataloader produced no batches. Fix: check the dataset is not empty and that "
                 "drop_last=True does not drop every sample (batch_size larger than the dataset?)."
             )
+        return True  # the iterator ended itself (having run the loader to its end)
+
+    def _after_batch(
+        self, results: ResultCollection, batch_idx: int, is_last: bool, stepped: bool, check_val: bool,
+        val_batch: int | float, skip_logging: bool = False,
+    ) -> None:
+        """Logging, in-epoch validation and step-interval plateau schedulers after a batch's hooks."""
+        t = self.trainer
+        rs = t.run_state
+        log_n = t.config.log_every_n_steps
+        if stepped and not skip_logging:
+            if log_n and (rs.batches_that_stepped + 1) % log_n == 0 or rs.should_stop:
+                t._metrics.log_train_step(results)
+            rs.batches_that_stepped += 1
+        results.reset_step()
+        rs.resume_point = "val"
+        if check_val and self._val_due(batch_idx, is_last, val_batch):
+            # logged at the step of this batch, which was already counted in batches_that_stepped
+            with t._metrics.logging_step_offset(-1 if stepped else 0):
+                self._run_validation()
+            t._results = results
+        rs.resume_point = ""
+        if stepped and t._optimization.has_sched_step:
+            # step-interval ReduceLROnPlateau: after this batch's validation, so it can monitor val metrics
+            t._optimization.step_schedulers("step", plateau=True)
+
+    def _finish_epoch(self, results: ResultCollection, completed: bool) -> None:
+        """Epoch-end hooks; a completed epoch is counted, one cut short (max_steps, should_stop) is not.
+
+        Counting only completed epochs is what makes a checkpoint written after a run that stopped
+        mid-epoch resume that same epoch at the right batch (Lightning counts it and loses the rest).
+        """
+        t = self.trainer
+        d = t._dispatcher
+        rs = t.run_state
         t._current_fx = None
-        d.epoch_end("on_train_epoch_end")
+        if rs.resume_point != "epoch_end":
+            rs.resume_point = "epoch_end" if completed else ""
+            t._metrics.epoch_end_reached = True
+            d.epoch_end("on_train_epoch_end")
         with t._metrics.logging_step_offset(-1):  # at the step of the epoch's last batch, as in Lightning
-            t._metrics.epoch_end(results, log=True)
+            t._metrics.epoch_end(results, log=True, keep=not completed)
+        t._metrics.epoch_end_reached = False
+        rs.resume_point = ""
+        if not completed:
+            return
         t._optimization.step_schedulers("epoch", plateau=True)
         rs.epoch_progress.complete()
         rs.epoch += 1
         rs.batch_in_epoch = 0
+        rs.is_last_batch = False
         rs.epoch_rng_state = None
+        self.current_results = None
 
     def _new_results(self) -> ResultCollection:
         results = ResultCollection(training=True)
