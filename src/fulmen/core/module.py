@@ -107,6 +107,14 @@ class LightningModule(_DeviceDtypeModuleMixin, HyperparametersMixin, ModelHooks,
     CHECKPOINT_HYPER_PARAMS_KEY = "hyper_parameters"
     CHECKPOINT_HYPER_PARAMS_NAME = "hparams_name"
     CHECKPOINT_HYPER_PARAMS_TYPE = "hparams_type"
+    # properties TorchScript must not compile (they read the Trainer or Python-only state); see to_torchscript
+    __jit_unused_properties__: list[str] = [  # noqa: RUF012 - TorchScript reads this exact class attribute
+        "dtype", "device", "trainer", "fabric", "example_input_array", "current_epoch", "global_step", "global_rank",
+        "local_rank", "on_gpu", "automatic_optimization", "strict_loading", "logger", "loggers", "device_mesh",
+        "hparams", "hparams_initial",
+    ]
+    # True while torch.jit.script inspects the module: it reads every attribute, and `trainer` must not raise then
+    _jit_is_scripting = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -120,7 +128,7 @@ class LightningModule(_DeviceDtypeModuleMixin, HyperparametersMixin, ModelHooks,
     # ------------------------------------------------------------------ properties
     @property
     def trainer(self) -> Trainer:
-        if self._trainer is None and self._fabric is None:
+        if self._trainer is None and self._fabric is None and not self._jit_is_scripting:
             raise RuntimeError(_NO_TRAINER.format(cls=type(self).__name__))
         return self._trainer  # type: ignore[return-value]
 
