@@ -1,8 +1,8 @@
 """The one hook dispatcher. Only overridden hooks are called; the table is computed once per run.
 
-Order (Lightning's): for each hook, the callbacks' version runs right before the module's. At
-``on_train_epoch_end`` and ``on_validation_end`` the *monitoring* callbacks (checkpointing and early
-stopping) run after the module's hook, so they see what the module logged.
+Order (Lightning's): for each hook, the callbacks' version runs right before the module's. Only at
+``on_train_epoch_end`` do the *monitoring* callbacks (checkpointing and early stopping) run after the
+module's hook, so they see what the module logged there (``on_validation_end`` cannot log).
 """
 
 from __future__ import annotations

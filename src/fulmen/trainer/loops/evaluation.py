@@ -79,11 +79,9 @@ class EvaluationLoop:
         return out
 
     def _on_end(self, p: str, d: Any) -> None:
-        # monitoring callbacks (ModelCheckpoint saving on validation end) run after the module's hook
-        d.callbacks_hook(f"on_{p}_end", monitoring=1)
-        if d.module_overrides(f"on_{p}_end"):
-            d.module_hook(f"on_{p}_end")
-        d.callbacks_hook(f"on_{p}_end", monitoring=2)
+        # Lightning: every callback (ModelCheckpoint saving on validation end included), then the module;
+        # only on_train_epoch_end holds the monitoring callbacks back until after the module
+        d.both(f"on_{p}_end")
 
     def _run_batches(self, loaders: list[Any], limits: list[int | float], results: ResultCollection) -> None:
         trainer = self.trainer
