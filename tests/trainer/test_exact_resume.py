@@ -207,3 +207,29 @@ def test_consumed_batches_are_not_run_through_the_model(tmp_path) -> None:
         Net(), DataLoader(dataset(), batch_size=4, shuffle=True), ckpt_path=str(tmp_path / "mid.ckpt")
     )
     assert seen == [3, 4, 5]  # step 13 = epoch 1, batch 2 done; the resumed run starts at batch 3
+
+
+def test_checkpoint_written_on_exception_during_the_last_batch_reruns_that_batch(tmp_path) -> None:
+    class FailOnce(Net):
+        fail = True
+
+        def training_step(self, batch, batch_idx):
+            if self.fail and self.global_step == 9:  # the 10th batch is the epoch's last
+                raise RuntimeError("boom")
+            return super().training_step(batch, batch_idx)
+
+    class SaveOnException(Callback):
+        def on_exception(self, trainer, pl_module, exception):
+            trainer.save_checkpoint(tmp_path / "exc.ckpt")
+
+    L.seed_everything(7, verbose=False)
+    quiet = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(RuntimeError, match="boom"):
+        L.Trainer(max_steps=12, callbacks=[SaveOnException()], **quiet).fit(
+            FailOnce(), DataLoader(dataset(), batch_size=4, shuffle=True)
+        )
+    model = FailOnce()
+    model.fail = False
+    trainer = L.Trainer(max_steps=12, **quiet)
+    trainer.fit(model, DataLoader(dataset(), batch_size=4, shuffle=True), ckpt_path=str(tmp_path / "exc.ckpt"))
+    assert trainer.global_step == 12 and trainer.current_epoch == 1

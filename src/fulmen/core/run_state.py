@@ -99,6 +99,7 @@ class RunState:
     # done; the work after on_train_epoch_end pending).
     resume_point: str = ""
     last_batch_stepped: bool = False
+    last_batch_done: bool = False
     # The training epoch's logged-metric accumulators (so epoch means continue across a resume).
     train_results: dict[str, Any] | None = None
     # Gradients accumulated so far inside an open accumulation window.
@@ -121,6 +122,7 @@ class RunState:
         "val_checks_in_epoch",
         "resume_point",
         "last_batch_stepped",
+        "last_batch_done",
         "train_results",
         "grads",
     )

@@ -257,6 +257,12 @@ def _find_last(trainer: Trainer) -> str | None:
                         candidates.append(f["name"])
         except Exception:  # noqa: BLE001 - an unreadable dir just has no candidates
             continue
+    # a restarted job (preemption, requeue) has a new logger version: look across the whole root too
+    import glob
+
+    root = trainer.default_root_dir
+    candidates += glob.glob(os.path.join(root, "checkpoints", "last*.ckpt"))
+    candidates += glob.glob(os.path.join(root, "**", "checkpoints", "last*.ckpt"), recursive=True)
     existing = [c for c in candidates if os.path.exists(c)]
     if not existing:
         rank_zero_warn('ckpt_path="last" is set, but there is no last checkpoint yet; training starts from scratch.')

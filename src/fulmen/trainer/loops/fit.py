@@ -146,7 +146,7 @@ class FitLoop:
             # the checkpoint was written after batch ``start - 1`` ran but before its logging/validation
             self._after_batch(results, start - 1, rs.is_last_batch, rs.last_batch_stepped, check_val, val_batch,
                               skip_logging=resume_point == "val")
-        completed = rs.is_last_batch and start > 0
+        completed = rs.last_batch_done and start > 0
         if not completed and not self._should_end_epoch():
             completed = self._run_batches(results, loader, start, n_batches, auto, check_val, val_batch)
         self._finish_epoch(results, completed)
@@ -185,6 +185,7 @@ class FitLoop:
             rs.batch_in_epoch = batch_idx + 1
             rs.batch_progress.increment()
             rs.last_batch_stepped = stepped
+            rs.last_batch_done = is_last  # the epoch's last batch has run (a checkpoint now resumes after it)
             if is_last:  # Lightning steps epoch-interval schedulers on the last batch, before on_train_batch_end
                 t._optimization.step_schedulers("epoch", plateau=False)
             rs.resume_point = "batch_end"
@@ -255,7 +256,7 @@ class FitLoop:
         rs.epoch_progress.complete()
         rs.epoch += 1
         rs.batch_in_epoch = 0
-        rs.is_last_batch = False
+        rs.is_last_batch = rs.last_batch_done = False
         rs.epoch_rng_state = None
         self.current_results = None
 
