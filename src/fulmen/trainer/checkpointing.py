@@ -111,9 +111,11 @@ def restore_training_state(trainer: Trainer, ckpt: dict[str, Any]) -> None:
         _restore_partial_state(trainer, module, rs)
     elif "loops" in ckpt:
         rs.load_lightning_loops(ckpt["loops"], manual=not module.automatic_optimization)
-        if rs.epoch_progress.total_processed > rs.epoch_progress.total_completed or rs.is_last_batch:
-            # a Lightning checkpoint written at an epoch end: that epoch is finished
-            rs.epoch = max(rs.epoch, rs.epoch_progress.total_processed, rs.epoch + int(rs.is_last_batch))
+        ep = rs.epoch_progress
+        in_progress = ep.total_started > ep.total_completed
+        if not in_progress or ep.total_processed > ep.total_completed or rs.is_last_batch:
+            # written after fit, at an epoch end or on the epoch's last batch: continue with the next epoch
+            rs.epoch = ep.current_completed + int(in_progress)
             rs.batch_in_epoch = 0
             rs.is_last_batch = False
         elif rs.batch_in_epoch:
