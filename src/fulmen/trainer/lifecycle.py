@@ -10,7 +10,7 @@ import torch
 from fulmen.callbacks.callback import Callback
 from fulmen.core.dispatch import Dispatcher
 from fulmen.core.optimizer import LightningOptimizer, init_optimizers
-from fulmen.trainer.states import RunningStage, TrainerFn, TrainerStatus
+from fulmen.trainer.states import RunningStage, TrainerFn, TrainerStatus, _TunerExitException
 from fulmen.utilities.exceptions import MisconfigurationException
 from fulmen.utilities.rank_zero import rank_zero_warn
 
@@ -305,6 +305,11 @@ def run(trainer: Trainer, fn: TrainerFn, model: Any, datamodule: Any, loaders: d
             trainer.datamodule.setup(stage)
         d.module_hook("setup", stage)
         return _run_stage(trainer, fn, model, ckpt_path, weights_only, verbose, return_predictions)
+    except _TunerExitException:
+        # a Tuner ended the run after tuning: not a failure, so no on_exception and the loggers finalize "success"
+        trainer.state.status = TrainerStatus.FINISHED
+        _teardown(trainer, stage)
+        return None
     except KeyboardInterrupt as exc:
         rank_zero_warn("Detected KeyboardInterrupt, attempting graceful shutdown ...")
         trainer.state.status = TrainerStatus.INTERRUPTED

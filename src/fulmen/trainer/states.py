@@ -53,3 +53,8 @@ class TrainerState:
     @property
     def stopped(self) -> bool:
         return self.status.stopped
+
+
+class _TunerExitException(Exception):
+    """Raised by a tuning callback (``LearningRateFinder``/``BatchSizeFinder`` used through ``Tuner``) to end
+    the run right after tuning; the Trainer tears the run down normally and marks it finished."""
