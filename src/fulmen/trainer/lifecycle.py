@@ -388,7 +388,8 @@ def _run_stage(trainer: Trainer, fn: TrainerFn, model: Any, ckpt_path: Any, weig
         from fulmen.trainer.preemption import preemption_handlers
 
         trainer._preempt_signal = None
-        with preemption_handlers(trainer):
+        # Lightning: detect_anomaly applies to the whole fit loop (set_detect_anomaly restores the mode after)
+        with preemption_handlers(trainer), torch.autograd.set_detect_anomaly(trainer.config.detect_anomaly):
             trainer.fit_loop.run()
         trainer.state.stage = None
         d.both("on_fit_end")
