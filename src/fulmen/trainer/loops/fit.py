@@ -16,6 +16,7 @@ from fulmen.core.results import ResultCollection
 from fulmen.trainer.states import RunningStage
 from fulmen.utilities.exceptions import MisconfigurationException
 from fulmen.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from fulmen.utilities.seed import isolate_rng
 
 if TYPE_CHECKING:
     from fulmen.trainer.trainer import Trainer
@@ -34,8 +35,13 @@ class FitLoop:
         t = self.trainer
         d = t._dispatcher
         rs = t.run_state
-        self._sanity_check()
+        # as in Lightning, the sanity check leaves the RNG as it found it (training sees the same random draws
+        # with or without it), and without a sanity check val_dataloader is requested after train_dataloader
+        with isolate_rng():
+            sanity_checked = self._sanity_check()
         t._data.load_train()
+        if not sanity_checked:
+            t._data.load_val()
         # values logged in on_train_start belong to the first epoch's results (as in Lightning)
         self._first_results = t._results = self._new_results()
         d.both("on_train_start")
@@ -44,12 +50,12 @@ class FitLoop:
             self._run_epoch()
         d.both("on_train_end")
 
-    def _sanity_check(self) -> None:
+    def _sanity_check(self) -> bool:
+        """Run the sanity check if it applies; returns whether it ran (and so loaded the val dataloaders)."""
         t = self.trainer
         n = t.config.num_sanity_val_steps
         if n == 0 or t._restored_mid_run or not self._validation_defined():
-            t._data.load_val()
-            return
+            return False
         t.state.stage = RunningStage.SANITY_CHECKING
         d = t._dispatcher
         d.callbacks_hook("on_sanity_check_start")
@@ -65,6 +71,7 @@ class FitLoop:
         if d.module_overrides("on_sanity_check_end"):
             d.module_hook("on_sanity_check_end")
         t.state.stage = RunningStage.TRAINING
+        return True
 
     def _validation_defined(self) -> bool:
         """Whether validation can run, decided without building a loader: validation_step is defined, a val
