@@ -196,6 +196,21 @@ def _check_model(trainer: Trainer, model: Any, fn: TrainerFn) -> Any:
                 f"{type(model).__name__} has no configure_optimizers. Fix: define it, e.g. return "
                 "torch.optim.Adam(self.parameters(), lr=1e-3)."
             )
+        if not model.automatic_optimization:
+            # Lightning rejects these too: the loop cannot clip or accumulate for you in manual optimization
+            cfg = trainer.config
+            if cfg.gradient_clip_val:
+                raise MisconfigurationException(
+                    f"Trainer(gradient_clip_val={cfg.gradient_clip_val}) does not apply in manual optimization. Fix: "
+                    "remove it and call self.clip_gradients(opt, gradient_clip_val=...) before opt.step() in "
+                    "training_step, or switch to automatic optimization."
+                )
+            if cfg.accumulate_grad_batches != 1:
+                raise MisconfigurationException(
+                    f"Trainer(accumulate_grad_batches={cfg.accumulate_grad_batches}) does not apply in manual "
+                    "optimization. Fix: remove it and step the optimizers every N batches in training_step, or "
+                    "switch to automatic optimization."
+                )
     if fn == TrainerFn.PREDICTING and not _overrides(model, LightningModule, "predict_step") and not _overrides(
         model, LightningModule, "forward"
     ):
