@@ -16,6 +16,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "validate": ("fulmen.cli", "console_validate", "validate a model with LightningCLI"),
     "test": ("fulmen.cli", "console_test", "test a model with LightningCLI"),
     "predict": ("fulmen.cli", "console_predict", "predict with a model with LightningCLI"),
+    "run": (
+        "fulmen.compat.run",
+        "main",
+        "run an unmodified Lightning 2.x script on fulmen (`fulmen run script.py`)",
+    ),
 }
 
 
