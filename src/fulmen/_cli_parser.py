@@ -1,0 +1,402 @@
+"""``LightningArgumentParser`` and the import policy of the CLI. Imports jsonargparse: import it lazily.
+
+``fulmen.cli`` loads this module the first time a parser is needed, so ``import fulmen.cli`` costs nothing
+and a missing jsonargparse gives an error that names the ``fulmen[cli]`` extra.
+
+The import policy. A config names classes (``class_path``) and callables (import paths) that jsonargparse
+imports and instantiates, and importing or instantiating an arbitrary object is running arbitrary code
+(``class_path: os.system``, ``subprocess.Popen``, a module that does harm when imported). So during
+parsing, instantiation and saving, only these import paths are allowed (jsonargparse's import-path
+policy, with everything else denied):
+
+* :data:`DEFAULT_ALLOWED_IMPORT_PATHS` (optimizers, LR schedulers and fulmen's own components);
+* the classes the CLI was given (model, datamodule, callbacks added with ``add_lightning_class_args``) and
+  their subclasses that are *already imported*, plus every already-imported ``Callback``, ``Logger`` and
+  ``Profiler`` subclass (allowing them runs no new code: they exist because the program defined them);
+* what the user allows: ``LightningCLI(allowed_import_paths=[...])``, ``parser.allow_import_paths(...)``,
+  the ``FULMEN_CLI_ALLOWED_IMPORTS`` environment variable (comma-separated) or ``fulmen fit --allow``.
+
+An entry allows a dot path and everything under it (``"mypkg.models"`` allows ``mypkg.models.Net``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Generator, Iterable
+from contextlib import contextmanager
+from typing import Any
+
+import jsonargparse
+from jsonargparse import ArgumentParser, Namespace
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from fulmen.callbacks.callback import Callback
+from fulmen.core.datamodule import LightningDataModule
+from fulmen.core.module import LightningModule
+from fulmen.utilities.exceptions import MisconfigurationException
+
+__all__ = ["DEFAULT_ALLOWED_IMPORT_PATHS", "LightningArgumentParser", "import_policy"]
+
+#: Import paths a config may always name.
+DEFAULT_ALLOWED_IMPORT_PATHS: tuple[str, ...] = (
+    "torch.optim",  # optimizers and torch.optim.lr_scheduler
+    "fulmen.callbacks",
+    "fulmen.loggers",
+    "fulmen.profilers",
+    "fulmen.strategies",
+    "fulmen.accelerators",
+    "fulmen.plugins",
+    "fulmen.cli.ReduceLROnPlateau",
+)
+
+ENV_ALLOWED = "FULMEN_CLI_ALLOWED_IMPORTS"
+_DENIED_MARK = "is not allowed, denied by"
+_JSONARGPARSE_HINT = "Add the import path to import_path_allowlist in set_parsing_settings to allow it."
+
+
+def _import_path_of(cls: type) -> list[str]:
+    """The dot paths jsonargparse may use for ``cls``: where it is defined and its shortest public path."""
+    paths = []
+    qualname = getattr(cls, "__qualname__", "")
+    module = getattr(cls, "__module__", None)
+    if module and "<" not in qualname:
+        paths.append(f"{module}.{qualname}")
+    from jsonargparse._util import get_import_path
+
+    with contextlib.suppress(Exception):  # an unresolvable class keeps its defining path only
+        short = get_import_path(cls)
+        if short:
+            paths.append(short)
+    return [p for p in paths if all(part.isidentifier() for part in p.split("."))]
+
+
+def _subclasses(base: type) -> Iterable[type]:
+    seen: set[type] = set()
+    stack = [base]
+    while stack:
+        cls = stack.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        yield cls
+        try:
+            stack.extend(cls.__subclasses__())
+        except TypeError:  # type.__subclasses__ needs an argument
+            continue
+
+
+def _import_builtin_components() -> None:
+    """Import fulmen's callbacks (lazy in ``fulmen.callbacks``), loggers and profilers, so configs can name them
+    by class name (``--trainer.callbacks+=EarlyStopping``): jsonargparse resolves names among imported classes."""
+    import importlib
+
+    import fulmen.loggers
+    import fulmen.profilers  # noqa: F401
+    from fulmen import callbacks
+
+    for module in sorted(set(callbacks._LAZY.values())):
+        importlib.import_module(f"fulmen.callbacks.{module}")
+
+
+_import_builtin_components()
+
+
+def env_allowed_import_paths() -> list[str]:
+    """Entries of ``FULMEN_CLI_ALLOWED_IMPORTS`` (comma-separated)."""
+    return [p.strip() for p in os.environ.get(ENV_ALLOWED, "").split(",") if p.strip()]
+
+
+def allowed_import_paths(extra: Iterable[str] = (), bases: Iterable[type] = ()) -> list[str]:
+    """The allowlist for one parse: defaults, ``extra``, the environment, and imported subclasses of ``bases``."""
+    from fulmen.loggers.logger import Logger
+    from fulmen.profilers import Profiler
+
+    allowed = set(DEFAULT_ALLOWED_IMPORT_PATHS) | set(extra) | set(env_allowed_import_paths())
+    for base in {*bases, Callback, Logger, Profiler}:
+        for cls in _subclasses(base):
+            allowed.update(_import_path_of(cls))
+    for entry in list(allowed):
+        if (
+            entry == "jsonargparse"
+            or entry.startswith("jsonargparse.")
+            or not all(p.isidentifier() for p in entry.split("."))
+        ):
+            raise MisconfigurationException(
+                f"Allowed import path {entry!r} is not valid: expected a dot path such as 'mypkg.models' "
+                "(and nothing under 'jsonargparse')."
+            )
+    return sorted(allowed)
+
+
+@contextmanager
+def import_policy(allowlist: Iterable[str]) -> Generator[None, None, None]:
+    """Deny every import path a parsed value names except ``allowlist`` (and restore the settings after)."""
+    from jsonargparse import _common
+
+    settings = _common.parsing_settings
+    keys = ("import_path_verdicts", "import_paths_enforced", "instantiate_subclass_spec_in_any")
+    saved = {k: settings[k] for k in keys}
+    jsonargparse.set_parsing_settings(
+        import_path_denylist=["*"],
+        import_path_allowlist=list(allowlist),
+        # a class spec in an `Any` argument is built when its class is allowed (the policy bounds what); one that
+        # is not allowed stays a dict, which LightningArgumentParser.check_class_paths reports
+        instantiate_subclass_spec_in_any=True,
+    )
+    try:
+        yield
+    finally:
+        settings.update(saved)
+
+
+def refused_import_help(message: str) -> str:
+    """A jsonargparse import denial, with how to allow the path in fulmen."""
+    return (
+        f"{message}\nfulmen's CLI instantiates only classes it is allowed to import, because naming an arbitrary "
+        "class or function in a config runs arbitrary code. To allow a trusted module, pass "
+        "LightningCLI(..., allowed_import_paths=['mypkg.models']), call parser.allow_import_paths('mypkg.models') in "
+        f"add_arguments_to_parser, set {ENV_ALLOWED}=mypkg.models, or run `fulmen fit --allow mypkg.models ...`."
+    )
+
+
+class LightningArgumentParser(ArgumentParser):
+    """jsonargparse's ``ArgumentParser`` with fulmen's helpers and import policy (spec §1.13).
+
+    Args:
+        description: Shown by ``--help``.
+        env_prefix: Prefix of environment variables (used when ``default_env=True``).
+        default_env: Also read values from environment variables.
+        allowed_import_paths: Extra dot paths a config may name (see the module docstring).
+        **kwargs: Passed to ``jsonargparse.ArgumentParser``.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        description: str = "fulmen Trainer command line tool",
+        env_prefix: str = "PL",
+        default_env: bool = False,
+        allowed_import_paths: Iterable[str] = (),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            *args, description=description, env_prefix=env_prefix, default_env=default_env, **kwargs
+        )
+        self.callback_keys: list[str] = []
+        self._optimizers: dict[str, tuple[Any, str]] = {}
+        self._lr_schedulers: dict[str, tuple[Any, str]] = {}
+        self.allowed_import_paths: set[str] = set(allowed_import_paths)
+        self.allowed_base_classes: set[type] = set()
+
+    # ------------------------------------------------------------------ import policy
+    def allow_import_paths(self, *paths: str) -> None:
+        """Let configs name these dot paths (and everything under them)."""
+        self.allowed_import_paths.update(paths)
+
+    def _policy(self) -> Any:
+        return import_policy(allowed_import_paths(self.allowed_import_paths, self.allowed_base_classes))
+
+    def check_class_paths(self, cfg: Any) -> None:
+        """Refuse a config that still holds a class spec naming a path outside the allowlist.
+
+        jsonargparse keeps an invalid spec in an ``Any`` argument (e.g. ``trainer.plugins``) as a plain dict
+        instead of failing; it was not imported, but the run must not go on with it.
+        """
+        allowed = allowed_import_paths(self.allowed_import_paths, self.allowed_base_classes)
+
+        def ok(path: str) -> bool:
+            return any(path == a or path.startswith(a + ".") for a in allowed)
+
+        def walk(value: Any, where: str) -> None:
+            if isinstance(value, Namespace):
+                value = value.as_dict()
+            if isinstance(value, dict):
+                path = value.get("class_path")
+                if isinstance(path, str) and not ok(path):
+                    self.error(
+                        f"Parser key {where!r}: importing {path!r} is not allowed, denied by '*' "
+                        "(not in fulmen's allowlist)."
+                    )
+                for k, v in value.items():
+                    walk(v, f"{where}.{k}" if where else str(k))
+            elif isinstance(value, (list, tuple)):
+                for i, v in enumerate(value):
+                    walk(v, f"{where}[{i}]")
+
+        walk(cfg, "")
+
+    def parse_args(self, *args: Any, **kwargs: Any) -> Namespace:  # type: ignore[override]
+        with self._policy():
+            result: Namespace = super().parse_args(*args, **kwargs)
+        return result
+
+    def parse_object(self, *args: Any, **kwargs: Any) -> Namespace:
+        with self._policy():
+            result: Namespace = super().parse_object(*args, **kwargs)
+        return result
+
+    def parse_string(self, *args: Any, **kwargs: Any) -> Namespace:
+        with self._policy():
+            result: Namespace = super().parse_string(*args, **kwargs)
+        return result
+
+    def instantiate(self, *args: Any, **kwargs: Any) -> Namespace:
+        with self._policy():
+            result: Namespace = super().instantiate(*args, **kwargs)
+        return result
+
+    def instantiate_classes(self, cfg: Namespace, instantiate_groups: bool = True) -> Namespace:
+        """Lightning's name for :meth:`instantiate`."""
+        return self.instantiate(cfg, instantiate_groups)
+
+    def dump(self, *args: Any, **kwargs: Any) -> str:
+        with self._policy():
+            result: str = super().dump(*args, **kwargs)
+        return result
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        with self._policy():
+            super().save(*args, **kwargs)
+
+    def error(self, message: str, ex: Exception | None = None) -> Any:
+        if _DENIED_MARK in message:
+            message = refused_import_help(message.replace(_JSONARGPARSE_HINT, "(not in fulmen's allowlist)."))
+        return super().error(message, ex)
+
+    # ------------------------------------------------------------------ Lightning's helpers
+    def add_lightning_class_args(
+        self, lightning_class: Any, nested_key: str, subclass_mode: bool = False, required: bool = True
+    ) -> list[str]:
+        """Add the arguments of a Trainer, LightningModule, LightningDataModule or Callback class.
+
+        Args:
+            lightning_class: The class (or a function returning an instance).
+            nested_key: The group name (``model``, ``data``, ``trainer`` or any name for a callback).
+            subclass_mode: Accept any subclass, chosen with ``--{nested_key} ClassName`` / ``class_path``.
+            required: Whether a subclass must be given (subclass mode only).
+
+        Returns:
+            The names of the arguments added.
+
+        Raises:
+            MisconfigurationException: For any other kind of class.
+        """
+        from fulmen.trainer.trainer import Trainer
+
+        if callable(lightning_class) and not isinstance(lightning_class, type):
+            lightning_class = jsonargparse.class_from_function(lightning_class)  # type: ignore[attr-defined]
+        if isinstance(lightning_class, type) and issubclass(
+            lightning_class, (Trainer, LightningModule, LightningDataModule, Callback)
+        ):
+            if issubclass(lightning_class, Callback):
+                self.callback_keys.append(nested_key)
+            self.allowed_base_classes.add(lightning_class)
+            if subclass_mode:
+                added = self.add_subclass_arguments(lightning_class, nested_key, required=required)
+                return list(added) if isinstance(added, list) else [nested_key]
+            if issubclass(lightning_class, Trainer):
+                return self._add_trainer_args(lightning_class, nested_key)
+            added_args: list[str] = self.add_class_arguments(
+                lightning_class,
+                nested_key,
+                fail_untyped=False,
+                instantiate=not issubclass(lightning_class, Trainer),
+                sub_configs=True,
+            )
+            return added_args
+        raise MisconfigurationException(
+            f"Cannot add arguments from {lightning_class!r}: expected a function returning an instance or a subclass "
+            "of Trainer, LightningModule, LightningDataModule or Callback."
+        )
+
+    def _add_trainer_args(self, trainer_class: type, nested_key: str) -> list[str]:
+        """The Trainer's arguments; ``callbacks``, ``logger`` and ``profiler`` get types that accept class specs
+        (``--trainer.callbacks+=EarlyStopping``, ``--trainer.logger.class_path ...``) when annotated ``Any``."""
+        import inspect
+
+        from fulmen.loggers.logger import Logger
+        from fulmen.profilers import Profiler
+
+        types: dict[str, Any] = {
+            "callbacks": list[Callback] | Callback | None,
+            "logger": Logger | list[Logger] | bool | None,
+            "profiler": Profiler | str | None,
+        }
+        params = inspect.signature(trainer_class).parameters
+        retyped = {n: t for n, t in types.items() if n in params and params[n].annotation in (Any, "Any")}
+        added: list[str] = self.add_class_arguments(
+            trainer_class,
+            nested_key,
+            fail_untyped=False,
+            instantiate=False,
+            sub_configs=True,
+            skip=set(retyped),
+        )
+        for name, annotation in retyped.items():
+            self.add_argument(f"--{nested_key}.{name}", type=annotation, default=params[name].default)
+            added.append(f"{nested_key}.{name}")
+        return added
+
+    def add_optimizer_args(
+        self,
+        optimizer_class: type[Optimizer] | tuple[type[Optimizer], ...] = (Optimizer,),
+        nested_key: str = "optimizer",
+        link_to: str = "AUTOMATIC",
+    ) -> None:
+        """Add ``--{nested_key}``: an optimizer class (a tuple allows any subclass) and its arguments.
+
+        With ``link_to="AUTOMATIC"`` the CLI builds ``configure_optimizers`` from it; otherwise the spec is
+        passed to the model argument ``link_to`` (build it with :func:`fulmen.cli.instantiate_class`).
+
+        Raises:
+            MisconfigurationException: If ``optimizer_class`` is not an optimizer class.
+        """
+        classes = optimizer_class if isinstance(optimizer_class, tuple) else (optimizer_class,)
+        if not all(isinstance(c, type) and issubclass(c, Optimizer) for c in classes):
+            raise MisconfigurationException(
+                f"add_optimizer_args({optimizer_class!r}): expected torch.optim.Optimizer subclasses."
+            )
+        self._add_class_or_subclass(optimizer_class, nested_key, skip={"params"})
+        self._optimizers[nested_key] = (optimizer_class, link_to)
+
+    def add_lr_scheduler_args(
+        self,
+        lr_scheduler_class: Any = None,
+        nested_key: str = "lr_scheduler",
+        link_to: str = "AUTOMATIC",
+    ) -> None:
+        """Add ``--{nested_key}``: an LR scheduler class (a tuple allows any subclass) and its arguments.
+
+        Raises:
+            MisconfigurationException: If ``lr_scheduler_class`` is not an LR scheduler class.
+        """
+        from fulmen.cli import LRSchedulerTypeTuple
+
+        if lr_scheduler_class is None:
+            lr_scheduler_class = LRSchedulerTypeTuple
+        classes = lr_scheduler_class if isinstance(lr_scheduler_class, tuple) else (lr_scheduler_class,)
+        if not all(isinstance(c, type) and issubclass(c, LRSchedulerTypeTuple) for c in classes):
+            raise MisconfigurationException(
+                f"add_lr_scheduler_args({lr_scheduler_class!r}): expected torch.optim.lr_scheduler classes."
+            )
+        self._add_class_or_subclass(lr_scheduler_class, nested_key, skip={"optimizer"})
+        self._lr_schedulers[nested_key] = (lr_scheduler_class, link_to)
+
+    def _add_class_or_subclass(self, cls: Any, nested_key: str, skip: set[str]) -> None:
+        if isinstance(cls, tuple):
+            self.add_subclass_arguments(cls, nested_key, instantiate=False, skip=skip)
+        else:
+            self.add_class_arguments(
+                cls,
+                nested_key,
+                instantiate=False,
+                fail_untyped=False,
+                skip=skip,
+                sub_configs=True,
+            )
+
+
+LightningArgumentParser.__module__ = "fulmen.cli"
+_ = LRScheduler
