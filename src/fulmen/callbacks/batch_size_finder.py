@@ -80,7 +80,7 @@ class BatchSizeFinder(Callback):
             self._max_val,
         )
         if self._early_exit:
-            from fulmen.trainer.states import _TunerExitException
+            from fulmen.core.states import _TunerExitException
 
             raise _TunerExitException()
 

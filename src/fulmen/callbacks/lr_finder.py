@@ -84,7 +84,7 @@ class LearningRateFinder(Callback):
             weights_only=self._weights_only,
         )
         if self._early_exit:
-            from fulmen.trainer.states import _TunerExitException
+            from fulmen.core.states import _TunerExitException
 
             raise _TunerExitException()
         if self._update_attr and self.optimal_lr is not None and self.optimal_lr.suggestion() is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from fulmen.callbacks.callback import Callback
+from fulmen.core.callback import Callback
 
 if TYPE_CHECKING:
     from fulmen.trainer.trainer import Trainer
@@ -24,7 +24,7 @@ def _overrides(obj: Any, base: type, name: str) -> bool:
 
 
 def is_monitoring(cb: Callback) -> bool:
-    from fulmen.callbacks.callback import Checkpoint
+    from fulmen.core.callback import Checkpoint
 
     return isinstance(cb, Checkpoint) or type(cb).__name__ == "EarlyStopping" or getattr(cb, "_is_monitoring", False)
 
@@ -44,10 +44,6 @@ class Dispatcher:
         self._lm_base = LightningModule
         self._dm_base = LightningDataModule
         self._module_overrides: dict[str, bool] = {}
-        if getattr(getattr(trainer, "profiler", None), "active", False):
-            from fulmen.profilers._instrument import instrument_dispatcher
-
-            instrument_dispatcher(self)
 
     def _callback_fns(self, name: str, monitoring: int) -> list[Callable[..., Any]]:
         key = (name, monitoring)

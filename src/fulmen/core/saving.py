@@ -30,7 +30,6 @@ def load_from_checkpoint(
 ) -> Any:
     from fulmen.checkpoint import TorchCheckpointIO
     from fulmen.core.datamodule import LightningDataModule
-    from fulmen.trainer.checkpointing import load_state_dict_strictly
 
     checkpoint = TorchCheckpointIO().load_checkpoint(
         checkpoint_path, map_location=map_location or "cpu", weights_only=weights_only
@@ -68,3 +67,28 @@ def load_from_checkpoint(
         obj.to(map_location)
     obj.eval()
     return obj
+
+
+def load_state_dict_strictly(module: Any, state_dict: dict[str, Any], strict: bool, path: Any) -> None:
+    """Load weights; mismatches are reported by parameter name (missing, unexpected, shape)."""
+    own = module.state_dict()
+    shape_errors = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state_dict.items()
+        if k in own and hasattr(v, "shape") and hasattr(own[k], "shape") and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    if shape_errors or (strict and (missing or unexpected)):
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {missing}")
+        if unexpected:
+            parts.append(f"unexpected keys: {unexpected}")
+        if shape_errors:
+            parts.append(f"shape mismatches: {shape_errors}")
+        raise MisconfigurationException(
+            f"The checkpoint {str(path)!r} does not match {type(module).__name__}: " + "; ".join(parts) + ". Fix: load "
+            "it into the model it was saved from, or pass strict=False to ignore missing/unexpected keys."
+        )
+    module.load_state_dict(state_dict, strict=False if not strict else True)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from fulmen.__about__ import LIGHTNING_COMPAT_VERSION, __version__
 from fulmen.core.hparams import to_plain_data
+from fulmen.core.saving import load_state_dict_strictly
 from fulmen.utilities.exceptions import MisconfigurationException
 from fulmen.utilities.seed import collect_rng_states, set_rng_states
 
@@ -144,31 +145,6 @@ def restore_training_state(trainer: Trainer, ckpt: dict[str, Any]) -> None:
         cfg_s.scheduler.load_state_dict(state)
     if extra is not None and "rng" in extra:
         set_rng_states(_rng_from_plain(extra["rng"]))
-
-
-def load_state_dict_strictly(module: Any, state_dict: dict[str, Any], strict: bool, path: Any) -> None:
-    """Load weights; mismatches are reported by parameter name (missing, unexpected, shape)."""
-    own = module.state_dict()
-    shape_errors = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in state_dict.items()
-        if k in own and hasattr(v, "shape") and hasattr(own[k], "shape") and tuple(v.shape) != tuple(own[k].shape)
-    ]
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    if shape_errors or (strict and (missing or unexpected)):
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {missing}")
-        if unexpected:
-            parts.append(f"unexpected keys: {unexpected}")
-        if shape_errors:
-            parts.append(f"shape mismatches: {shape_errors}")
-        raise MisconfigurationException(
-            f"The checkpoint {str(path)!r} does not match {type(module).__name__}: " + "; ".join(parts) + ". Fix: load "
-            "it into the model it was saved from, or pass strict=False to ignore missing/unexpected keys."
-        )
-    module.load_state_dict(state_dict, strict=False if not strict else True)
 
 
 def _rng_to_plain(states: dict[str, Any]) -> dict[str, Any]:

@@ -294,6 +294,18 @@ def run(trainer: Trainer, fn: TrainerFn, model: Any, datamodule: Any, loaders: d
         raise MisconfigurationException(
             f"datamodule={datamodule!r} is not a LightningDataModule. Fix: subclass fulmen.LightningDataModule."
         )
+    launcher = trainer.strategy.launcher
+    if launcher is None:
+        return _run(trainer, fn, model, datamodule, loaders, ckpt_path, weights_only, verbose, return_predictions)
+    from fulmen.trainer import _launch
+
+    out = launcher.launch(_launch.run_launched, trainer, fn, model, datamodule, loaders, ckpt_path, weights_only,
+                          verbose, return_predictions)
+    return _launch.apply_worker_output(trainer, fn, model, datamodule, out)
+
+
+def _run(trainer: Trainer, fn: TrainerFn, model: Any, datamodule: Any, loaders: dict[str, Any], ckpt_path: Any,
+         weights_only: bool | None, verbose: bool = True, return_predictions: bool = True) -> Any:
     trainer.state.fn = fn
     trainer.state.status = TrainerStatus.RUNNING
     trainer.lightning_module = model
@@ -311,10 +323,13 @@ def run(trainer: Trainer, fn: TrainerFn, model: Any, datamodule: Any, loaders: d
     try:
         _configure_callbacks(trainer, model)
         trainer._dispatcher = Dispatcher(trainer, model, trainer.datamodule, trainer.callbacks)
+        if getattr(trainer.profiler, "active", False):  # only a real profiler wraps the hooks
+            from fulmen.profilers._instrument import instrument_dispatcher
+
+            instrument_dispatcher(trainer._dispatcher)
         d = trainer._dispatcher
-        if trainer.datamodule is not None:
-            trainer.datamodule.prepare_data()
-        d.module_hook("prepare_data")
+        trainer.strategy.setup_environment()
+        _prepare_data(trainer, model, d)
         d.callbacks_hook("setup", stage)
         if trainer.datamodule is not None:
             trainer.datamodule.setup(stage)
@@ -328,17 +343,36 @@ def run(trainer: Trainer, fn: TrainerFn, model: Any, datamodule: Any, loaders: d
     except KeyboardInterrupt as exc:
         rank_zero_warn("Detected KeyboardInterrupt, attempting graceful shutdown ...")
         trainer.state.status = TrainerStatus.INTERRUPTED
+        trainer.strategy.on_exception(exc)
         _on_exception(trainer, exc)
         return None
     except BaseException as exc:
         trainer.state.status = TrainerStatus.INTERRUPTED
-        _on_exception(trainer, exc)
+        # in a multi-process run: tell the other ranks (they stop), or learn that a peer failed first
+        reported = trainer.strategy.on_exception(exc)
+        _on_exception(trainer, reported)
         _teardown(trainer, stage)
+        if reported is not exc:
+            raise reported from exc
         raise
     finally:
         if profiling is not None:
             profiling.close()
         trainer.callbacks[:] = callbacks if trainer._dispatcher is None else trainer.callbacks
+
+
+def _prepare_data(trainer: Trainer, model: Any, d: Dispatcher) -> None:
+    """``prepare_data`` once per node (local rank 0), or once in total with ``prepare_data_per_node=False``;
+    the other ranks wait for it."""
+    dm = trainer.datamodule
+    for owner in ([dm] if dm is not None else []) + [model]:
+        per_node = getattr(owner, "prepare_data_per_node", True)
+        if (trainer.local_rank if per_node else trainer.global_rank) == 0:
+            if owner is model:
+                d.module_hook("prepare_data")
+            else:
+                owner.prepare_data()
+    trainer.strategy.barrier("prepare_data")
 
 
 def _start_profiling(trainer: Trainer, model: Any, stage: str) -> Any:
@@ -373,11 +407,12 @@ def _run_stage(trainer: Trainer, fn: TrainerFn, model: Any, ckpt_path: Any, weig
         checkpoint = trainer.strategy.load_checkpoint(path, weights_only=weights_only)
     d.module_hook("configure_model")
     strategy = trainer.strategy
-    strategy.setup_environment()
     model = strategy.precision.convert_module(model)
     strategy.module_to_device(model)
     if checkpoint is not None:
         restore_module_and_callbacks(trainer, checkpoint)
+    if fn == TrainerFn.FITTING or getattr(strategy, "shards_parameters", False):
+        strategy.setup_module(model)  # DDP / FSDP wrapping (a no-op on one device)
     trainer._restored_mid_run = False
     if fn == TrainerFn.FITTING:
         trainer.run_state.reset_for_new_fit()
