@@ -33,6 +33,8 @@ class MetricsStore:
         self._step_offset = 0
         # True while on_train_epoch_end runs: callback_metrics then include the epoch's reduced values
         self.epoch_end_reached = False
+        # the validation/test run whose on_*_epoch_end hooks are running (its values are final by then)
+        self.eval_epoch_end: ResultCollection | None = None
 
     @contextmanager
     def logging_step_offset(self, offset: int) -> Iterator[None]:
@@ -69,6 +71,9 @@ class MetricsStore:
             out.update(self.live.step_metrics()[0])
             if self.epoch_end_reached:  # inside on_train_epoch_end: the epoch values are final
                 out.update(self.live.epoch_metrics()[0])
+        if self.eval_epoch_end is not None:  # inside on_validation/test_epoch_end: this run's values, as in Lightning
+            out.update(self.eval_epoch_end.step_metrics()[0])
+            out.update(self.eval_epoch_end.epoch_metrics()[0])
         return out
 
     def progress_bar_metrics(self) -> dict[str, float]:

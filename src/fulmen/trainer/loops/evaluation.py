@@ -60,7 +60,12 @@ class EvaluationLoop:
                 self._run_batches(loaders, limits, results)
                 # epoch-end hooks belong to no dataloader: their values get no suffix and go to every result
                 results.set_batch(None)
-                d.both(f"on_{p}_epoch_end")
+                # callbacks and the module read this run's values from trainer.callback_metrics here
+                trainer._metrics.eval_epoch_end = results
+                try:
+                    d.both(f"on_{p}_epoch_end")
+                finally:
+                    trainer._metrics.eval_epoch_end = None
             # only trainer.validate/test return the per-dataloader numbers; skipping them in fit and the
             # sanity check saves a host sync per metric
             returned = not in_fit and self.stage != RunningStage.SANITY_CHECKING
