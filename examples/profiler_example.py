@@ -85,7 +85,8 @@ def main() -> None:
     L.seed_everything(0)
 
     run(SimpleProfiler(dirpath=args.root, filename="simple"), args.root)
-    report = open(os.path.join(args.root, "fit-simple.txt")).read()
+    with open(os.path.join(args.root, "fit-simple.txt")) as f:
+        report = f.read()
     print(report)
     slow = next(line for line in report.splitlines() if "SlowCallback.on_train_batch_end" in line)
     print("the slow hook:", " ".join(slow.split()))
