@@ -366,9 +366,11 @@ class Optimization:
             output = self.training_step(batch, batch_idx)
         t._current_fx = None
         loss = _extract_loss(output, self.module.automatic_optimization)
-        if loss is not None and acc > 1:
+        if loss is None:
+            return None, {}
+        if acc > 1:
             loss = loss / acc
-        return loss, (output.detach() if isinstance(output, torch.Tensor) else output)
+        return loss, _batch_end_outputs(output, loss)
 
     def _zero_grad(self, batch_idx: int) -> None:
         t = self.trainer
@@ -447,9 +449,9 @@ class Optimization:
             output = self.training_step(batch, batch_idx)
         t._current_fx = None
         _extract_loss(output, False)
-        if self.has_sched_step and False:  # manual mode: the user steps schedulers
-            pass
-        return True, output
+        if isinstance(output, torch.Tensor):
+            output = {"loss": output}
+        return True, _batch_end_outputs(output, output.get("loss") if isinstance(output, dict) else None)
 
     def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         self._backward(loss, *args, **kwargs)
@@ -490,6 +492,15 @@ class Optimization:
             t._dispatcher.module_hook("lr_scheduler_step", cfg.scheduler, metric)
             t._current_fx = None
             rs.scheduler_progress.increment()
+
+
+def _batch_end_outputs(output: Any, loss: Any) -> dict[str, Any]:
+    """What ``on_train_batch_end`` receives, as in Lightning: always a dict, ``{"loss": detached loss, **other
+    keys}`` (in automatic mode the loss divided by ``accumulate_grad_batches``), ``{}`` for a skipped step."""
+    outputs = {k: v for k, v in output.items() if k != "loss"} if isinstance(output, dict) else {}
+    if loss is None:
+        return outputs
+    return {"loss": loss.detach() if isinstance(loss, torch.Tensor) else loss, **outputs}
 
 
 def _extract_loss(output: Any, automatic: bool) -> torch.Tensor | None:
