@@ -203,3 +203,27 @@ def test_param_group_added_during_training_keeps_history(tmp_path: Path) -> None
     # The monitor runs before the finetuning callback at epoch 1's start, so pg2 appears from the first step.
     assert cb.lrs["lr-SGD/pg2"] == [0.01] * 3
     assert logger.lr_records("lr-SGD/pg2") == [(3, 0.01), (4, 0.01), (5, 0.01)]
+
+
+
+def test_logged_learning_rates_are_in_callback_metrics(tmp_path: Path) -> None:
+    """As in Lightning, the monitor's values can be monitored (and read) through ``trainer.callback_metrics``."""
+    from fulmen.demos import BoringModel
+    from fulmen.loggers import CSVLogger
+
+    class Persisting(L.Callback):
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            trainer.callback_metrics["from_callback"] = torch.tensor(1.0)
+
+    trainer = L.Trainer(
+        max_steps=3,
+        log_every_n_steps=1,
+        limit_val_batches=0,
+        logger=CSVLogger(tmp_path),
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        callbacks=[LearningRateMonitor(logging_interval="step"), Persisting()],
+    )
+    trainer.fit(BoringModel())
+    assert trainer.callback_metrics["lr-SGD"].item() == pytest.approx(0.1)
+    assert "from_callback" in trainer.callback_metrics  # one persistent dict, as in Lightning

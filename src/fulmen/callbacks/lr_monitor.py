@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch.optim import Optimizer
 from typing_extensions import override
 
@@ -241,6 +242,9 @@ class LearningRateMonitor(Callback):
     def _log(trainer: Trainer, stats: dict[str, float]) -> None:
         if not stats:
             return
+        # as in Lightning, the values are also monitorable (e.g. ModelCheckpoint(monitor="lr-Adam"))
+        device = trainer.strategy.root_device
+        trainer.callback_metrics.update({name: torch.tensor(value, device=device) for name, value in stats.items()})
         step = trainer.run_state.batches_that_stepped
         for logger in trainer.loggers:
             logger.log_metrics(stats, step=step)

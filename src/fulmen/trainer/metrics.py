@@ -66,7 +66,9 @@ class MetricsStore:
 
     # ---- reading (the Trainer's properties)
     def callback_metrics(self) -> dict[str, torch.Tensor]:
-        out = dict(self.callback)
+        # One persistent dict, as in Lightning: callbacks that add to it (LearningRateMonitor, user code doing
+        # ``trainer.callback_metrics.update(...)``) are seen by later readers, e.g. a monitoring callback.
+        out = self.callback
         if self.live is not None:
             out.update(self.live.step_metrics()[0])
             if self.epoch_end_reached:  # inside on_train_epoch_end: the epoch values are final
