@@ -115,7 +115,7 @@ class Data(L.LightningDataModule):
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
-class Recorder(L.Callback):
+class TagCallback(L.Callback):
     """A user callback, for configs."""
 
     def __init__(self, tag: str = "x") -> None:

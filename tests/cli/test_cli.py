@@ -227,7 +227,7 @@ def test_callbacks_and_logger_from_the_command_line(tmp_path: Path) -> None:
         args=[
             "--trainer.callbacks+=LearningRateMonitor",
             "--trainer.callbacks.logging_interval=step",
-            "--trainer.callbacks+=Recorder",
+            "--trainer.callbacks+=TagCallback",
             "--trainer.callbacks.tag=y",
             "--trainer.logger=CSVLogger",
             f"--trainer.logger.save_dir={tmp_path}",
@@ -235,7 +235,7 @@ def test_callbacks_and_logger_from_the_command_line(tmp_path: Path) -> None:
         ],
     )
     names = [type(cb).__name__ for cb in cli.trainer.callbacks]
-    assert "LearningRateMonitor" in names and "Recorder" in names
-    assert next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "Recorder").tag == "y"
+    assert "LearningRateMonitor" in names and "TagCallback" in names
+    assert next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "TagCallback").tag == "y"
     assert type(cli.trainer.logger).__name__ == "CSVLogger" and cli.trainer.logger.save_dir == str(tmp_path)
     assert type(cli.trainer.profiler).__name__ == "SimpleProfiler"
