@@ -109,7 +109,7 @@ def test_a_profiled_run_removes_its_instrumentation(tmp_path: Path) -> None:
     t.fit(model, loader(), loader())
     assert during == {"module": True, "optimization": True}
     assert "training_step" not in model.__dict__
-    assert not {"step_auto", "_backward", "_zero_grad"} & set(vars(t._optimization))
+    assert not {"step_auto", "_backward", "_zero_grad", "setup"} & set(vars(t._optimization))
     assert "_run_epoch" not in vars(t.fit_loop)
     # the trainer is reusable and keeps profiling
     t.validate(model, loader(), verbose=False)

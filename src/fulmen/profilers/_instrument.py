@@ -121,6 +121,7 @@ class RunInstrumentation:
             if _overrides(model, LightningModule, name):
                 self._shadow(model, name, f"[LightningModule]{cls}.{name}")
         opt = trainer._optimization
+        self._force_hookable_step(opt)
         self._shadow(opt, "step_auto", "run_training_batch")
         self._shadow(opt, "step_manual", "run_training_batch")
         self._shadow(opt, "_backward", "backward")
@@ -136,6 +137,20 @@ class RunInstrumentation:
         precision = getattr(strategy, "precision", None)
         if precision is not None and hasattr(precision, "optimizer_step"):
             self._shadow(precision, "optimizer_step", "optimizer_step")
+
+    def _force_hookable_step(self, opt: Any) -> None:
+        """The step's fast paths call ``loss.backward()`` / ``optimizer.zero_grad()`` inline (decided in
+        ``Optimization.setup``); while profiling, take the equivalent method path so they are actions."""
+        original = opt.setup
+
+        def setup() -> None:
+            original()
+            for flag in ("plain_backward", "plain_zero_grad"):
+                if getattr(opt, flag, False):
+                    setattr(opt, flag, False)
+
+        self._installed.append((opt, "setup", opt.__dict__.get("setup", _MISSING)))
+        opt.__dict__["setup"] = setup
 
     def _shadow(self, obj: Any, attr: str, action: str) -> None:
         fn = getattr(obj, attr)
