@@ -9,7 +9,8 @@ imports and instantiates, and importing or instantiating an arbitrary object is 
 parsing, instantiation and saving, only these import paths are allowed (jsonargparse's import-path
 policy, with everything else denied):
 
-* :data:`DEFAULT_ALLOWED_IMPORT_PATHS` (optimizers, LR schedulers and fulmen's own components);
+* :data:`DEFAULT_ALLOWED_IMPORT_PATHS` (optimizers and LR schedulers) and the public classes of fulmen's
+  component packages (:data:`PUBLIC_CLASS_PACKAGES`: callbacks, loggers, profilers, strategies, ...);
 * the classes the CLI was given (model, datamodule, callbacks added with ``add_lightning_class_args``) and
   their subclasses that are *already imported*, plus every already-imported ``Callback``, ``Logger`` and
   ``Profiler`` subclass (allowing them runs no new code: they exist because the program defined them);
@@ -22,6 +23,7 @@ An entry allows a dot path and everything under it (``"mypkg.models"`` allows ``
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Generator, Iterable
 from contextlib import contextmanager
@@ -39,16 +41,22 @@ from fulmen.utilities.exceptions import MisconfigurationException
 
 __all__ = ["DEFAULT_ALLOWED_IMPORT_PATHS", "LightningArgumentParser", "import_policy"]
 
-#: Import paths a config may always name.
+#: Import paths (and everything under them) a config may always name.
 DEFAULT_ALLOWED_IMPORT_PATHS: tuple[str, ...] = (
     "torch.optim",  # optimizers and torch.optim.lr_scheduler
+    "fulmen.cli.ReduceLROnPlateau",
+)
+#: Packages whose public classes (``__all__``) a config may name: callbacks, loggers, profilers, strategies...
+PUBLIC_CLASS_PACKAGES: tuple[str, ...] = (
     "fulmen.callbacks",
     "fulmen.loggers",
     "fulmen.profilers",
     "fulmen.strategies",
     "fulmen.accelerators",
-    "fulmen.plugins",
-    "fulmen.cli.ReduceLROnPlateau",
+    "fulmen.plugins.precision",
+    "fulmen.plugins.environments",
+    "fulmen.plugins.layer_sync",
+    "fulmen.checkpoint",
 )
 
 ENV_ALLOWED = "FULMEN_CLI_ALLOWED_IMPORTS"
@@ -103,6 +111,29 @@ def _import_builtin_components() -> None:
 _import_builtin_components()
 
 
+@functools.lru_cache(maxsize=1)
+def fulmen_public_classes() -> frozenset[str]:
+    """The dot paths of the public classes of :data:`PUBLIC_CLASS_PACKAGES` (not their functions or modules)."""
+    import importlib
+
+    out: set[str] = set()
+    for package in PUBLIC_CLASS_PACKAGES:
+        try:
+            module = importlib.import_module(package)
+        except ImportError:
+            continue
+        names = getattr(module, "__all__", None) or [n for n in vars(module) if not n.startswith("_")]
+        for name in names:
+            try:  # lazy package attributes import their module here
+                obj = getattr(module, name, None)
+            except ImportError:
+                continue
+            if isinstance(obj, type):
+                out.add(f"{package}.{name}")
+                out.update(_import_path_of(obj))
+    return frozenset(out)
+
+
 def env_allowed_import_paths() -> list[str]:
     """Entries of ``FULMEN_CLI_ALLOWED_IMPORTS`` (comma-separated)."""
     return [p.strip() for p in os.environ.get(ENV_ALLOWED, "").split(",") if p.strip()]
@@ -113,7 +144,12 @@ def allowed_import_paths(extra: Iterable[str] = (), bases: Iterable[type] = ()) 
     from fulmen.loggers.logger import Logger
     from fulmen.profilers import Profiler
 
-    allowed = set(DEFAULT_ALLOWED_IMPORT_PATHS) | set(extra) | set(env_allowed_import_paths())
+    allowed = (
+        set(DEFAULT_ALLOWED_IMPORT_PATHS)
+        | fulmen_public_classes()
+        | set(extra)
+        | set(env_allowed_import_paths())
+    )
     for base in {*bases, Callback, Logger, Profiler}:
         for cls in _subclasses(base):
             allowed.update(_import_path_of(cls))

@@ -104,9 +104,18 @@ _SESSION_ALLOWED: set[str] = set()
 
 
 def _allowed_for_instantiate(class_path: str) -> bool:
-    from fulmen._cli_parser import DEFAULT_ALLOWED_IMPORT_PATHS, env_allowed_import_paths
+    from fulmen._cli_parser import (
+        DEFAULT_ALLOWED_IMPORT_PATHS,
+        env_allowed_import_paths,
+        fulmen_public_classes,
+    )
 
-    entries = {*DEFAULT_ALLOWED_IMPORT_PATHS, *_SESSION_ALLOWED, *env_allowed_import_paths()}
+    entries = {
+        *DEFAULT_ALLOWED_IMPORT_PATHS,
+        *fulmen_public_classes(),
+        *_SESSION_ALLOWED,
+        *env_allowed_import_paths(),
+    }
     return any(class_path == e or class_path.startswith(e + ".") for e in entries)
 
 

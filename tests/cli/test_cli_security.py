@@ -106,3 +106,10 @@ def test_allowed_paths_under_jsonargparse_are_rejected() -> None:
 
     with pytest.raises(MisconfigurationException, match="jsonargparse"):
         LightningCLI(Model, Data, run=False, args=[], allowed_import_paths=["jsonargparse"])
+
+
+def test_fulmen_packages_allow_classes_not_functions(capsys: pytest.CaptureFixture[str]) -> None:
+    spec = '{"class_path": "fulmen.checkpoint.AsyncCheckpointIO"}'
+    cli = LightningCLI(Model, Data, run=False, args=[f"--trainer.plugins={spec}"])
+    assert type(cli.trainer.strategy.checkpoint_io).__name__ == "AsyncCheckpointIO"
+    refused(capsys, "--model.activation=fulmen.checkpoint.atomic_save", model=ActivationModel)
