@@ -95,11 +95,7 @@ class _Metric:
     def step_value(self, reduce: Callable[[torch.Tensor, str], torch.Tensor] | None) -> torch.Tensor | None:
         if self.metric_obj is not None:
             return getattr(self.metric_obj, "_forward_cache", None)
-        if self.last is None:
-            return None
-        if reduce is not None and self.meta.sync_dist:
-            return reduce(self.last, self.meta.reduce_fx)
-        return self.last
+        return self.last  # a sync_dist value was reduced when it was logged
 
 
 class ResultCollection:
@@ -193,6 +189,10 @@ class ResultCollection:
         if batch_size is None and on_epoch and reduce_fx == "mean":
             batch_size = self._current_batch_size()
         metric.update(value, batch_size or 1)
+        if self.reduce is not None and sync_dist and on_step:
+            # reduced now, on every rank at the same point: a lazy reduce at read time would run only on the
+            # ranks that read it (the progress bar reads on rank 0 only) and mismatch the collectives
+            metric.last = self.reduce(value, metric.meta.reduce_fx)
 
     # ---- checkpointing (exact mid-epoch resume) ----
     def state_dict(self) -> dict[str, Any]:

@@ -1,13 +1,18 @@
 """Strategies: how the model, optimizers and data are placed across processes and devices.
 
+Who owns what: a strategy owns the process group, the model wrapper (DDP, FSDP), the collectives, the
+launcher that starts the processes, and where checkpoints are written. It never calls hooks. The
+Trainer and Fabric call only the methods of :class:`Strategy` below, so a loop is the same code on one
+CPU and on 64 GPUs.
+
 Each strategy registers its names in ``STRATEGY_REGISTRY``. This module has the single-device
-strategy; distributed strategies register themselves from their own modules.
+strategy; distributed strategies live in their own modules, imported when one of their names is used.
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -24,11 +29,14 @@ class Strategy:
     """Base strategy: one process. Collectives are identities."""
 
     strategy_name = "base"
+    launcher: Any = None  # starts the processes; None: this process is the whole run
+    is_distributed = False
 
     def __init__(self, accelerator: Accelerator | None = None, checkpoint_io: Any = None, precision: Precision | None = None) -> None:
         self.accelerator = accelerator
         self._checkpoint_io = checkpoint_io
         self.precision = precision or Precision()
+        self.layer_sync: Any = None  # e.g. TorchSyncBatchNorm(), applied in setup_module by multi-process strategies
 
     @property
     def root_device(self) -> torch.device:
@@ -61,7 +69,49 @@ class Strategy:
             self.accelerator.setup_device(self.root_device)
 
     def setup_module(self, module: nn.Module) -> nn.Module:
+        """Wrap ``module`` for the strategy (DDP, FSDP); returns what the step should call."""
         return module
+
+    def step_function(self, module: nn.Module, name: str) -> Any:
+        """The callable the loop uses for ``module.<name>`` (e.g. ``training_step``).
+
+        Multi-process strategies route it through the wrapper's ``forward`` so gradients synchronize;
+        here it is the bound method itself (no overhead).
+        """
+        return getattr(module, name)
+
+    def no_backward_sync(self, module: Any, enabled: bool = True) -> Any:
+        """Context in which backward does not synchronize gradients (gradient accumulation)."""
+        return nullcontext()
+
+    def process_dataloader(self, loader: Any, mode: str = "train") -> Any:
+        """The loader this rank iterates (multi-process strategies give each rank its share)."""
+        return loader
+
+    @property
+    def distributed_sampler_kwargs(self) -> dict[str, int] | None:
+        return None
+
+    def sync_point(self, name: str) -> None:
+        """Every rank reaches the point ``name`` before any continues (no-op on one process)."""
+
+    def on_exception(self, exception: BaseException) -> BaseException:
+        """Called by the Trainer/Fabric when the run raises; returns the exception to raise (a peer's failure
+        is reported as :class:`~fulmen.utilities.exceptions.RankFailedError`)."""
+        return exception
+
+    def module_state_dict(self, module: nn.Module) -> dict[str, Any]:
+        """The module's full state dict (gathered, for sharded strategies) as saved in a checkpoint."""
+        return module.state_dict()
+
+    def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
+        return optimizer.state_dict()
+
+    def load_module_state_dict(self, module: nn.Module, state_dict: dict[str, Any], strict: bool = True) -> Any:
+        return module.load_state_dict(state_dict, strict=strict)
+
+    def load_optimizer_state(self, optimizer: Any, state: dict[str, Any]) -> None:
+        optimizer.load_state_dict(state)
 
     def module_to_device(self, module: nn.Module) -> None:
         module.to(self.root_device)
@@ -134,19 +184,53 @@ class SingleDeviceStrategy(Strategy):
 STRATEGY_REGISTRY: Registry[Strategy] = Registry("strategy")
 STRATEGY_REGISTRY.register("single_device", SingleDeviceStrategy)
 
-# Names Lightning accepts that are not built yet: a clear error instead of silently running something else.
-_NOT_YET = [
-    "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "fsdp", "fsdp_cpu_offload", "deepspeed", "deepspeed_stage_1",
-    "deepspeed_stage_2", "deepspeed_stage_2_offload", "deepspeed_stage_3", "deepspeed_stage_3_offload",
-    "deepspeed_stage_3_offload_nvme", "xla", "xla_debug", "single_xla", "single_tpu", "dp",
-] + [f"{b}_find_unused_parameters_{v}" for b in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook") for v in ("true", "false")]
+
+def _lazy(module: str, cls: str, **preset: Any) -> Any:
+    """A factory importing ``module`` only when the name is used (keeps ``import fulmen`` light)."""
+
+    def factory(**kwargs: Any) -> Strategy:
+        import importlib
+
+        return getattr(importlib.import_module(module), cls)(**{**preset, **kwargs})  # type: ignore[no-any-return]
+
+    factory.__qualname__ = f"{cls}[lazy]"
+    return factory
+
+
+# DDP: "ddp" relaunches the script once per local rank (like torchrun); the others start workers with
+# multiprocessing. Each takes find_unused_parameters variants.
+for _base, _method in (("ddp", "popen"), ("ddp_spawn", "spawn"), ("ddp_fork", "fork"), ("ddp_notebook", "fork")):
+    STRATEGY_REGISTRY.register(_base, _lazy("fulmen.strategies.ddp", "DDPStrategy", start_method=_method))
+    for _flag in (True, False):
+        STRATEGY_REGISTRY.register(
+            f"{_base}_find_unused_parameters_{str(_flag).lower()}",
+            _lazy("fulmen.strategies.ddp", "DDPStrategy", start_method=_method, find_unused_parameters=_flag),
+        )
+STRATEGY_REGISTRY.register("fsdp", _lazy("fulmen.strategies.fsdp", "FSDPStrategy"))
+STRATEGY_REGISTRY.register("fsdp_cpu_offload", _lazy("fulmen.strategies.fsdp", "FSDPStrategy", cpu_offload=True))
+for _name, _preset in {
+    "deepspeed": {},
+    "deepspeed_stage_1": {"stage": 1},
+    "deepspeed_stage_1_offload": {"stage": 1, "offload_optimizer": True},
+    "deepspeed_stage_2": {"stage": 2},
+    "deepspeed_stage_2_offload": {"stage": 2, "offload_optimizer": True},
+    "deepspeed_stage_3": {"stage": 3},
+    "deepspeed_stage_3_offload": {"stage": 3, "offload_optimizer": True, "offload_parameters": True},
+    "deepspeed_stage_3_offload_nvme": {
+        "stage": 3, "offload_optimizer": True, "offload_parameters": True, "remote_device": "nvme",
+    },
+}.items():
+    STRATEGY_REGISTRY.register(_name, _lazy("fulmen.strategies.deepspeed", "DeepSpeedStrategy", **_preset))
+
+# Names Lightning accepts that are not built: a clear error instead of silently running something else.
+_NOT_YET = ["xla", "xla_debug", "single_xla", "single_tpu", "dp", "xla_fsdp"]
 
 
 def _not_yet(name: str) -> Any:
     def factory(**_: Any) -> Strategy:
         raise NotSupportedYetError(
-            f"strategy={name!r} is not supported yet (fulmen runs one device per process for now). "
-            "Fix: use strategy='auto' or 'single_device' with devices=1."
+            f"strategy={name!r} is not supported (fulmen has no XLA/TPU or DataParallel strategy). "
+            "Fix: use 'ddp' for several devices, or 'auto'."
         )
 
     return factory
@@ -155,4 +239,29 @@ def _not_yet(name: str) -> Any:
 for _name in _NOT_YET:
     STRATEGY_REGISTRY.register(_name, _not_yet(_name))
 
-__all__ = ["STRATEGY_REGISTRY", "SingleDeviceStrategy", "Strategy"]
+
+def __getattr__(name: str) -> Any:
+    lazy = {
+        "DDPStrategy": "fulmen.strategies.ddp",
+        "ParallelStrategy": "fulmen.strategies.parallel",
+        "FSDPStrategy": "fulmen.strategies.fsdp",
+        "ModelParallelStrategy": "fulmen.strategies.fsdp",
+        "DeepSpeedStrategy": "fulmen.strategies.deepspeed",
+    }
+    if name in lazy:
+        import importlib
+
+        return getattr(importlib.import_module(lazy[name]), name)
+    raise AttributeError(f"module 'fulmen.strategies' has no attribute {name!r}")
+
+
+__all__ = [
+    "DDPStrategy",
+    "DeepSpeedStrategy",
+    "FSDPStrategy",
+    "ModelParallelStrategy",
+    "ParallelStrategy",
+    "STRATEGY_REGISTRY",
+    "SingleDeviceStrategy",
+    "Strategy",
+]

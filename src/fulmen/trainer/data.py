@@ -139,7 +139,7 @@ class DataManager:
                 check_iterable(ld, "train")
         else:
             check_iterable(loaders, "train")
-        loader = as_train_loader(loaders)
+        loader = as_train_loader(self._distribute(loaders, "train"))
         if cfg.overfit_batches:
             loader = overfit_loader(loader)
         self.train_loader = loader
@@ -153,10 +153,15 @@ class DataManager:
         self._train_loaded_epoch = t.run_state.epoch
 
     def maybe_reload_train(self, epoch: int) -> None:
+        """Start of an epoch: reload the loaders if asked to, and give distributed samplers the epoch."""
         n = self.trainer.config.reload_dataloaders_every_n_epochs
         if n and epoch != self._train_loaded_epoch and epoch % n == 0:
             self.load_train()
             self.load_val()
+        if self.trainer.strategy.is_distributed:
+            from fulmen.utilities.distributed import set_sampler_epoch
+
+            set_sampler_epoch(self.train_loader, epoch)  # a new, rank-consistent shuffle each epoch (before hooks)
 
     def _compute_val_check_batch(self) -> None:
         cfg = self.trainer.config
@@ -193,6 +198,10 @@ class DataManager:
     def iterate_train(self, loader: Any, rs: Any, start: int) -> Any:
         """Yield ``(batch, is_last)``; with ``start > 0`` (mid-epoch resume) the epoch's batch order is rebuilt."""
         n = self.num_training_batches
+        if self.trainer.strategy.is_distributed:
+            from fulmen.utilities.distributed import set_sampler_epoch
+
+            set_sampler_epoch(loader, rs.epoch)  # also on resume, where the epoch starts mid-way
         pending, self.pending_loader_state = self.pending_loader_state, None
         if pending is not None and hasattr(loader, "load_state_dict"):
             # a stateful loader (torchdata StatefulDataLoader, litdata, ...) restores its own position
@@ -237,10 +246,28 @@ class DataManager:
         yield current, True
 
     # ---- evaluation
+    def _distribute(self, loaders: Any, mode: str) -> Any:
+        """Give this rank its share of every loader (``use_distributed_sampler``; multi-process strategies only)."""
+        t = self.trainer
+        if not t.config.use_distributed_sampler or not t.strategy.is_distributed:
+            return loaders
+
+        def one(ld: Any) -> Any:
+            return t.strategy.process_dataloader(ld, mode)
+
+        if isinstance(loaders, CombinedLoader):
+            return CombinedLoader(self._distribute(loaders.iterables, mode), mode=loaders.mode)
+        if isinstance(loaders, Mapping):
+            return {k: one(v) for k, v in loaders.items()}
+        if isinstance(loaders, (list, tuple)):
+            return type(loaders)(one(v) for v in loaders)
+        return one(loaders)
+
     def _eval(self, stage: str, limit: int | float, arg: str) -> tuple[list[Any], list[int | float]]:
         loaders = as_eval_list(self._source(stage))
         for ld in loaders:
             check_iterable(ld, stage)
+        loaders = self._distribute(loaders, "predict" if stage == "predict" else "eval")
         return loaders, [num_batches(ld, limit, arg) for ld in loaders]
 
     def load_val(self) -> None:

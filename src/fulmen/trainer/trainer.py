@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Generator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -91,10 +91,6 @@ class Trainer:
             raise NotSupportedYetError(
                 f"Trainer(model_registry={model_registry!r}) is not supported yet. Fix: drop the argument."
             )
-        if sync_batchnorm:
-            from fulmen.utilities.exceptions import NotSupportedYetError
-
-            raise NotSupportedYetError("Trainer(sync_batchnorm=True) needs a multi-process strategy, not supported yet.")
         self.config = TrainerConfig.build(
             max_epochs=max_epochs, min_epochs=min_epochs, max_steps=max_steps, min_steps=min_steps, max_time=max_time,
             limit_train_batches=limit_train_batches, limit_val_batches=limit_val_batches,
@@ -113,6 +109,10 @@ class Trainer:
         )
         self.fabric = Fabric(accelerator=accelerator, strategy=strategy, devices=devices, num_nodes=num_nodes,
                              precision=precision, plugins=plugins)
+        if sync_batchnorm and self.fabric.strategy.is_distributed:
+            from fulmen.plugins.layer_sync import TorchSyncBatchNorm
+
+            self.fabric.strategy.layer_sync = TorchSyncBatchNorm()
         self.run_state = RunState(accumulate_grad_batches=self.config.accumulate_grad_batches)
         # the default PassThroughProfiler is never called: the run is instrumented only for a real profiler
         self.profiler: Profiler = resolve_profiler(profiler)
@@ -214,7 +214,7 @@ class Trainer:
         return None
 
     def strategy_no_sync(self) -> Any:
-        return getattr(self.strategy, "no_backward_sync", lambda *_: nullcontext())(self.lightning_module)
+        return self.strategy.no_backward_sync(self.lightning_module)
 
     # ------------------------------------------------------------------ hardware (from Fabric)
     @property
@@ -255,16 +255,16 @@ class Trainer:
 
     @property
     def num_nodes(self) -> int:
-        return 1
+        return int(getattr(self.strategy, "num_nodes", 1))
 
     @property
     def num_devices(self) -> int:
-        return 1
+        return len(self.device_ids)
 
     @property
     def device_ids(self) -> list[int]:
-        dev = self.strategy.root_device
-        return [dev.index or 0]
+        devices = getattr(self.strategy, "parallel_devices", None) or [self.strategy.root_device]
+        return [d.index or 0 for d in devices]
 
     @property
     def is_global_zero(self) -> bool:
@@ -475,7 +475,7 @@ class Trainer:
 
     @property
     def distributed_sampler_kwargs(self) -> dict[str, int] | None:
-        return None
+        return self.strategy.distributed_sampler_kwargs
 
     # ------------------------------------------------------------------ metrics and logging
     @property

@@ -105,6 +105,8 @@ class FitLoop:
             return True
         if cfg.max_epochs >= 0 and rs.epoch >= cfg.max_epochs:
             return True
+        if t.strategy.is_distributed:  # a stop asked for on any rank stops every rank (a collective decision)
+            rs.should_stop = t.strategy.reduce_boolean_decision(rs.should_stop, all=False)
         if rs.should_stop:
             if self._can_stop_early():
                 return True
@@ -249,6 +251,8 @@ class FitLoop:
         d = t._dispatcher
         rs = t.run_state
         t._current_fx = None
+        # every rank must end the epoch after the same batch; a rank that did not is reported, not waited for
+        t.strategy.sync_point("train_epoch_end")
         if rs.resume_point != "epoch_end":
             rs.resume_point = "epoch_end" if completed else ""
             t._metrics.epoch_end_reached = True
@@ -301,7 +305,7 @@ class Optimization:
         self.module = module
         self.precision = t.strategy.precision
         self.forward_ctx = self.precision.forward_context
-        self.training_step = module.training_step
+        self.training_step = t.strategy.step_function(module, "training_step")  # through DDP/FSDP when wrapped
         self.opt = t.optimizers[0] if t.optimizers else None
         self.lopt = t._lightning_optimizers[0] if t._lightning_optimizers else None
         self.custom_optimizer_step = d.module_overrides("optimizer_step")

@@ -1,0 +1,393 @@
+"""Out-of-band coordination between ranks: failure propagation and sync points.
+
+Why this exists: a collective (DDP's gradient all-reduce, a barrier) blocks until every rank joins.
+When one rank raises, or takes a different path (saves a checkpoint the others do not, stops an epoch
+early), the others wait in C++ until the process-group timeout (30 minutes by default). fulmen keeps a
+second channel that never blocks on a peer: the rendezvous key-value store.
+
+* **Failures.** A rank that raises writes a record (its rank, exception, traceback) to the store. A
+  watchdog thread on every rank polls the store; when it sees a peer's record it unblocks this rank's
+  pending collectives (gloo: shuts down the peer sockets, so the collective fails at once; NCCL: aborts
+  the communicator) and the error surfaces as :class:`RankFailedError` naming the rank and its
+  exception. If this rank does not surface it within ``failure_timeout`` seconds (stuck outside
+  Python), the watchdog prints the error and ends the process.
+* **Sync points.** Collective control points (end of a training epoch, a checkpoint save, the end of
+  a stage) rendezvous through the store, each rank posting the point's name and its progress (how
+  many training forwards it has run). A rank whose progress passes a point a peer is waiting at, or
+  that arrives at a differently named point, proves the ranks diverged: every rank gets
+  :class:`RanksOutOfSyncError` saying who did what, instead of a hang. This costs nothing per step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from fulmen.utilities.exceptions import RankFailedError, RanksOutOfSyncError
+
+_FAILURE_KEY = "fulmen/failure"
+_ACK_KEY = "fulmen/failure_acks"
+_POLL_S = 0.1
+
+
+def _socket_fds() -> dict[int, str]:
+    """Open socket file descriptors of this process (Linux ``/proc``; empty elsewhere)."""
+    out: dict[int, str] = {}
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return out
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            out[int(fd)] = target
+    return out
+
+
+class PeerSockets:
+    """The connected TCP sockets a process group opened to its peers, found by diffing the open sockets
+    around ``init_process_group``. The rendezvous store's sockets (its port) and listening sockets are
+    left alone: the store must stay usable, and closing a gloo listener aborts the process."""
+
+    def __init__(self) -> None:
+        self._before = _socket_fds()
+        self._fds: list[int] = []
+
+    def capture(self, store_port: int) -> None:
+        after = _socket_fds()
+        for fd, target in after.items():
+            if self._before.get(fd) == target:
+                continue
+            try:
+                s = socket.socket(fileno=os.dup(fd))
+            except OSError:
+                continue
+            try:
+                if s.type != socket.SOCK_STREAM:
+                    continue
+                local, peer = s.getsockname(), s.getpeername()
+                if local[1] == store_port or peer[1] == store_port:
+                    continue
+                self._fds.append(fd)
+            except OSError:
+                continue  # not connected (a listener)
+            finally:
+                s.close()
+
+    def shutdown(self) -> int:
+        """Shut the peer connections down; blocked collectives then fail with a connection error."""
+        n = 0
+        for fd in self._fds:
+            try:
+                s = socket.socket(fileno=os.dup(fd))
+            except OSError:
+                continue
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                n += 1
+            except OSError:
+                pass
+            finally:
+                s.close()
+        self._fds = []
+        return n
+
+
+def failure_record(rank: int, exc: BaseException, kind: str = "exception") -> dict[str, Any]:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return {
+        "rank": rank,
+        "kind": kind,
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "traceback": tb[-6000:],
+        "time": time.time(),
+    }
+
+
+def error_from_record(record: dict[str, Any], this_rank: int) -> Exception:
+    if record.get("kind") == "desync":
+        return RanksOutOfSyncError(record["message"])
+    return RankFailedError(
+        rank=int(record["rank"]),
+        exc_type=str(record.get("type", "Exception")),
+        message=str(record.get("message", "")),
+        remote_traceback=str(record.get("traceback", "")),
+        this_rank=this_rank,
+    )
+
+
+class Coordinator:
+    """Failure propagation and sync points for one process group (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: Any,
+        rank: int,
+        world_size: int,
+        failure_timeout: float,
+        sync_timeout: float,
+        progress: Callable[[], int],
+        unblock: Callable[[], None],
+    ) -> None:
+        self.store = store
+        self.rank = rank
+        self.world_size = world_size
+        self.failure_timeout = failure_timeout
+        self.sync_timeout = sync_timeout
+        self._progress = progress
+        self._unblock = unblock
+        self._posted = 0  # sync points this rank has posted
+        self._posting: str | None = None
+        self.peer_failure: dict[str, Any] | None = None
+        self.surfaced = False  # the main thread has turned the failure into an exception
+        self.broken = False  # a failure happened: collectives no longer work
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._extra_checks: list[Callable[[], dict[str, Any] | None]] = []
+        self._acked = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        if self._thread is None and self.world_size > 1:
+            self._thread = threading.Thread(target=self._watch, name="fulmen-watchdog", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=2 * _POLL_S + 1)
+
+    def add_check(self, check: Callable[[], dict[str, Any] | None]) -> None:
+        """Extra liveness check polled by the watchdog (e.g. launcher children); returns a failure record."""
+        self._extra_checks.append(check)
+
+    # ------------------------------------------------------------------ failures
+    def publish(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Record a failure; the first one recorded wins (it is the root cause). Returns the winning record."""
+        self.broken = True
+        payload = json.dumps(record)
+        try:
+            current = self.store.compare_set(_FAILURE_KEY, "", payload)
+            current = current.decode() if isinstance(current, bytes) else current
+            return json.loads(current) if current else record
+        except Exception:  # noqa: BLE001 - the store may be gone with its host; the record stays local
+            return record
+
+    def read_failure(self) -> dict[str, Any] | None:
+        try:
+            if not self.store.check([_FAILURE_KEY]):
+                return None
+            raw = self.store.get(_FAILURE_KEY)
+        except Exception:  # noqa: BLE001
+            return None
+        return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+
+    def wait_failure(self, timeout: float) -> dict[str, Any] | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.peer_failure is not None:
+                return self.peer_failure
+            try:
+                if self.store.check([_FAILURE_KEY]):
+                    return self.read_failure()
+            except Exception:  # noqa: BLE001 - the store's host is gone: nothing more to learn
+                return None
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.02)
+
+    def acknowledge(self) -> None:
+        """Tell the failing rank this rank has seen its record (it may host the store and want to exit)."""
+        if self._acked:
+            return
+        self._acked = True
+        try:
+            self.store.add(_ACK_KEY, 1)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def wait_acknowledged(self, timeout: float) -> None:
+        """Failing rank: keep the store up until every other rank has read the failure (bounded)."""
+        deadline = time.monotonic() + timeout
+        try:
+            while int(self.store.add(_ACK_KEY, 0)) < self.world_size - 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def _on_peer_failure(self, record: dict[str, Any]) -> None:
+        self.peer_failure = record
+        self.broken = True
+        self.acknowledge()
+        try:
+            self._unblock()
+        except Exception:  # noqa: BLE001 - unblocking is best effort; the deadline below still ends the process
+            pass
+
+    # ------------------------------------------------------------------ sync points
+    def sync_point(self, name: str) -> None:
+        """Block until every rank reaches the sync point ``name`` (the same, n-th, point on each rank).
+
+        Raises:
+            RanksOutOfSyncError: a rank reached a different point, or ran past this one.
+            RankFailedError: a rank failed while this one waited.
+        """
+        if self.world_size == 1:
+            return
+        seq = self._posted
+        progress = self._progress()
+        mine = f"{self.rank}|{progress}|{name}"
+        first = self._compare_set(f"fulmen/sp/{seq}/first", mine)
+        self._posted = seq + 1
+        f_rank, f_progress, f_name = _parse_point(first)
+        if f_rank != self.rank and (f_name != name or f_progress != progress):
+            self._desync(_diverged_message(f_rank, f_name, f_progress, self.rank, name, progress))
+        count_key = f"fulmen/sp/{seq}/count"
+        self.store.add(count_key, 1)
+        deadline = time.monotonic() + self.sync_timeout
+        delay = 0.0005
+        while True:
+            if int(self.store.add(count_key, 0)) >= self.world_size:
+                return
+            record = self.peer_failure or self.read_failure()
+            if record is not None and int(record["rank"]) != self.rank:
+                self.surfaced = True
+                raise error_from_record(record, self.rank)
+            if time.monotonic() > deadline:
+                missing = self.world_size - int(self.store.add(count_key, 0))
+                self._desync(
+                    f"{missing} rank(s) did not reach {name!r} within {self.sync_timeout:.0f}s (sync_timeout) while "
+                    f"rank {self.rank} waited there. Fix: make sure every rank calls it, or raise the strategy's "
+                    "sync_timeout."
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.02)
+
+    def leave(self, host: bool, timeout: float = 5.0) -> None:
+        """After the last sync point: the rank hosting the store waits until every rank has seen it pass, so
+        that no rank is still talking to the store when its host exits."""
+        if self.world_size == 1:
+            return
+        left = int(self.store.add("fulmen/left", 1))
+        if not host:
+            return
+        deadline = time.monotonic() + timeout
+        while left < self.world_size and time.monotonic() < deadline:
+            time.sleep(0.002)
+            left = int(self.store.add("fulmen/left", 0))
+
+    def _compare_set(self, key: str, value: str) -> str:
+        current = self.store.compare_set(key, "", value)
+        return current.decode() if isinstance(current, bytes) else str(current)
+
+    def _desync(self, message: str) -> None:
+        record = self.publish({"rank": self.rank, "kind": "desync", "type": "RanksOutOfSyncError", "message": message,
+                               "traceback": "", "time": time.time()})
+        self.surfaced = True
+        raise error_from_record(record, self.rank)
+
+    def _check_diverged(self) -> dict[str, Any] | None:
+        """Watchdog: a peer waits at a point this rank has not posted, and this rank's progress passed it."""
+        seq = self._posted
+        key = f"fulmen/sp/{seq}/first"
+        if not self.store.check([key]):
+            return None
+        raw = self.store.get(key)
+        f_rank, f_progress, f_name = _parse_point(raw.decode() if isinstance(raw, bytes) else raw)
+        if f_rank == self.rank or self._posted != seq:
+            return None
+        progress = self._progress()
+        if progress <= f_progress:
+            return None  # this rank is behind: it may still get there
+        message = (
+            f"Rank {f_rank} is waiting at {f_name!r}, but rank {self.rank} went past that point without reaching it "
+            f"(it ran {progress - f_progress} more training step(s) or collective(s) than rank {f_rank} had run "
+            "there). " + _hint(f_name)
+        )
+        return {"rank": self.rank, "kind": "desync", "type": "RanksOutOfSyncError", "message": message,
+                "traceback": "", "time": time.time()}
+
+    # ------------------------------------------------------------------ the watchdog thread
+    def _watch(self) -> None:
+        deadline: float | None = None
+        while not self._stop.wait(_POLL_S):
+            if deadline is None:
+                try:
+                    record = self.read_failure()
+                    if record is None:
+                        record = self._check_diverged()
+                        if record is not None:
+                            record = self.publish(record)
+                    for check in self._extra_checks:
+                        if record is None:
+                            record = check()
+                            if record is not None:
+                                record = self.publish(record)
+                except Exception:  # noqa: BLE001 - store gone: its host ended; gloo sees closed peers itself
+                    return
+                if record is not None and int(record["rank"]) != self.rank or (
+                    record is not None and record.get("kind") == "desync"
+                ):
+                    self._on_peer_failure(record)
+                    deadline = time.monotonic() + self.failure_timeout
+                elif record is not None:
+                    return  # our own failure: the main thread is already handling it
+            elif not self.surfaced and time.monotonic() > deadline:
+                self._hard_exit()
+            elif self.surfaced:
+                return
+
+    def _hard_exit(self) -> None:
+        record = self.peer_failure or {}
+        err = error_from_record(record, self.rank) if record else RuntimeError("a peer rank failed")
+        sys.stderr.write(
+            f"[fulmen rank {self.rank}] {err}\n[fulmen rank {self.rank}] this rank did not stop within "
+            f"failure_timeout={self.failure_timeout}s of the failure; ending the process.\n"
+        )
+        sys.stderr.flush()
+        os._exit(1)
+
+
+def _parse_point(raw: str) -> tuple[int, int, str]:
+    rank, progress, name = raw.split("|", 2)
+    return int(rank), int(progress), name
+
+
+def _hint(name: str) -> str:
+    if name.startswith("save_checkpoint"):
+        return (
+            "Saving a checkpoint is collective. Fix: call trainer.save_checkpoint / fabric.save on every rank "
+            "(rank 0 writes the file); do not guard it with `if trainer.is_global_zero`."
+        )
+    if name.startswith("train_epoch_end"):
+        return (
+            "The ranks ran different numbers of training batches this epoch (a loader of a different length per "
+            "rank, `trainer.should_stop` or `on_train_batch_start` returning -1 on some ranks only). Fix: keep "
+            "use_distributed_sampler=True or give every rank the same number of batches, and make stop decisions "
+            "collective (trainer.strategy.reduce_boolean_decision(flag, all=False))."
+        )
+    return "Fix: make every rank take the same path through the run (control decisions must be collective)."
+
+
+def _diverged_message(r0: int, n0: str, p0: int, r1: int, n1: str, p1: int) -> str:
+    if n0 != n1:
+        return (
+            f"The ranks diverged: rank {r0} reached {n0!r} while rank {r1} reached {n1!r}. "
+            + _hint(n0 if n0.startswith(("save", "train")) else n1)
+        )
+    return (
+        f"The ranks diverged: rank {r0} reached {n0!r} after {p0} training steps and collectives, rank {r1} after "
+        f"{p1}. " + _hint(n0)
+    )
