@@ -294,7 +294,8 @@ def run(trainer: Trainer, fn: TrainerFn, model: Any, datamodule: Any, loaders: d
         raise MisconfigurationException(
             f"datamodule={datamodule!r} is not a LightningDataModule. Fix: subclass fulmen.LightningDataModule."
         )
-    launcher = trainer.strategy.launcher
+    # getattr: strategies without multi-process support have no launcher (and no on_exception) attribute
+    launcher = getattr(trainer.strategy, "launcher", None)
     if launcher is None:
         return _run(trainer, fn, model, datamodule, loaders, ckpt_path, weights_only, verbose, return_predictions)
     from fulmen.trainer import _launch
@@ -343,13 +344,13 @@ def _run(trainer: Trainer, fn: TrainerFn, model: Any, datamodule: Any, loaders: 
     except KeyboardInterrupt as exc:
         rank_zero_warn("Detected KeyboardInterrupt, attempting graceful shutdown ...")
         trainer.state.status = TrainerStatus.INTERRUPTED
-        trainer.strategy.on_exception(exc)
+        _strategy_on_exception(trainer, exc)
         _on_exception(trainer, exc)
         return None
     except BaseException as exc:
         trainer.state.status = TrainerStatus.INTERRUPTED
         # in a multi-process run: tell the other ranks (they stop), or learn that a peer failed first
-        reported = trainer.strategy.on_exception(exc)
+        reported = _strategy_on_exception(trainer, exc)
         _on_exception(trainer, reported)
         _teardown(trainer, stage)
         if reported is not exc:
@@ -359,6 +360,11 @@ def _run(trainer: Trainer, fn: TrainerFn, model: Any, datamodule: Any, loaders: 
         if profiling is not None:
             profiling.close()
         trainer.callbacks[:] = callbacks if trainer._dispatcher is None else trainer.callbacks
+
+
+def _strategy_on_exception(trainer: Trainer, exc: BaseException) -> BaseException:
+    hook = getattr(trainer.strategy, "on_exception", None)
+    return exc if hook is None else hook(exc)
 
 
 def _prepare_data(trainer: Trainer, model: Any, d: Dispatcher) -> None:
