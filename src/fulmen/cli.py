@@ -51,9 +51,12 @@ if TYPE_CHECKING:
     from fulmen._cli_parser import LightningArgumentParser
 
 __all__ = [
+    "ArgsType",
+    "LRSchedulerCallable",
     "LRSchedulerTypeTuple",
     "LightningArgumentParser",
     "LightningCLI",
+    "OptimizerCallable",
     "ReduceLROnPlateau",
     "SaveConfigCallback",
     "instantiate_class",
@@ -98,6 +101,13 @@ class ReduceLROnPlateau(torch.optim.lr_scheduler.ReduceLROnPlateau):
 
 LRSchedulerTypeTuple = (LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 LRSchedulerTypeUnion = LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
+#: Type of a model argument that builds its optimizer from parameters: a config gives the class and its
+#: arguments (``optimizer: {class_path: torch.optim.SGD, init_args: {lr: 0.1}}``), the model calls it.
+OptimizerCallable = Callable[[Iterable[Any]], Optimizer]
+#: Type of a model argument that builds its LR scheduler from the optimizer.
+LRSchedulerCallable = Callable[[Optimizer], LRSchedulerTypeUnion]
+#: What ``LightningCLI(args=...)`` accepts.
+ArgsType = list[str] | dict[str, Any] | None
 
 # what the current process's CLIs allow, for instantiate_class (a spec already passed the parser's policy)
 _SESSION_ALLOWED: set[str] = set()

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import fulmen as L
+from fulmen.cli import LRSchedulerCallable, OptimizerCallable
 
 
 def dataset(n: int = 32) -> TensorDataset:
@@ -120,3 +121,23 @@ class TagCallback(L.Callback):
 
     def __init__(self, tag: str = "x") -> None:
         self.tag = tag
+
+
+class InjectedOptimizerModel(Model):
+    """Lightning's dependency-injection pattern: the optimizer and scheduler are callables from the config."""
+
+    def __init__(
+        self,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: LRSchedulerCallable | None = None,
+        hidden: int = 8,
+    ) -> None:
+        super().__init__(hidden=hidden)
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer(self.parameters())
+        if self.scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler(optimizer)}

@@ -10,7 +10,7 @@ import torch
 from fulmen.cli import LightningArgumentParser, LightningCLI, ReduceLROnPlateau, instantiate_class
 from fulmen.utilities.exceptions import MisconfigurationException
 
-from .cli_models import QUIET, Data, LinkedOptimizerModel, Model, NoOptimizerModel
+from .cli_models import QUIET, Data, InjectedOptimizerModel, LinkedOptimizerModel, Model, NoOptimizerModel
 
 
 def run_fit(tmp_path: Path, model: type = Model, **cli_kwargs: object) -> LightningCLI:
@@ -147,3 +147,22 @@ def test_instantiate_class() -> None:
     assert isinstance(opt, torch.optim.SGD) and opt.defaults["lr"] == 0.5
     with pytest.raises(MisconfigurationException, match="not allowed"):
         instantiate_class(("echo pwned",), {"class_path": "os.system"})
+
+
+def test_optimizer_and_scheduler_callables_injected_into_the_model(tmp_path: Path) -> None:
+    cli = run_fit(
+        tmp_path,
+        InjectedOptimizerModel,
+        extra=[
+            "--model.optimizer=SGD",
+            "--model.optimizer.lr=0.25",
+            "--model.scheduler=StepLR",
+            "--model.scheduler.step_size=7",
+        ],
+    )
+    (opt,) = cli.trainer.optimizers
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["lr"] == 0.25
+    (config,) = cli.trainer.lr_scheduler_configs
+    assert isinstance(config.scheduler, torch.optim.lr_scheduler.StepLR) and config.scheduler.step_size == 7
+    cli = run_fit(tmp_path / "default", InjectedOptimizerModel)
+    assert isinstance(cli.trainer.optimizers[0], torch.optim.Adam) and not cli.trainer.lr_scheduler_configs
