@@ -1,6 +1,9 @@
 """``Fabric``: devices, precision, strategy and checkpoints for a loop you write yourself (spec §1.14).
 
-The Trainer is a client of this class: it uses the same strategy, precision plugin and checkpoint IO.
+The Trainer is a client of this class: it uses the same strategy, precision plugin, launcher and
+checkpoint IO. Multi-process runs: ``fabric.launch()`` starts the processes (or joins the ones torchrun,
+srun, ... started), ``setup`` wraps the model (DDP, FSDP), ``setup_dataloaders`` gives each rank its share
+of the data, and the collectives, ``save`` and ``load`` work on every rank.
 """
 
 from __future__ import annotations
@@ -23,13 +26,19 @@ from fulmen.utilities.seed import seed_everything as _seed_everything
 
 
 class _FabricModule(nn.Module):
-    """Runs ``forward`` under the precision plugin's context; other attributes reach the wrapped module."""
+    """Runs ``forward`` under the precision plugin's context; other attributes reach the wrapped module.
 
-    def __init__(self, module: nn.Module, fabric: Fabric) -> None:
+    ``_forward_module`` is what the strategy made of the module (a DDP or FSDP wrapper, or the module itself);
+    ``module`` is the user's module. A LightningModule's ``*_step`` methods called on this object run through
+    the wrapper's ``forward`` so that gradients synchronize (DDP) and parameters are gathered (FSDP).
+    """
+
+    def __init__(self, forward_module: nn.Module, fabric: Fabric, original_module: nn.Module | None = None) -> None:
         super().__init__()
-        self._forward_module = module
-        self._original_module = module
+        self._forward_module = forward_module
+        self._original_module = original_module if original_module is not None else forward_module
         object.__setattr__(self, "_fabric", fabric)
+        object.__setattr__(self, "_count", getattr(fabric.strategy, "count_step", None))
 
     @property
     def module(self) -> nn.Module:
@@ -38,6 +47,8 @@ class _FabricModule(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         precision = self._fabric.strategy.precision
         args, kwargs = precision.convert_input((args, kwargs))
+        if self._count is not None and torch.is_grad_enabled():
+            self._count()  # a training forward: the sync points' measure of progress (evaluation is not counted)
         with precision.forward_context():
             return self._forward_module(*args, **kwargs)
 
@@ -49,10 +60,18 @@ class _FabricModule(nn.Module):
             attr = getattr(original, name)
             if callable(attr) and name.endswith("_step") and hasattr(original, "training_step"):
                 precision = self._fabric.strategy.precision
+                wrapper = super().__getattr__("_forward_module")
+                count = self._count if name == "training_step" else None
+                if wrapper is not original:
+                    from fulmen.strategies.parallel import forward_redirection
 
                 def redirected(*a: Any, **k: Any) -> Any:
+                    if count is not None:
+                        count()
                     with precision.forward_context():
-                        return attr(*a, **k)
+                        if wrapper is original:
+                            return attr(*a, **k)
+                        return forward_redirection(wrapper, original, name, *a, **k)
 
                 return redirected
             return attr
@@ -89,16 +108,24 @@ class _FabricOptimizer:
 
 
 class _FabricDataLoader:
-    """Iterates a loader and moves every batch to the device."""
+    """Iterates a loader and moves every batch to the device; each new iteration is a new epoch for a
+    distributed sampler (``set_epoch``), so every epoch shuffles differently and identically on every rank."""
 
-    def __init__(self, loader: Iterable[Any], device: torch.device | None) -> None:
+    def __init__(self, loader: Iterable[Any], device: torch.device | None, distributed: bool = False) -> None:
         self._loader = loader
         self._device = device
+        self._distributed = distributed
+        self._num_iter_calls = 0
 
     def __len__(self) -> int:
         return len(self._loader)  # type: ignore[arg-type]
 
     def __iter__(self) -> Generator[Any, None, None]:
+        if self._distributed:
+            from fulmen.utilities.distributed import set_sampler_epoch
+
+            set_sampler_epoch(self._loader, self._num_iter_calls)
+        self._num_iter_calls += 1
         for batch in self._loader:
             yield move_data_to_device(batch, self._device) if self._device is not None else batch
 
@@ -121,6 +148,11 @@ class Fabric:
         callbacks: Any = None,
         loggers: Any = None,
     ) -> None:
+        accelerator = _from_cli("accelerator", accelerator, "auto")
+        strategy = _from_cli("strategy", strategy, "auto")
+        devices = _from_cli("devices", devices, "auto")
+        num_nodes = int(_from_cli("num_nodes", num_nodes, 1))
+        precision = _from_cli("precision", precision, None)
         self._strategy = build_strategy(accelerator, strategy, devices, num_nodes, precision, plugins)
         self._callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else ([callbacks] if callbacks else [])
         self._loggers = list(loggers) if isinstance(loggers, (list, tuple)) else ([loggers] if loggers else [])
@@ -174,12 +206,35 @@ class Fabric:
 
     # ------------------------------------------------------------------ launching and setup
     def launch(self, function: Callable[..., Any] | None = None, *args: Any, **kwargs: Any) -> Any:
-        """Start the processes (one here) and run ``function(fabric, *args)`` if given."""
-        self._strategy.setup_environment()
-        self._launched = True
-        if function is not None:
-            return function(self, *args, **kwargs)
-        return None
+        """Start the processes and run ``function(fabric, *args, **kwargs)`` in each (if given).
+
+        With ``strategy="ddp"`` the script is started again once per extra device and this call returns in
+        every process; ``ddp_spawn``/``ddp_fork``/``ddp_notebook`` need ``function`` and return rank 0's
+        result here. Under torchrun/SLURM/... this process joins the others.
+
+        Raises:
+            MisconfigurationException: ``function`` is missing for a launcher that runs it in new processes.
+            RankFailedError: another rank raised (its rank and exception are named).
+        """
+        if function is not None and not callable(function):
+            raise TypeError(f"fabric.launch(function) needs a callable, got {function!r}.")
+        launcher = self._strategy.launcher
+        if launcher is None:
+            return _launched(self, function, args, kwargs)
+        if function is None and hasattr(launcher, "in_worker") and not launcher.in_worker:
+            raise MisconfigurationException(
+                f"strategy={getattr(self._strategy, 'start_method', 'spawn')!r} starts new processes that run a "
+                "function: call fabric.launch(train) with `def train(fabric): ...`. Fix: pass the function, or use "
+                "strategy='ddp', which runs the whole script in every process."
+            )
+        return launcher.launch(_launched, self, function, args, kwargs)
+
+    def _check_launched(self) -> None:
+        if self._strategy.is_distributed and not self._launched:
+            raise MisconfigurationException(
+                "This Fabric runs several processes, but fabric.launch() was not called. Fix: call fabric.launch() "
+                "(or fabric.launch(fn)) before setting up models and data."
+            )
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         """Override in a subclass (legacy style); ``launch`` is preferred."""
@@ -202,26 +257,45 @@ class Fabric:
     def setup_module(self, module: nn.Module, move_to_device: bool = True, _reapply_compile: bool = True) -> _FabricModule:
         if isinstance(module, _FabricModule):
             raise MisconfigurationException("This module was already set up. Fix: call fabric.setup() once per module.")
+        self._check_launched()
         module = self._strategy.precision.convert_module(module)
         if move_to_device:
             self._strategy.module_to_device(module)
-        module = self._strategy.setup_module(module)
+        if self._strategy.is_distributed:
+            # each fabric.setup gets its own wrapper (a DDP per model); the strategy keeps none of them
+            wrapped = self._strategy.setup_module(module)
+            if hasattr(self._strategy, "model"):
+                self._strategy.model = None
+        else:
+            wrapped = self._strategy.setup_module(module)
         if hasattr(module, "_fabric") and hasattr(module, "training_step"):
             module.fabric = self  # type: ignore[union-attr]
-        return _FabricModule(module, self)
+        return _FabricModule(wrapped, self, original_module=module)
 
     def setup_optimizers(self, *optimizers: Optimizer) -> Any:
+        self._check_launched()
+        check = getattr(self._strategy, "check_optimizers", None)
+        if check is not None:
+            check(optimizers)
         wrapped = tuple(_FabricOptimizer(o, self._strategy) for o in optimizers)
         self._fabric_optimizers.extend(wrapped)
         return wrapped[0] if len(wrapped) == 1 else wrapped
 
     def setup_dataloaders(self, *dataloaders: DataLoader, use_distributed_sampler: bool = True, move_to_device: bool = True) -> Any:
-        out = [_FabricDataLoader(dl, self.device if move_to_device else None) for dl in dataloaders]
+        """Wrap loaders: batches move to the device, and (multi-process) each rank iterates its share."""
+        self._check_launched()
+        distributed = self._strategy.is_distributed
+        out = []
+        for dl in dataloaders:
+            if distributed and use_distributed_sampler:
+                dl = self._strategy.process_dataloader(dl, "train")
+            out.append(_FabricDataLoader(dl, self.device if move_to_device else None, distributed=distributed))
         return out[0] if len(out) == 1 else out
 
     # ------------------------------------------------------------------ step helpers
     def backward(self, tensor: torch.Tensor, *args: Any, model: Any = None, **kwargs: Any) -> None:
-        self._strategy.backward(tensor, model, *args, **kwargs)
+        module = model._forward_module if isinstance(model, _FabricModule) else model
+        self._strategy.backward(tensor, module, *args, **kwargs)
 
     def clip_gradients(
         self,
@@ -255,7 +329,14 @@ class Fabric:
 
     @contextmanager
     def no_backward_sync(self, module: Any, enabled: bool = True) -> Generator[None, None, None]:
-        yield
+        """Skip the gradient synchronization of ``module``'s backward (gradient accumulation). A no-op on one
+        process; the gradients are synchronized by the first backward outside the context."""
+        if not isinstance(module, _FabricModule):
+            raise TypeError(
+                f"fabric.no_backward_sync(module) needs the module returned by fabric.setup(), got {type(module).__name__}."
+            )
+        with self._strategy.no_backward_sync(module._forward_module, enabled):
+            yield
 
     @contextmanager
     def init_module(self, empty_init: bool | None = None) -> Generator[None, None, None]:
@@ -297,7 +378,7 @@ class Fabric:
         """Save ``state`` (modules and optimizers become their state dicts) atomically on rank 0."""
         checkpoint = {}
         for key, obj in state.items():
-            value = _unwrap_state(obj)
+            value = _unwrap_state(obj, self._strategy)
             if filter is not None and key in filter and isinstance(value, dict):
                 value = {k: v for k, v in value.items() if filter[key](k, v)}
             checkpoint[key] = value
@@ -322,7 +403,10 @@ class Fabric:
             value = checkpoint.pop(key)
             target = obj.module if isinstance(obj, _FabricModule) else obj
             if isinstance(target, nn.Module):
-                target.load_state_dict(value, strict=strict)
+                self._strategy.load_module_state_dict(target, value, strict=strict)
+            elif isinstance(target, (Optimizer, _FabricOptimizer)):
+                opt = target.optimizer if isinstance(target, _FabricOptimizer) else target
+                self._strategy.load_optimizer_state(opt, value)
             elif hasattr(target, "load_state_dict"):
                 target.load_state_dict(value)
             else:
@@ -333,7 +417,7 @@ class Fabric:
         checkpoint = self._strategy.load_checkpoint(path)
         target = obj.module if isinstance(obj, _FabricModule) else obj
         if isinstance(target, nn.Module):
-            target.load_state_dict(checkpoint, strict=strict)
+            self._strategy.load_module_state_dict(target, checkpoint, strict=strict)
         else:
             target.load_state_dict(checkpoint)
 
@@ -363,12 +447,56 @@ class Fabric:
         return _seed_everything(seed, workers=bool(workers), verbose=verbose)
 
 
-def _unwrap_state(obj: Any) -> Any:
+def _unwrap_state(obj: Any, strategy: Strategy) -> Any:
     if isinstance(obj, _FabricModule):
-        return obj.module.state_dict()
-    if isinstance(obj, (nn.Module, Optimizer, _FabricOptimizer)) or hasattr(obj, "state_dict") and not isinstance(obj, dict):
+        return strategy.module_state_dict(obj.module)
+    if isinstance(obj, nn.Module):
+        return strategy.module_state_dict(obj)
+    if isinstance(obj, (Optimizer, _FabricOptimizer)):
+        return strategy.optimizer_state(obj.optimizer if isinstance(obj, _FabricOptimizer) else obj)
+    if hasattr(obj, "state_dict") and not isinstance(obj, dict):
         return obj.state_dict()
     return obj
+
+
+def _launched(fabric: Fabric, function: Callable[..., Any] | None, args: Any, kwargs: Any) -> Any:
+    """What runs in every process of a launch (module level: a spawned worker unpickles it by name)."""
+    fabric._strategy.setup_environment()
+    fabric._launched = True
+    if function is None:
+        return None
+    try:
+        return function(fabric, *args, **kwargs)
+    except BaseException as exc:
+        reported = fabric._strategy.on_exception(exc)
+        if reported is not exc:
+            raise reported from exc
+        raise
+
+
+_CLI_ENV = {"accelerator": "LT_ACCELERATOR", "strategy": "LT_STRATEGY", "devices": "LT_DEVICES",
+            "num_nodes": "LT_NUM_NODES", "precision": "LT_PRECISION"}
+
+
+def _from_cli(name: str, current: Any, default: Any) -> Any:
+    """A value set by ``fulmen fabric run --<name> ...`` (exported as ``LT_<NAME>``, Lightning's variables).
+
+    Raises:
+        MisconfigurationException: the code sets a different, non-default value.
+    """
+    import os
+
+    value = os.environ.get(_CLI_ENV[name])
+    if value is None:
+        return current
+    if current != default and str(current) != value:
+        raise MisconfigurationException(
+            f"Fabric({name}={current!r}) in the code conflicts with --{name.replace('_', '-')}={value} given to "
+            f"`fulmen fabric run`. Fix: remove one of them."
+        )
+    if name == "devices" and value.lstrip("-").isdigit():
+        return int(value)
+    return value
 
 
 def _is_sequence(x: Any) -> bool:  # pragma: no cover

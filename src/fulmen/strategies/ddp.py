@@ -89,9 +89,10 @@ class DDPStrategy(ParallelStrategy):
         from fulmen.strategies.launchers import MultiProcessingLauncher, SubprocessScriptLauncher
 
         env = self._env()
-        if self._start_method == "popen":
-            if not env.creates_processes_externally:
-                self._launcher = SubprocessScriptLauncher(env, self.num_processes, self.num_nodes)
+        if env.creates_processes_externally:
+            self._launcher = None  # torchrun, srun, ... (or our script launcher) already started this process
+        elif self._start_method == "popen":
+            self._launcher = SubprocessScriptLauncher(env, self.num_processes, self.num_nodes, self.failure_timeout)
         else:
             self._launcher = MultiProcessingLauncher(self, start_method=self._start_method)
 
@@ -164,8 +165,9 @@ class DDPStrategy(ParallelStrategy):
             ddp.require_backward_grad_sync = False
 
     def no_backward_sync(self, module: Any, enabled: bool = True) -> Any:
-        if enabled and isinstance(self.model, DistributedDataParallel):
-            return self.model.no_sync()
+        ddp = module if isinstance(module, DistributedDataParallel) else self.model
+        if enabled and isinstance(ddp, DistributedDataParallel):
+            return ddp.no_sync()
         return super().no_backward_sync(module, enabled)
 
     def __repr__(self) -> str:

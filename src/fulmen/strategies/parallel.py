@@ -334,6 +334,10 @@ class ParallelStrategy(Strategy):
     def no_backward_sync(self, module: Any, enabled: bool = True) -> Any:
         return nullcontext()
 
+    def count_step(self) -> None:
+        """A training forward started (Fabric's module calls this; the Trainer's step function counts itself)."""
+        self._progress += 1
+
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
         self.sync_point(f"save_checkpoint {os.path.basename(str(filepath))}")
