@@ -261,13 +261,7 @@ class Fabric:
         module = self._strategy.precision.convert_module(module)
         if move_to_device:
             self._strategy.module_to_device(module)
-        if self._strategy.is_distributed:
-            # each fabric.setup gets its own wrapper (a DDP per model); the strategy keeps none of them
-            wrapped = self._strategy.setup_module(module)
-            if hasattr(self._strategy, "model"):
-                self._strategy.model = None
-        else:
-            wrapped = self._strategy.setup_module(module)
+        wrapped = self._strategy.setup_module(module)
         if hasattr(module, "_fabric") and hasattr(module, "training_step"):
             module.fabric = self  # type: ignore[union-attr]
         return _FabricModule(wrapped, self, original_module=module)
@@ -389,6 +383,9 @@ class Fabric:
         self, path: str | Path, state: dict[str, Any] | None = None, strict: bool = True, *, weights_only: bool | None = None
     ) -> dict[str, Any]:
         """Load a checkpoint; restore objects in ``state`` in place and return the remaining entries."""
+        is_sharded = getattr(self._strategy, "is_sharded_checkpoint", None)
+        if state is not None and is_sharded is not None and is_sharded(path):
+            return self._strategy.load_sharded(path, state, strict)  # type: ignore[attr-defined]
         checkpoint = self._strategy.load_checkpoint(path, weights_only=weights_only)
         if state is None:
             return checkpoint

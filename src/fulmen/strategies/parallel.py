@@ -356,6 +356,9 @@ class ParallelStrategy(Strategy):
         state["_coordinator"] = None
         state["model"] = None
         state["_reported"] = None
+        if "_mesh" in state:
+            state["_mesh"] = None
+            state["_models"] = []
         return state
 
 

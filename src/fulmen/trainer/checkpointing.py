@@ -27,7 +27,7 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, A
         "global_step": rs.global_step,
         "pytorch-lightning_version": LIGHTNING_COMPAT_VERSION,
         "fulmen_version": __version__,
-        "state_dict": module.state_dict(),
+        "state_dict": trainer.strategy.module_state_dict(module),  # gathered when the strategy shards it
         "loops": rs.to_lightning_loops(manual, trainer._data_loader_state()),
     }
     if not weights_only:
@@ -37,7 +37,7 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, A
             if state:
                 cb_states[cb.state_key] = state
         ckpt["callbacks"] = cb_states
-        ckpt["optimizer_states"] = [o.state_dict() for o in trainer.optimizers]
+        ckpt["optimizer_states"] = [trainer.strategy.optimizer_state(o) for o in trainer.optimizers]
         ckpt["lr_schedulers"] = [c.scheduler.state_dict() for c in trainer.lr_scheduler_configs]
         prec_state = trainer.strategy.precision.state_dict()
         if prec_state:
@@ -140,7 +140,7 @@ def restore_training_state(trainer: Trainer, ckpt: dict[str, Any]) -> None:
             f"{len(trainer.optimizers)}. Fix: resume with the same optimizer setup."
         )
     for opt, state in zip(trainer.optimizers, opt_states):
-        opt.load_state_dict(state)
+        trainer.strategy.load_optimizer_state(opt, state)
     for cfg_s, state in zip(trainer.lr_scheduler_configs, ckpt.get("lr_schedulers", [])):
         cfg_s.scheduler.load_state_dict(state)
     if extra is not None and "rng" in extra:

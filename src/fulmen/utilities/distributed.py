@@ -302,10 +302,10 @@ def distributed_sampler_for(loader: DataLoader, num_replicas: int, rank: int, mo
     """The rank-aware sampler replacing ``loader``'s sampler. ``mode``: ``train``, ``eval`` or ``predict``."""
     sampler = loader.sampler
     seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-    shuffle = isinstance(sampler, RandomSampler)
+    shuffle = type(sampler) is RandomSampler
     if mode == "predict":
         return UnrepeatedDistributedSampler(loader.dataset, num_replicas=num_replicas, rank=rank, shuffle=False)  # type: ignore[arg-type]
-    if isinstance(sampler, (RandomSampler, SequentialSampler)):
+    if type(sampler) in (RandomSampler, SequentialSampler):  # subclasses have their own order: wrapped below
         return DistributedSampler(loader.dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
     return DistributedSamplerWrapper(sampler, num_replicas=num_replicas, rank=rank, shuffle=False, seed=seed)
 

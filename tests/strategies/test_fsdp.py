@@ -1,0 +1,142 @@
+"""FSDP2 (fully_shard) on 2 CPU processes with gloo: training equals one process, checkpoints round-trip
+(full: one file that loads anywhere; sharded: a torch.distributed.checkpoint directory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import fulmen as L
+from fulmen.callbacks import ModelCheckpoint
+from fulmen.fabric import Fabric
+from fulmen.utilities.exceptions import MisconfigurationException
+
+fsdp = pytest.importorskip("torch.distributed.fsdp")
+if not hasattr(fsdp, "fully_shard"):
+    pytest.skip("this torch has no FSDP2 (fully_shard)", allow_module_level=True)
+
+from fulmen.strategies import FSDPStrategy  # noqa: E402
+
+
+def _data(n: int = 32) -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    return TensorDataset(torch.randn(n, 4, generator=g), torch.randn(n, 1, generator=g))
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+
+
+class Regressor(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _net()
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        x, y = batch
+        loss = nn.functional.mse_loss(self.net(x), y)
+        self.log("train_loss", loss, sync_dist=True)
+        return loss
+
+    def configure_optimizers(self):  # noqa: ANN201
+        return torch.optim.Adam(self.parameters(), lr=0.01)
+
+
+def _trainer(devices: int = 2, **kw) -> L.Trainer:  # noqa: ANN003
+    kw.setdefault("max_epochs", 2)
+    kw.setdefault("enable_checkpointing", False)
+    strategy = kw.pop("strategy", None) or (
+        FSDPStrategy(start_method="fork", auto_wrap_policy={nn.Linear}) if devices > 1 else "auto"
+    )
+    return L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, logger=False, enable_progress_bar=False,
+                     enable_model_summary=False, **kw)
+
+
+def _same(a: nn.Module, b: nn.Module) -> None:
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p.detach(), q.detach(), msg=name)
+
+
+def test_fsdp_trains_like_one_process_and_resumes_from_its_full_checkpoint(tmp_path: Path) -> None:
+    ds = _data()
+    reference = Regressor()
+    _trainer(devices=1).fit(reference, DataLoader(ds, batch_size=8))
+    sharded = Regressor()
+    trainer = _trainer()
+    trainer.fit(sharded, DataLoader(ds, batch_size=4))
+    assert trainer.global_step == 8
+    _same(reference, sharded)  # weights come back to the caller gathered
+
+    # 1 epoch under FSDP, checkpoint (full state dict: one ordinary file), resume on 1 process for epoch 2
+    first = Regressor()
+    _trainer(max_epochs=1, enable_checkpointing=True,
+             callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)]).fit(first, DataLoader(ds, batch_size=4))
+    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}["net.0.weight"] == (8, 4)  # full, not a shard
+    assert ckpt["optimizer_states"][0]["state"]  # Adam moments included
+    resumed = Regressor()
+    _trainer(devices=1).fit(resumed, DataLoader(ds, batch_size=8), ckpt_path=tmp_path / "last.ckpt")
+    _same(reference, resumed)
+
+    # and the same checkpoint resumes under FSDP again
+    again = Regressor()
+    _trainer().fit(again, DataLoader(ds, batch_size=4), ckpt_path=tmp_path / "last.ckpt")
+    _same(reference, again)
+
+
+def test_fsdp_sync_dist_metric_and_shard_group_policy() -> None:
+    ds = _data()
+    single = _trainer(devices=1, max_epochs=1)
+    single.fit(Regressor(), DataLoader(ds, batch_size=8))
+    root_only = _trainer(max_epochs=1, strategy=FSDPStrategy(start_method="fork"))
+    root_only.fit(Regressor(), DataLoader(ds, batch_size=4))
+    torch.testing.assert_close(root_only.callback_metrics["train_loss"], single.callback_metrics["train_loss"])
+
+
+def _fabric_loop(fabric: Fabric, out: Path) -> dict[str, torch.Tensor]:
+    model = fabric.setup_module(_net())
+    opt = fabric.setup_optimizers(torch.optim.Adam(model.parameters(), lr=0.01))
+    loader = fabric.setup_dataloaders(DataLoader(_data(), batch_size=4))
+    for x, y in loader:
+        fabric.backward(nn.functional.mse_loss(model(x), y))
+        opt.step()
+        opt.zero_grad()
+    fabric.save(out / "sharded", {"model": model, "optimizer": opt, "step": 4})
+    assert (out / "sharded").is_dir()
+    fresh = fabric.setup_module(nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1)))
+    fresh_opt = fabric.setup_optimizers(torch.optim.Adam(fresh.parameters(), lr=0.01))
+    rest = fabric.load(out / "sharded", {"model": fresh, "optimizer": fresh_opt})
+    assert rest == {"step": 4}
+    for p, q in zip(model.parameters(), fresh.parameters()):
+        assert torch.equal(p.full_tensor(), q.full_tensor())
+    assert fresh_opt.state_dict()["state"]  # optimizer moments restored
+    # one more identical step on both: equal afterwards (the optimizer state really was restored)
+    for m, o in ((model, opt), (fresh, fresh_opt)):
+        x, y = next(iter(loader))
+        fabric.backward(nn.functional.mse_loss(m(x), y))
+        o.step()
+    for p, q in zip(model.parameters(), fresh.parameters()):
+        torch.testing.assert_close(p.full_tensor(), q.full_tensor())
+    with pytest.raises(MisconfigurationException, match="created after the model is set up"):
+        fabric.setup_optimizers(torch.optim.SGD(_net().parameters(), lr=0.1))
+    return {"ok": torch.tensor(1)}
+
+
+def test_fabric_fsdp_sharded_checkpoint_round_trip(tmp_path: Path) -> None:
+    fabric = Fabric(accelerator="cpu", devices=2,
+                    strategy=FSDPStrategy(start_method="fork", state_dict_type="sharded", auto_wrap_policy={nn.Linear}))
+    assert fabric.launch(_fabric_loop, tmp_path)["ok"].item() == 1
+
+
+def test_fsdp_names_resolve() -> None:
+    t = L.Trainer(accelerator="cpu", devices=2, strategy="fsdp", logger=False)
+    assert isinstance(t.strategy, FSDPStrategy) and t.strategy.start_method == "popen"
+    t = L.Trainer(accelerator="cpu", devices=2, strategy="fsdp_cpu_offload", logger=False)
+    assert t.strategy.cpu_offload
+    with pytest.raises(MisconfigurationException, match="sharding_strategy"):
+        FSDPStrategy(sharding_strategy="NO_SHARD")
