@@ -30,6 +30,19 @@ A Lightning name fulmen lacks raises an error that names it and says it is not s
 SCRIPT_ENV = "FULMEN_COMPAT_SCRIPT"
 
 
+# LightningCLI configs name Lightning classes (``class_path: lightning.pytorch.callbacks.EarlyStopping``). fulmen's
+# CLI instantiates only allowlisted import paths; under ``fulmen run`` the Lightning spellings of the packages it
+# allows by default resolve to the same fulmen classes, so they are allowed too (nothing else under ``lightning``).
+_CLI_ENV = "FULMEN_CLI_ALLOWED_IMPORTS"
+_CLI_PACKAGES = ("callbacks", "loggers", "profilers", "strategies", "accelerators", "plugins", "cli.ReduceLROnPlateau")
+
+
+def _allow_lightning_class_paths_in_cli_configs() -> None:
+    paths = [f"{root}.{package}" for root in ("lightning.pytorch", "pytorch_lightning") for package in _CLI_PACKAGES]
+    current = [p for p in os.environ.get(_CLI_ENV, "").split(",") if p.strip()]
+    os.environ[_CLI_ENV] = ",".join(dict.fromkeys([*current, *paths]))
+
+
 def relaunch_command() -> list[str] | None:
     """The command that starts this ``fulmen run`` program again, or None outside ``fulmen run``.
 
@@ -96,6 +109,7 @@ def run_script(path: str, args: Sequence[str] = ()) -> dict[str, Any]:
     enable_lightning_imports()
     os.environ[SCRIPT_ENV] = script
     _route_spawned_workers()
+    _allow_lightning_class_paths_in_cli_configs()
     sys.argv = [script, *args]
     _set_path0(os.path.dirname(script) if os.path.isfile(script) else script)
     return runpy.run_path(script, run_name="__main__")
@@ -104,6 +118,7 @@ def run_script(path: str, args: Sequence[str] = ()) -> dict[str, Any]:
 def run_module(module: str, args: Sequence[str] = ()) -> dict[str, Any]:
     """Run ``module`` as ``python -m module`` would, with Lightning's imports on fulmen."""
     enable_lightning_imports()
+    _allow_lightning_class_paths_in_cli_configs()
     sys.argv = [module, *args]
     _set_path0(os.getcwd())
     return runpy.run_module(module, run_name="__main__", alter_sys=True)
