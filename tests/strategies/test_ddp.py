@@ -337,3 +337,19 @@ def test_fork_launcher_reports_a_worker_killed_without_an_error() -> None:
     with pytest.raises((RankFailedError, RuntimeError), match="(exited with code 7|rank 1)"):
         _trainer().fit(Killed(), DataLoader(_data(), batch_size=4))
     assert time.monotonic() - start < FAST_FAILURE_S
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_world_size_one_runs_in_this_process(strategy: str) -> None:
+    """devices=1 with a multi-process strategy: no launch, a process group of one (the GPU tests' NCCL path)."""
+    single, one = Regressor(), Regressor()
+    _trainer(devices=1, max_epochs=1).fit(single, DataLoader(_data(), batch_size=8))
+    trainer = _trainer(devices=1, strategy=strategy, max_epochs=1)
+    try:
+        trainer.fit(one, DataLoader(_data(), batch_size=8))
+        assert trainer.world_size == 1 and torch.distributed.is_initialized()
+        for p, q in zip(single.parameters(), one.parameters()):  # FSDP leaves the model sharded (DTensors)
+            torch.testing.assert_close(p, q.full_tensor() if hasattr(q, "full_tensor") else q)
+    finally:
+        trainer.strategy.finalize()  # leave no process group behind in the test process
+    assert not torch.distributed.is_initialized()

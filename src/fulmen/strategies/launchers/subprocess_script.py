@@ -35,7 +35,7 @@ class SubprocessScriptLauncher:
         self._failed = False
 
     def launch(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if not self.cluster_environment.creates_processes_externally:
+        if not self.cluster_environment.creates_processes_externally and self.num_processes > 1:
             self._call_children_scripts()
         return function(*args, **kwargs)
 
