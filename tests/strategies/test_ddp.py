@@ -353,3 +353,28 @@ def test_world_size_one_runs_in_this_process(strategy: str) -> None:
     finally:
         trainer.strategy.finalize()  # leave no process group behind in the test process
     assert not torch.distributed.is_initialized()
+
+
+class SignalledOnOneRank(Regressor):
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        if self.global_rank == 1 and self.current_epoch == 0 and batch_idx == 1:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGUSR1)  # SLURM's "time is up soon", seen by rank 1 only
+        return super().training_step(batch, batch_idx)
+
+
+def test_preemption_seen_by_one_rank_is_a_collective_checkpoint(tmp_path: Path) -> None:
+    ds = _data()
+    reference = Regressor(opt="adam", lr=0.01)
+    _trainer(devices=1).fit(reference, DataLoader(ds, batch_size=8))
+    model = SignalledOnOneRank(opt="adam", lr=0.01)
+    trainer = _trainer(enable_checkpointing=True, callbacks=[ModelCheckpoint(dirpath=tmp_path)])
+    with pytest.raises(SystemExit) as info:
+        trainer.fit(model, DataLoader(ds, batch_size=4))
+    assert info.value.code == 138
+    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert 2 <= ckpt["global_step"] < 8  # saved mid-run, at the step both ranks agreed on
+    resumed = Regressor(opt="adam", lr=0.01)
+    _trainer(devices=1).fit(resumed, DataLoader(ds, batch_size=8), ckpt_path=tmp_path / "last.ckpt")
+    _assert_same_params(reference, resumed)

@@ -34,6 +34,7 @@ from fulmen.utilities.exceptions import RankFailedError, RanksOutOfSyncError
 
 _FAILURE_KEY = "fulmen/failure"
 _ACK_KEY = "fulmen/failure_acks"
+_PREEMPT_KEY = "fulmen/preempt"
 _POLL_S = 0.1
 
 
@@ -156,6 +157,10 @@ class Coordinator:
         self._thread: threading.Thread | None = None
         self._extra_checks: list[Callable[[], dict[str, Any] | None]] = []
         self._acked = False
+        self.preempt_callbacks: list[Callable[[int], None]] = []
+        self._preempt_seen = False
+        self._preempt_posted = False
+        self._preempt_at: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -319,12 +324,43 @@ class Coordinator:
         return {"rank": self.rank, "kind": "desync", "type": "RanksOutOfSyncError", "message": message,
                 "traceback": "", "time": time.time()}
 
+    # ------------------------------------------------------------------ preemption
+    def agree_preemption(self, signum: int, step: int) -> bool:
+        """Whether this batch boundary is where every rank saves and exits after a preemption signal.
+
+        Signals reach the ranks at different moments, so each rank posts the optimizer step at which it learned
+        of it (its own handler, or a peer's post seen by the watchdog) and keeps training. Once all have posted,
+        the agreed step is the largest post + 2: DDP keeps ranks within one optimizer step of each other, so no
+        rank has passed it, and the first boundary at that step is the same batch on every rank.
+        """
+        if self.world_size == 1:
+            return True
+        if not self._preempt_posted:
+            self._preempt_posted = True
+            self.store.compare_set(_PREEMPT_KEY, "", str(signum))
+            self.store.set(f"{_PREEMPT_KEY}/{self.rank}", str(step))
+        if self._preempt_at is None:
+            keys = [f"{_PREEMPT_KEY}/{r}" for r in range(self.world_size)]
+            if not self.store.check(keys):
+                return False
+            self._preempt_at = max(int(_text(self.store.get(k))) for k in keys) + 2
+        return step >= self._preempt_at
+
+    def _check_preempt(self) -> None:
+        if self._preempt_seen or not self.preempt_callbacks or not self.store.check([_PREEMPT_KEY]):
+            return
+        self._preempt_seen = True
+        signum = int(_text(self.store.get(_PREEMPT_KEY)))
+        for callback in self.preempt_callbacks:
+            callback(signum)
+
     # ------------------------------------------------------------------ the watchdog thread
     def _watch(self) -> None:
         deadline: float | None = None
         while not self._stop.wait(_POLL_S):
             if deadline is None:
                 try:
+                    self._check_preempt()
                     record = self.read_failure()
                     if record is None:
                         record = self._check_diverged()
@@ -358,6 +394,10 @@ class Coordinator:
         )
         sys.stderr.flush()
         os._exit(1)
+
+
+def _text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 def _parse_point(raw: str) -> tuple[int, int, str]:

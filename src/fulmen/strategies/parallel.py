@@ -75,6 +75,7 @@ class ParallelStrategy(Strategy):
         self._progress = 0
         self._local_rank_override: int | None = None
         self._reported: tuple[BaseException, BaseException] | None = None
+        self._preempt_callbacks: list[Any] = []
         self.model: nn.Module | None = None  # the wrapped module (DDP / FSDP)
 
     # ------------------------------------------------------------------ ranks and devices
@@ -185,6 +186,7 @@ class ParallelStrategy(Strategy):
         launcher = self._launcher
         for check in getattr(launcher, "liveness_checks", lambda: [])():
             self._coordinator.add_check(check)
+        self._coordinator.preempt_callbacks.extend(self._preempt_callbacks)
         self._coordinator.start()
 
     @property
@@ -208,6 +210,8 @@ class ParallelStrategy(Strategy):
         return reported
 
     def _on_exception(self, c: Coordinator, exception: BaseException) -> BaseException:
+        if getattr(exception, "collective", False):
+            return exception  # raised by every rank at the same point (a preemption exit), not a failure
         if isinstance(exception, (RankFailedError, RanksOutOfSyncError)):
             c.broken = c.surfaced = True
             return exception
@@ -232,6 +236,19 @@ class ParallelStrategy(Strategy):
             c.wait_acknowledged(min(self.failure_timeout, 5.0))
         c.surfaced = True
         return exception
+
+    def on_preemption_request(self, callback: Any) -> None:
+        """``callback(signum)`` runs (on the watchdog thread) when another rank received a preemption signal."""
+        self._preempt_callbacks.append(callback)
+        if self._coordinator is not None and callback not in self._coordinator.preempt_callbacks:
+            self._coordinator.preempt_callbacks.append(callback)
+
+    def agree_preemption(self, signum: int, step: int) -> bool:
+        """True at the batch boundary where every rank saves the preemption checkpoint (see ``_coordination``)."""
+        c = self._coordinator
+        if c is None or c.broken:
+            return True
+        return c.agree_preemption(signum, step)
 
     def finalize(self) -> None:
         """End of this process's part in the run: a last sync point, then the process group goes away."""
@@ -356,6 +373,7 @@ class ParallelStrategy(Strategy):
         state["_coordinator"] = None
         state["model"] = None
         state["_reported"] = None
+        state["_preempt_callbacks"] = []
         if "_mesh" in state:
             state["_mesh"] = None
             state["_models"] = []

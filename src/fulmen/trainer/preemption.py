@@ -30,6 +30,8 @@ _SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 class Preempted(SystemExit):
     """Raised after the preemption checkpoint is written; its ``code`` is the documented exit code."""
 
+    collective = True  # every rank raises it at the same step: not a failure to propagate
+
     def __init__(self, signum: int, path: str) -> None:
         super().__init__(128 + signum)
         self.signum = signum
@@ -51,6 +53,9 @@ def preemption_handlers(trainer: Trainer) -> Generator[None, None, None]:
         trainer._preempt_signal = signum
         trainer.received_sigterm = signum == signal.SIGTERM
 
+    register = getattr(trainer.strategy, "on_preemption_request", None)
+    if register is not None:  # multi-process: a signal seen by another rank counts here too
+        register(lambda signum: setattr(trainer, "_preempt_signal", signum))
     for sig in _SIGNALS:
         try:
             previous[sig] = signal.signal(sig, handler)
@@ -75,6 +80,9 @@ def handle_preemption(trainer: Trainer) -> None:
     """Called by the fit loop at a batch boundary once a signal was received: save, then exit."""
     signum = trainer._preempt_signal
     assert signum is not None
+    agree = getattr(trainer.strategy, "agree_preemption", None)
+    if agree is not None and not agree(signum, trainer.global_step):
+        return  # multi-process: keep training until the step every rank agreed to save at
     path = preemption_checkpoint_path(trainer)
     trainer.save_checkpoint(path)
     for cb in trainer.checkpoint_callbacks:

@@ -177,6 +177,9 @@ def _describe(exc: BaseException) -> dict[str, Any]:
     except Exception:  # noqa: BLE001
         pickled = None
     secondary = isinstance(exc, RankFailedError) or "lost its connection to another rank" in str(exc)
+    if isinstance(exc, SystemExit) and getattr(exc, "collective", False):
+        return {"type": type(exc).__name__, "message": str(exc), "traceback": "", "exception": None,
+                "secondary": False, "exit_code": exc.code}
     return {
         "type": type(exc).__name__,
         "message": str(exc),
@@ -188,6 +191,9 @@ def _describe(exc: BaseException) -> dict[str, Any]:
 
 def _root_error(errors: dict[int, dict[str, Any]], missing: list[int], procs: list[Any], node_rank: int,
                 nprocs: int) -> BaseException:
+    codes = {m.get("exit_code") for m in errors.values()}
+    if not missing and len(errors) == len(procs) and len(codes) == 1 and None not in codes:
+        return SystemExit(codes.pop())  # every rank exited together (preemption): exit with their code
     primary = [i for i, m in sorted(errors.items()) if not m.get("secondary")]
     if primary:
         i = primary[0]
