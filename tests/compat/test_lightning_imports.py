@@ -249,3 +249,33 @@ def test_spawned_workers_see_the_aliases(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "WORKER fulmen.trainer.trainer" in result.stdout
+
+
+def test_ddp_relaunches_ranks_under_fulmen_run(tmp_path: Path) -> None:
+    """``strategy="ddp"`` starts its other ranks by running the command again: under ``fulmen run`` too."""
+    script = _write(
+        tmp_path,
+        """
+        import lightning.pytorch as pl
+        from lightning.pytorch.demos.boring_classes import BoringModel
+
+        if __name__ == "__main__":
+            trainer = pl.Trainer(
+                accelerator="cpu", devices=2, strategy="ddp", max_steps=2, limit_val_batches=0, logger=False,
+                enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+            )
+            trainer.fit(BoringModel())
+            print("RANK", trainer.global_rank, pl.Trainer.__module__, trainer.global_step, flush=True)
+        """,
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "fulmen", "run", str(script)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "RANK 0 fulmen.trainer.trainer 2" in result.stdout
+    assert "RANK 1 fulmen.trainer.trainer 2" in result.stdout

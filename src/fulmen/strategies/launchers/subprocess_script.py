@@ -92,6 +92,11 @@ def script_command() -> list[str]:
     """
     import __main__
 
+    # `fulmen run script.py` (fulmen.compat.run) sets FULMEN_COMPAT_SCRIPT: the copies must start under it too, or
+    # the script's `import lightning` would not resolve to fulmen there
+    compat_script = os.environ.get("FULMEN_COMPAT_SCRIPT")
+    if compat_script and sys.argv and os.path.abspath(sys.argv[0]) == compat_script:
+        return [sys.executable, "-m", "fulmen", "run", compat_script, *sys.argv[1:]]
     if "PYTEST_CURRENT_TEST" in os.environ and any("pytest" in a for a in sys.argv[:2]):
         raise MisconfigurationException(
             "strategy='ddp' would relaunch the pytest command once per device. Fix: in tests use "
