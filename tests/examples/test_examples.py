@@ -13,13 +13,22 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def _run(script: str, *args: str, timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def _run(
+    script: str, *args: str, timeout: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / script), *args],
-        capture_output=True, text=True, timeout=timeout, env=full_env, cwd=os.getcwd(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=full_env,
+        cwd=os.getcwd(),
     )
-    assert proc.returncode == 0, f"{script} exited with {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, (
+        f"{script} exited with {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    )
     return proc
 
 
