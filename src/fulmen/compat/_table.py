@@ -79,7 +79,12 @@ PYTORCH: dict[str, tuple[str, ...] | None] = {
     "loggers.utilities": None,
     "loggers.wandb": None,
     # plugins
-    "plugins": ("fulmen.plugins.precision", "fulmen.plugins.environments", "fulmen.checkpoint"),
+    "plugins": (
+        "fulmen.plugins.precision",
+        "fulmen.plugins.environments",
+        "fulmen.checkpoint",
+        "fulmen.plugins.layer_sync",
+    ),
     "plugins.environments": ("fulmen.plugins.environments",),
     "plugins.io": ("fulmen.checkpoint",),
     "plugins.io.async_plugin": ("fulmen.checkpoint",),
@@ -87,7 +92,7 @@ PYTORCH: dict[str, tuple[str, ...] | None] = {
     "plugins.io.torch_plugin": ("fulmen.checkpoint",),
     "plugins.io.wrapper": ("fulmen.checkpoint",),
     "plugins.io.xla_plugin": ("fulmen.checkpoint",),
-    "plugins.layer_sync": ("fulmen.plugins.precision",),
+    "plugins.layer_sync": ("fulmen.plugins.layer_sync",),
     "plugins.precision": ("fulmen.plugins.precision",),
     "plugins.precision.amp": ("fulmen.plugins.precision",),
     "plugins.precision.bitsandbytes": ("fulmen.plugins.precision",),
@@ -128,7 +133,12 @@ PYTORCH: dict[str, tuple[str, ...] | None] = {
     "tuner.lr_finder": None,
     "tuner.tuning": None,
     # utilities
-    "utilities": ("fulmen.utilities", "fulmen.utilities.combined_loader"),
+    "utilities": (
+        "fulmen.utilities",
+        "fulmen.utilities.combined_loader",
+        "fulmen.utilities.grads",
+        "fulmen.utilities.warnings",
+    ),
     "utilities.argparse": None,
     "utilities.combined_loader": None,
     "utilities.compile": None,
@@ -151,7 +161,7 @@ PYTORCH: dict[str, tuple[str, ...] | None] = {
     "utilities.signature_utils": None,
     "utilities.types": None,
     "utilities.upgrade_checkpoint": None,
-    "utilities.warnings": ("fulmen.utilities.rank_zero",),
+    "utilities.warnings": None,
 }
 
 FABRIC: dict[str, tuple[str, ...] | None] = {
@@ -208,7 +218,7 @@ FABRIC: dict[str, tuple[str, ...] | None] = {
     "strategies.xla": None,
     "strategies.xla_fsdp": None,
     # utilities
-    "utilities": ("fulmen.utilities",),
+    "utilities": ("fulmen.utilities", "fulmen.utilities.warnings"),
     "utilities.apply_func": None,
     "utilities.cloud_io": None,
     "utilities.consolidate_checkpoint": None,
@@ -229,7 +239,7 @@ FABRIC: dict[str, tuple[str, ...] | None] = {
     "utilities.spike": None,
     "utilities.throughput": None,
     "utilities.types": None,
-    "utilities.warnings": ("fulmen.utilities.rank_zero",),
+    "utilities.warnings": None,
 }
 
 # ``lightning`` itself: the umbrella package (``import lightning as L``).
