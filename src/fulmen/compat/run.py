@@ -34,11 +34,23 @@ SCRIPT_ENV = "FULMEN_COMPAT_SCRIPT"
 # CLI instantiates only allowlisted import paths; under ``fulmen run`` the Lightning spellings of the packages it
 # allows by default resolve to the same fulmen classes, so they are allowed too (nothing else under ``lightning``).
 _CLI_ENV = "FULMEN_CLI_ALLOWED_IMPORTS"
-_CLI_PACKAGES = ("callbacks", "loggers", "profilers", "strategies", "accelerators", "plugins", "cli.ReduceLROnPlateau")
+_CLI_PACKAGES = (
+    "callbacks",
+    "loggers",
+    "profilers",
+    "strategies",
+    "accelerators",
+    "plugins",
+    "cli.ReduceLROnPlateau",
+)
 
 
 def _allow_lightning_class_paths_in_cli_configs() -> None:
-    paths = [f"{root}.{package}" for root in ("lightning.pytorch", "pytorch_lightning") for package in _CLI_PACKAGES]
+    paths = [
+        f"{root}.{package}"
+        for root in ("lightning.pytorch", "pytorch_lightning")
+        for package in _CLI_PACKAGES
+    ]
     current = [p for p in os.environ.get(_CLI_ENV, "").split(",") if p.strip()]
     os.environ[_CLI_ENV] = ",".join(dict.fromkeys([*current, *paths]))
 
