@@ -191,6 +191,9 @@ def test_fulmen_run_reports_errors_like_python(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "ModelPruning is not supported yet by fulmen" in result.stderr
+    assert (
+        "runpy" not in result.stderr and 'prog.py", line 1, in <module>' in result.stderr
+    )  # the user's frames only
     exit_script = _write(tmp_path, "import sys\nsys.exit(3)\n")
     assert (
         subprocess.run([sys.executable, "-m", "fulmen", "run", str(exit_script)], check=False).returncode == 3

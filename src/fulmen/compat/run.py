@@ -151,11 +151,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[0].startswith("-"):
         print(f"fulmen run: unknown option {args[0]!r}\n\n" + USAGE, end="", file=sys.stderr)
         return 2
+    if not os.path.exists(args[0]):
+        print(f"fulmen run: can't open file {args[0]!r}: no such file", file=sys.stderr)
+        return 2
     try:
         run_script(args[0], args[1:])
-    except FileNotFoundError as err:
-        if not os.path.exists(args[0]):
-            print(err, file=sys.stderr)
-            return 2
-        raise
+    except Exception as err:  # noqa: BLE001 - reported like `python script.py` reports it
+        _print_user_traceback(err, os.path.abspath(args[0]))
+        return 1
     return 0
+
+
+def _print_user_traceback(err: BaseException, script: str) -> None:
+    """Print the traceback from the script's first frame on, as ``python script.py`` would (no runpy frames)."""
+    import traceback
+
+    tb = err.__traceback__
+    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) != script:
+        tb = tb.tb_next
+    traceback.print_exception(type(err), err, tb if tb is not None else err.__traceback__)
