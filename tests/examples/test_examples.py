@@ -65,3 +65,14 @@ def test_digits_demo_fast() -> None:
     assert metrics, "no lightning_logs/version_*/metrics.csv written"
     header = metrics[0].read_text().splitlines()[0].split(",")
     assert {"val_acc", "val_loss", "train_loss", "test_acc"} <= set(header), header
+
+
+def test_torchmetrics_example() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "examples" / "torchmetrics_example.py"
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "callback_metrics:" in out.stdout and "val_f1" in out.stdout
