@@ -20,12 +20,39 @@ from fulmen.plugins.environments.slurm import resolve_root_node_address
 from fulmen.utilities.exceptions import MisconfigurationException
 
 _ALL_VARS = [
-    "RANK", "GROUP_RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "NODE_RANK",
-    "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID", "SLURM_NODELIST", "SLURM_JOB_ID",
-    "SLURM_JOB_NAME", "SLURM_NTASKS_PER_NODE", "SLURM_NNODES", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID",
-    "KUBERNETES_PORT", "LSB_JOBID", "LSB_DJOB_RANKFILE", "JSM_NAMESPACE_LOCAL_RANK", "JSM_NAMESPACE_SIZE",
-    "JSM_NAMESPACE_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK",
-    "OMPI_COMM_WORLD_LOCAL_SIZE", "PMI_SIZE", "PMI_RANK", "PMIX_SIZE", "PMIX_RANK",
+    "RANK",
+    "GROUP_RANK",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "NODE_RANK",
+    "SLURM_NTASKS",
+    "SLURM_PROCID",
+    "SLURM_LOCALID",
+    "SLURM_NODEID",
+    "SLURM_NODELIST",
+    "SLURM_JOB_ID",
+    "SLURM_JOB_NAME",
+    "SLURM_NTASKS_PER_NODE",
+    "SLURM_NNODES",
+    "SLURM_ARRAY_JOB_ID",
+    "SLURM_ARRAY_TASK_ID",
+    "KUBERNETES_PORT",
+    "LSB_JOBID",
+    "LSB_DJOB_RANKFILE",
+    "JSM_NAMESPACE_LOCAL_RANK",
+    "JSM_NAMESPACE_SIZE",
+    "JSM_NAMESPACE_RANK",
+    "OMPI_COMM_WORLD_SIZE",
+    "OMPI_COMM_WORLD_RANK",
+    "OMPI_COMM_WORLD_LOCAL_RANK",
+    "OMPI_COMM_WORLD_LOCAL_SIZE",
+    "PMI_SIZE",
+    "PMI_RANK",
+    "PMIX_SIZE",
+    "PMIX_RANK",
 ]
 
 
@@ -56,8 +83,17 @@ def test_local_default(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_torchelastic(monkeypatch: pytest.MonkeyPatch) -> None:
-    _set(monkeypatch, RANK=5, GROUP_RANK=1, LOCAL_RANK=1, LOCAL_WORLD_SIZE=4, WORLD_SIZE=8, MASTER_ADDR="h0",
-         MASTER_PORT=29500, SLURM_NTASKS=2)  # torchrun inside a SLURM job is torchrun
+    _set(
+        monkeypatch,
+        RANK=5,
+        GROUP_RANK=1,
+        LOCAL_RANK=1,
+        LOCAL_WORLD_SIZE=4,
+        WORLD_SIZE=8,
+        MASTER_ADDR="h0",
+        MASTER_PORT=29500,
+        SLURM_NTASKS=2,
+    )  # torchrun inside a SLURM job is torchrun
     env = detect_cluster_environment()
     assert isinstance(env, TorchElasticEnvironment) and env.creates_processes_externally
     assert (env.world_size(), env.global_rank(), env.local_rank(), env.node_rank()) == (8, 5, 1, 1)
@@ -68,8 +104,18 @@ def test_torchelastic(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_slurm(monkeypatch: pytest.MonkeyPatch) -> None:
-    _set(monkeypatch, SLURM_NTASKS=8, SLURM_PROCID=6, SLURM_LOCALID=2, SLURM_NODEID=1, SLURM_JOB_ID=123456,
-         SLURM_NODELIST="gpu[07-08]", SLURM_JOB_NAME="train", SLURM_NTASKS_PER_NODE=4, SLURM_NNODES=2)
+    _set(
+        monkeypatch,
+        SLURM_NTASKS=8,
+        SLURM_PROCID=6,
+        SLURM_LOCALID=2,
+        SLURM_NODEID=1,
+        SLURM_JOB_ID=123456,
+        SLURM_NODELIST="gpu[07-08]",
+        SLURM_JOB_NAME="train",
+        SLURM_NTASKS_PER_NODE=4,
+        SLURM_NNODES=2,
+    )
     env = detect_cluster_environment()
     assert isinstance(env, SLURMEnvironment) and env.creates_processes_externally
     assert (env.world_size(), env.global_rank(), env.local_rank(), env.node_rank()) == (8, 6, 2, 1)
@@ -104,16 +150,27 @@ def test_slurm_array_job_and_requeue_handler(monkeypatch: pytest.MonkeyPatch) ->
 
 @pytest.mark.parametrize(
     ("nodelist", "first"),
-    [("node1", "node1"), ("gpu[03-05,9],cpu1", "gpu03"), ("a-b[1-2]-ib", "a-b1-ib"), ("x[2],y[1-3]", "x2"),
-     ("n1,n2", "n1")],
+    [
+        ("node1", "node1"),
+        ("gpu[03-05,9],cpu1", "gpu03"),
+        ("a-b[1-2]-ib", "a-b1-ib"),
+        ("x[2],y[1-3]", "x2"),
+        ("n1,n2", "n1"),
+    ],
 )
 def test_slurm_nodelist(nodelist: str, first: str) -> None:
     assert resolve_root_node_address(nodelist) == first
 
 
 def test_kubeflow(monkeypatch: pytest.MonkeyPatch) -> None:
-    _set(monkeypatch, KUBERNETES_PORT="tcp://10.0.0.1:443", MASTER_ADDR="job-master-0", MASTER_PORT=23456,
-         WORLD_SIZE=3, RANK=2)
+    _set(
+        monkeypatch,
+        KUBERNETES_PORT="tcp://10.0.0.1:443",
+        MASTER_ADDR="job-master-0",
+        MASTER_PORT=23456,
+        WORLD_SIZE=3,
+        RANK=2,
+    )
     env = detect_cluster_environment()
     assert isinstance(env, KubeflowEnvironment)
     assert (env.world_size(), env.global_rank(), env.local_rank(), env.node_rank()) == (3, 2, 0, 2)
@@ -128,8 +185,14 @@ def test_lsf(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
     rankfile = tmp_path / "rankfile"
     rankfile.write_text(f"batch01\n{socket.gethostname()}\n{socket.gethostname()}\nother02\nother02\n")
-    _set(monkeypatch, LSB_JOBID=4242, LSB_DJOB_RANKFILE=rankfile, JSM_NAMESPACE_LOCAL_RANK=1, JSM_NAMESPACE_SIZE=4,
-         JSM_NAMESPACE_RANK=1)
+    _set(
+        monkeypatch,
+        LSB_JOBID=4242,
+        LSB_DJOB_RANKFILE=rankfile,
+        JSM_NAMESPACE_LOCAL_RANK=1,
+        JSM_NAMESPACE_SIZE=4,
+        JSM_NAMESPACE_RANK=1,
+    )
     env = detect_cluster_environment()
     assert isinstance(env, LSFEnvironment)
     assert env.main_address == socket.gethostname() and env.main_port == 10242
@@ -137,8 +200,15 @@ def test_lsf(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def test_mpi(monkeypatch: pytest.MonkeyPatch) -> None:
-    _set(monkeypatch, OMPI_COMM_WORLD_SIZE=4, OMPI_COMM_WORLD_RANK=3, OMPI_COMM_WORLD_LOCAL_RANK=1,
-         OMPI_COMM_WORLD_LOCAL_SIZE=2, MASTER_ADDR="m0", MASTER_PORT=4000)
+    _set(
+        monkeypatch,
+        OMPI_COMM_WORLD_SIZE=4,
+        OMPI_COMM_WORLD_RANK=3,
+        OMPI_COMM_WORLD_LOCAL_RANK=1,
+        OMPI_COMM_WORLD_LOCAL_SIZE=2,
+        MASTER_ADDR="m0",
+        MASTER_PORT=4000,
+    )
     env = detect_cluster_environment()
     assert isinstance(env, MPIEnvironment)
     assert (env.world_size(), env.global_rank(), env.local_rank(), env.node_rank()) == (4, 3, 1, 1)

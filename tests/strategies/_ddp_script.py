@@ -36,13 +36,13 @@ class Regressor(L.LightningModule):
         self.net = model()
         self.fail = fail
 
-    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+    def training_step(self, batch, batch_idx):
         if self.fail and batch_idx == 2 and self.global_rank == 1:
             raise ValueError("boom on rank 1")
         x, y = batch
         return nn.functional.mse_loss(self.net(x), y)
 
-    def configure_optimizers(self):  # noqa: ANN201
+    def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.05)
 
     def on_exception(self, exception: BaseException) -> None:
@@ -51,8 +51,16 @@ class Regressor(L.LightningModule):
 
 def run_trainer(fail: bool) -> None:
     module = Regressor(fail)
-    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, DataLoader(data(), batch_size=4))
     if trainer.is_global_zero:
         torch.save(module.net.state_dict(), OUT / "weights.pt")

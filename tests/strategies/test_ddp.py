@@ -21,7 +21,9 @@ import fulmen as L
 from fulmen.callbacks import ModelCheckpoint
 from fulmen.utilities.exceptions import RankFailedError, RanksOutOfSyncError
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available(), reason="torch.distributed is not available"
+)
 
 FAST_FAILURE_S = 15.0  # a failing rank must end the run (both processes) well within this
 
@@ -43,35 +45,42 @@ class Regressor(L.LightningModule):
         self.lr = lr
         self.opt = opt
 
-    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+    def training_step(self, batch, batch_idx):
         x, y = batch
         loss = nn.functional.mse_loss(self.net(x), y)
         self.log("train_loss", loss, on_step=True, on_epoch=True, sync_dist=True)
         return loss
 
-    def validation_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+    def validation_step(self, batch, batch_idx):
         x, y = batch
         self.log("val_loss", nn.functional.mse_loss(self.net(x), y), sync_dist=True)
 
-    def predict_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+    def predict_step(self, batch, batch_idx):
         return self.net(batch[0])
 
-    def configure_optimizers(self):  # noqa: ANN201
+    def configure_optimizers(self):
         if self.opt == "adam":
             return torch.optim.Adam(self.parameters(), lr=self.lr)
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
-def _trainer(devices: int = 2, **kw) -> L.Trainer:  # noqa: ANN003
+def _trainer(devices: int = 2, **kw) -> L.Trainer:
     kw.setdefault("max_epochs", 2)
     kw.setdefault("enable_checkpointing", False)
     kw.setdefault("num_sanity_val_steps", 0)
     strategy = kw.pop("strategy", "ddp_fork" if devices > 1 else "auto")
-    return L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, logger=False, enable_progress_bar=False,
-                     enable_model_summary=False, **kw)
+    return L.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy=strategy,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kw,
+    )
 
 
-def _assert_same_params(a: nn.Module, b: nn.Module, **tol) -> None:  # noqa: ANN003
+def _assert_same_params(a: nn.Module, b: nn.Module, **tol) -> None:
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(p, q, msg=lambda m, n=name: f"{n}: {m}", **tol)
 
@@ -127,7 +136,7 @@ class ManualRegressor(Regressor):
         super().__init__()
         self.automatic_optimization = False
 
-    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+    def training_step(self, batch, batch_idx):
         opt = self.optimizers()
         x, y = batch
         loss = nn.functional.mse_loss(self.net(x), y)
@@ -240,28 +249,34 @@ class Failing(Regressor):
         if where == self.where and self.global_rank == self.bad_rank:
             raise ValueError(f"boom in {where}")
 
-    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+    def training_step(self, batch, batch_idx):
         if batch_idx == 2:
             self._maybe_fail("training_step")
         return super().training_step(batch, batch_idx)
 
-    def validation_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+    def validation_step(self, batch, batch_idx):
         if batch_idx == 1:
             self._maybe_fail("validation_step")
         return super().validation_step(batch, batch_idx)
 
-    def on_save_checkpoint(self, checkpoint) -> None:  # noqa: ANN001
+    def on_save_checkpoint(self, checkpoint) -> None:
         self._maybe_fail("on_save_checkpoint")
 
     def on_exception(self, exception: BaseException) -> None:
         (self.out / f"rank{self.global_rank}.txt").write_text(f"{type(exception).__name__}: {exception}")
 
 
-@pytest.mark.parametrize(("where", "rank"), [("training_step", 1), ("validation_step", 0), ("on_save_checkpoint", 1)])
-def test_a_failing_rank_ends_every_rank_quickly_naming_the_rank(tmp_path: Path, where: str, rank: int) -> None:
+@pytest.mark.parametrize(
+    ("where", "rank"), [("training_step", 1), ("validation_step", 0), ("on_save_checkpoint", 1)]
+)
+def test_a_failing_rank_ends_every_rank_quickly_naming_the_rank(
+    tmp_path: Path, where: str, rank: int
+) -> None:
     model = Failing(where, rank, tmp_path)
-    trainer = _trainer(enable_checkpointing=where == "on_save_checkpoint",
-                       callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt")] if where == "on_save_checkpoint" else None)
+    trainer = _trainer(
+        enable_checkpointing=where == "on_save_checkpoint",
+        callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt")] if where == "on_save_checkpoint" else None,
+    )
     start = time.monotonic()
     with pytest.raises(RankFailedError, match=f"Rank {rank} raised ValueError: boom in {where}") as info:
         trainer.fit(model, DataLoader(_data(), batch_size=4), DataLoader(_data(), batch_size=4))
@@ -293,7 +308,7 @@ class StopsOnOneRank(Regressor):
         super().__init__()
         self.at_epoch_end = at_epoch_end
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         if not self.at_epoch_end and batch_idx == 1 and self.global_rank == 1:
             self.trainer.should_stop = True
 
@@ -328,7 +343,7 @@ def test_ranks_with_different_numbers_of_batches_are_reported() -> None:
 
 def test_fork_launcher_reports_a_worker_killed_without_an_error() -> None:
     class Killed(Regressor):
-        def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        def training_step(self, batch, batch_idx):
             if batch_idx == 1 and self.global_rank == 1:
                 os._exit(7)
             return super().training_step(batch, batch_idx)
@@ -356,25 +371,26 @@ def test_world_size_one_runs_in_this_process(strategy: str) -> None:
 
 
 class SignalledOnOneRank(Regressor):
-    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+    def training_step(self, batch, batch_idx):
         if self.global_rank == 1 and self.current_epoch == 0 and batch_idx == 1:
             import signal
 
             os.kill(os.getpid(), signal.SIGUSR1)  # SLURM's "time is up soon", seen by rank 1 only
+        time.sleep(0.05)  # steps as slow as real ones: the other rank learns of the signal within a poll (0.1 s)
         return super().training_step(batch, batch_idx)
 
 
 def test_preemption_seen_by_one_rank_is_a_collective_checkpoint(tmp_path: Path) -> None:
     ds = _data()
     reference = Regressor(opt="adam", lr=0.01)
-    _trainer(devices=1).fit(reference, DataLoader(ds, batch_size=8))
+    _trainer(devices=1, max_epochs=4).fit(reference, DataLoader(ds, batch_size=8))
     model = SignalledOnOneRank(opt="adam", lr=0.01)
-    trainer = _trainer(enable_checkpointing=True, callbacks=[ModelCheckpoint(dirpath=tmp_path)])
+    trainer = _trainer(max_epochs=4, enable_checkpointing=True, callbacks=[ModelCheckpoint(dirpath=tmp_path)])
     with pytest.raises(SystemExit) as info:
         trainer.fit(model, DataLoader(ds, batch_size=4))
     assert info.value.code == 138
     ckpt = torch.load(tmp_path / "last.ckpt", weights_only=False)
-    assert 2 <= ckpt["global_step"] < 8  # saved mid-run, at the step both ranks agreed on
+    assert 2 <= ckpt["global_step"] < 16  # saved mid-run, at the step both ranks agreed on
     resumed = Regressor(opt="adam", lr=0.01)
-    _trainer(devices=1).fit(resumed, DataLoader(ds, batch_size=8), ckpt_path=tmp_path / "last.ckpt")
+    _trainer(devices=1, max_epochs=4).fit(resumed, DataLoader(ds, batch_size=8), ckpt_path=tmp_path / "last.ckpt")
     _assert_same_params(reference, resumed)

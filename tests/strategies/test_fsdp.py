@@ -19,7 +19,7 @@ fsdp = pytest.importorskip("torch.distributed.fsdp")
 if not hasattr(fsdp, "fully_shard"):
     pytest.skip("this torch has no FSDP2 (fully_shard)", allow_module_level=True)
 
-from fulmen.strategies import FSDPStrategy  # noqa: E402
+from fulmen.strategies import FSDPStrategy
 
 
 def _data(n: int = 32) -> TensorDataset:
@@ -37,24 +37,31 @@ class Regressor(L.LightningModule):
         super().__init__()
         self.net = _net()
 
-    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+    def training_step(self, batch, batch_idx):
         x, y = batch
         loss = nn.functional.mse_loss(self.net(x), y)
         self.log("train_loss", loss, sync_dist=True)
         return loss
 
-    def configure_optimizers(self):  # noqa: ANN201
+    def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=0.01)
 
 
-def _trainer(devices: int = 2, **kw) -> L.Trainer:  # noqa: ANN003
+def _trainer(devices: int = 2, **kw) -> L.Trainer:
     kw.setdefault("max_epochs", 2)
     kw.setdefault("enable_checkpointing", False)
     strategy = kw.pop("strategy", None) or (
         FSDPStrategy(start_method="fork", auto_wrap_policy={nn.Linear}) if devices > 1 else "auto"
     )
-    return L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, logger=False, enable_progress_bar=False,
-                     enable_model_summary=False, **kw)
+    return L.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy=strategy,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kw,
+    )
 
 
 def _same(a: nn.Module, b: nn.Module) -> None:
@@ -74,10 +81,14 @@ def test_fsdp_trains_like_one_process_and_resumes_from_its_full_checkpoint(tmp_p
 
     # 1 epoch under FSDP, checkpoint (full state dict: one ordinary file), resume on 1 process for epoch 2
     first = Regressor()
-    _trainer(max_epochs=1, enable_checkpointing=True,
-             callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)]).fit(first, DataLoader(ds, batch_size=4))
+    _trainer(
+        max_epochs=1, enable_checkpointing=True, callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)]
+    ).fit(first, DataLoader(ds, batch_size=4))
     ckpt = torch.load(tmp_path / "last.ckpt", weights_only=False)
-    assert {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}["net.0.weight"] == (8, 4)  # full, not a shard
+    assert {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}["net.0.weight"] == (
+        8,
+        4,
+    )  # full, not a shard
     assert ckpt["optimizer_states"][0]["state"]  # Adam moments included
     resumed = Regressor()
     _trainer(devices=1).fit(resumed, DataLoader(ds, batch_size=8), ckpt_path=tmp_path / "last.ckpt")
@@ -95,7 +106,9 @@ def test_fsdp_sync_dist_metric_and_shard_group_policy() -> None:
     single.fit(Regressor(), DataLoader(ds, batch_size=8))
     root_only = _trainer(max_epochs=1, strategy=FSDPStrategy(start_method="fork"))
     root_only.fit(Regressor(), DataLoader(ds, batch_size=4))
-    torch.testing.assert_close(root_only.callback_metrics["train_loss"], single.callback_metrics["train_loss"])
+    torch.testing.assert_close(
+        root_only.callback_metrics["train_loss"], single.callback_metrics["train_loss"]
+    )
 
 
 def _fabric_loop(fabric: Fabric, out: Path) -> dict[str, torch.Tensor]:
@@ -128,8 +141,11 @@ def _fabric_loop(fabric: Fabric, out: Path) -> dict[str, torch.Tensor]:
 
 
 def test_fabric_fsdp_sharded_checkpoint_round_trip(tmp_path: Path) -> None:
-    fabric = Fabric(accelerator="cpu", devices=2,
-                    strategy=FSDPStrategy(start_method="fork", state_dict_type="sharded", auto_wrap_policy={nn.Linear}))
+    fabric = Fabric(
+        accelerator="cpu",
+        devices=2,
+        strategy=FSDPStrategy(start_method="fork", state_dict_type="sharded", auto_wrap_policy={nn.Linear}),
+    )
     assert fabric.launch(_fabric_loop, tmp_path)["ok"].item() == 1
 
 

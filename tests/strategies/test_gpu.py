@@ -12,7 +12,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import fulmen as L
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (NCCL, 16-mixed, bf16-mixed)")
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (NCCL, 16-mixed, bf16-mixed)"
+)
 
 
 def _data(n: int = 512, d: int = 32) -> TensorDataset:
@@ -25,10 +27,12 @@ class Net(L.LightningModule):
     def __init__(self, width: int = 64, d: int = 32) -> None:
         super().__init__()
         torch.manual_seed(1)
-        self.net = nn.Sequential(nn.Linear(d, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 1))
+        self.net = nn.Sequential(
+            nn.Linear(d, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 1)
+        )
         self.losses: list[float] = []
 
-    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+    def training_step(self, batch, batch_idx):
         x, y = batch
         loss = nn.functional.mse_loss(self.net(x).float(), y)
         self.log("loss", loss, sync_dist=True)
@@ -37,18 +41,24 @@ class Net(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self.losses.append(float(self.trainer.callback_metrics["loss"]))
 
-    def configure_optimizers(self):  # noqa: ANN201
+    def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=3e-3)
 
 
-def _trainer(**kw) -> L.Trainer:  # noqa: ANN003
+def _trainer(**kw) -> L.Trainer:
     kw.setdefault("max_epochs", 4)
-    return L.Trainer(accelerator="cuda", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                     enable_model_summary=False, **kw)
+    return L.Trainer(
+        accelerator="cuda",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed", "bf16-true", "32-true"])
-def test_mixed_precision_trains_on_cuda(precision: str, tmp_path) -> None:  # noqa: ANN001
+def test_mixed_precision_trains_on_cuda(precision: str, tmp_path) -> None:
     if "bf16" in precision and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bfloat16")
     model = Net()
@@ -66,7 +76,9 @@ def test_mixed_precision_trains_on_cuda(precision: str, tmp_path) -> None:  # no
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_nccl_strategies_world_size_one(strategy: str) -> None:
     model = Net()
-    trainer = _trainer(devices=1, strategy=strategy, precision="bf16-mixed" if torch.cuda.is_bf16_supported() else 32)
+    trainer = _trainer(
+        devices=1, strategy=strategy, precision="bf16-mixed" if torch.cuda.is_bf16_supported() else 32
+    )
     trainer.fit(model, DataLoader(_data(), batch_size=64))
     assert trainer.strategy.process_group_backend == "nccl" and trainer.world_size == 1
     assert model.losses[-1] < model.losses[0] * 0.7, model.losses
@@ -108,9 +120,17 @@ def test_throughput_against_a_hand_written_amp_loop(capsys: pytest.CaptureFixtur
 
     def fulmen_run() -> float:
         model = Net()
-        trainer = L.Trainer(accelerator="cuda", devices=1, precision="bf16-mixed", max_epochs=epochs, logger=False,
-                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                            num_sanity_val_steps=0)
+        trainer = L.Trainer(
+            accelerator="cuda",
+            devices=1,
+            precision="bf16-mixed",
+            max_epochs=epochs,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+        )
         torch.cuda.synchronize()
         start = time.perf_counter()
         trainer.fit(model, DataLoader(data, batch_size=batch))
@@ -121,6 +141,8 @@ def test_throughput_against_a_hand_written_amp_loop(capsys: pytest.CaptureFixtur
     ours = min(fulmen_run() for _ in range(3))
     steps = epochs * len(data) // batch
     with capsys.disabled():
-        print(f"\n[throughput] raw AMP loop {steps / raw:.0f} steps/s, fulmen Trainer {steps / ours:.0f} steps/s "
-              f"({ours / raw:.2f}x the raw loop's time, {torch.cuda.get_device_name()})")
+        print(
+            f"\n[throughput] raw AMP loop {steps / raw:.0f} steps/s, fulmen Trainer {steps / ours:.0f} steps/s "
+            f"({ours / raw:.2f}x the raw loop's time, {torch.cuda.get_device_name()})"
+        )
     assert ours < raw * 1.5 + 0.5, f"fulmen {ours:.3f}s vs raw {raw:.3f}s"

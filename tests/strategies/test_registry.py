@@ -7,7 +7,14 @@ from datetime import timedelta
 
 import pytest
 import torch
-from torch.utils.data import BatchSampler, DataLoader, IterableDataset, RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+    TensorDataset,
+)
 from torch.utils.data.distributed import DistributedSampler
 
 import fulmen as L
@@ -22,8 +29,17 @@ DDP_NAMES = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_note
 
 def test_every_lightning_strategy_name_is_registered() -> None:
     names = set(STRATEGY_REGISTRY.names())
-    expected = {"single_device", "fsdp", "fsdp_cpu_offload", "deepspeed", "deepspeed_stage_3_offload_nvme", "xla"}
-    expected |= set(DDP_NAMES) | {f"{b}_find_unused_parameters_{v}" for b in DDP_NAMES for v in ("true", "false")}
+    expected = {
+        "single_device",
+        "fsdp",
+        "fsdp_cpu_offload",
+        "deepspeed",
+        "deepspeed_stage_3_offload_nvme",
+        "xla",
+    }
+    expected |= set(DDP_NAMES) | {
+        f"{b}_find_unused_parameters_{v}" for b in DDP_NAMES for v in ("true", "false")
+    }
     assert expected <= names
 
 
@@ -49,8 +65,14 @@ def test_auto_picks_ddp_for_several_devices_and_single_device_for_one() -> None:
 
 
 def test_strategy_objects_take_their_arguments() -> None:
-    s = DDPStrategy(process_group_backend="gloo", timeout=timedelta(seconds=42), static_graph=True,
-                    gradient_as_bucket_view=True, failure_timeout=3.0, start_method="spawn")
+    s = DDPStrategy(
+        process_group_backend="gloo",
+        timeout=timedelta(seconds=42),
+        static_graph=True,
+        gradient_as_bucket_view=True,
+        failure_timeout=3.0,
+        start_method="spawn",
+    )
     t = L.Trainer(accelerator="cpu", devices=2, strategy=s, logger=False)
     assert t.strategy is s and s._timeout == timedelta(seconds=42) and s.failure_timeout == 3.0
     assert s._ddp_kwargs == {"static_graph": True, "gradient_as_bucket_view": True}
@@ -95,13 +117,16 @@ def test_sampler_injection_keeps_the_loader_settings() -> None:
 
 
 def test_predict_sampler_does_not_repeat_samples() -> None:
-    parts = [list(fdist.inject_distributed_sampler(DataLoader(_ds(5)), 2, r, mode="predict").sampler) for r in (0, 1)]
+    parts = [
+        list(fdist.inject_distributed_sampler(DataLoader(_ds(5)), 2, r, mode="predict").sampler)
+        for r in (0, 1)
+    ]
     assert parts == [[0, 2, 4], [1, 3]]
 
 
 def test_custom_samplers_are_wrapped_and_iterable_datasets_left_alone() -> None:
     class Reverse(SequentialSampler):
-        def __iter__(self):  # noqa: ANN204
+        def __iter__(self):
             return iter(reversed(range(len(self.data_source))))
 
     loader = DataLoader(_ds(6), sampler=Reverse(_ds(6)), batch_size=1)
@@ -109,7 +134,7 @@ def test_custom_samplers_are_wrapped_and_iterable_datasets_left_alone() -> None:
     assert sorted(parts[0] + parts[1]) == list(range(6)) and parts[0][0] == 5
 
     class Stream(IterableDataset):
-        def __iter__(self):  # noqa: ANN204
+        def __iter__(self):
             return iter(range(3))
 
     stream = DataLoader(Stream())
@@ -118,9 +143,13 @@ def test_custom_samplers_are_wrapped_and_iterable_datasets_left_alone() -> None:
     class MyBatchSampler(BatchSampler):
         pass
 
-    custom = DataLoader(_ds(8), batch_sampler=MyBatchSampler(RandomSampler(_ds(8)), batch_size=2, drop_last=False))
+    custom = DataLoader(
+        _ds(8), batch_sampler=MyBatchSampler(RandomSampler(_ds(8)), batch_size=2, drop_last=False)
+    )
     out = fdist.inject_distributed_sampler(custom, 2, 0)
-    assert isinstance(out.batch_sampler, MyBatchSampler) and isinstance(out.batch_sampler.sampler, DistributedSampler)
+    assert isinstance(out.batch_sampler, MyBatchSampler) and isinstance(
+        out.batch_sampler.sampler, DistributedSampler
+    )
 
 
 def test_set_sampler_epoch() -> None:

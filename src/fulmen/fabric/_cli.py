@@ -16,17 +16,30 @@ _USAGE = "fulmen fabric run script.py [options] [script args...] [-- script args
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fulmen fabric run", usage=_USAGE,
-                                description="Run a Fabric script on several devices/nodes (torchrun underneath).")
-    p.add_argument("script", help="the script to run; arguments this command does not know, and all after `--`, go to it")
+    p = argparse.ArgumentParser(
+        prog="fulmen fabric run",
+        usage=_USAGE,
+        description="Run a Fabric script on several devices/nodes (torchrun underneath).",
+    )
+    p.add_argument(
+        "script", help="the script to run; arguments this command does not know, and all after `--`, go to it"
+    )
     p.add_argument("--accelerator", default=None, help="cpu, cuda (gpu), mps or auto")
     p.add_argument("--strategy", default=None, help="e.g. ddp or fsdp (default: Fabric's choice)")
-    p.add_argument("--devices", default="1", help="devices per node: a number, 'auto', -1 or '0,1' (default 1)")
+    p.add_argument(
+        "--devices", default="1", help="devices per node: a number, 'auto', -1 or '0,1' (default 1)"
+    )
     p.add_argument("--num-nodes", "--num_nodes", dest="num_nodes", type=int, default=1)
     p.add_argument("--node-rank", "--node_rank", dest="node_rank", type=int, default=0)
     p.add_argument("--main-address", "--main_address", dest="main_address", default="127.0.0.1")
-    p.add_argument("--main-port", "--main_port", dest="main_port", type=int, default=None,
-                   help="rendezvous port (default: a free port on one node, 29400 on several)")
+    p.add_argument(
+        "--main-port",
+        "--main_port",
+        dest="main_port",
+        type=int,
+        default=None,
+        help="rendezvous port (default: a free port on one node, 29400 on several)",
+    )
     p.add_argument("--precision", default=None, help="e.g. 32-true, bf16-mixed, 16-mixed")
     return p
 
@@ -44,7 +57,9 @@ def _processes_per_node(devices: str, accelerator: str | None) -> int:
         return 1
     if value.isdigit() and int(value) > 0:
         return int(value)
-    raise SystemExit(f"fulmen fabric run: --devices={devices!r} is not valid; expected a number, 'auto', -1 or '0,1'.")
+    raise SystemExit(
+        f"fulmen fabric run: --devices={devices!r} is not valid; expected a number, 'auto', -1 or '0,1'."
+    )
 
 
 def run(argv: list[str]) -> int:
@@ -68,12 +83,21 @@ def run(argv: list[str]) -> int:
         value = getattr(args, name)
         if value is not None:
             env[f"LT_{name.upper()}"] = str(value)
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--nnodes={args.num_nodes}"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={nproc}",
+        f"--nnodes={args.num_nodes}",
+    ]
     if args.num_nodes == 1 and args.main_port is None:
         command.append("--standalone")  # torchrun picks a free port
     else:
-        command += [f"--node-rank={args.node_rank}", f"--master-addr={args.main_address}",
-                    f"--master-port={args.main_port or 29400}"]
+        command += [
+            f"--node-rank={args.node_rank}",
+            f"--master-addr={args.main_address}",
+            f"--master-port={args.main_port or 29400}",
+        ]
     command += [args.script, *args.script_args]
     return subprocess.call(command, env=env)
 
@@ -81,14 +105,19 @@ def run(argv: list[str]) -> int:
 def main(argv: list[str]) -> int:
     """``fulmen fabric <command>``: ``run`` (consolidating sharded checkpoints is not supported yet)."""
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: fulmen fabric run [options] script.py [script args...]\n\ncommands:\n  run  run a Fabric script "
-              "on several devices/nodes\n\nRun `fulmen fabric run --help` for the options.")
+        print(
+            "usage: fulmen fabric run [options] script.py [script args...]\n\ncommands:\n  run  run a Fabric script "
+            "on several devices/nodes\n\nRun `fulmen fabric run --help` for the options."
+        )
         return 0
     if argv[0] == "run":
         return run(argv[1:])
     if argv[0] == "consolidate":
-        print("fulmen fabric consolidate is not supported yet: load the sharded checkpoint with the same number of "
-              "processes, or save with FSDPStrategy(state_dict_type='full').", file=sys.stderr)
+        print(
+            "fulmen fabric consolidate is not supported yet: load the sharded checkpoint with the same number of "
+            "processes, or save with FSDPStrategy(state_dict_type='full').",
+            file=sys.stderr,
+        )
         return 2
     print(f"fulmen fabric: unknown command {argv[0]!r}; expected 'run'.", file=sys.stderr)
     return 2

@@ -40,11 +40,15 @@ def build_strategy(
             cluster environment or each other.
     """
     if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
-        raise MisconfigurationException(f"num_nodes={num_nodes!r}; expected a positive int. Fix: num_nodes=1.")
+        raise MisconfigurationException(
+            f"num_nodes={num_nodes!r}; expected a positive int. Fix: num_nodes=1."
+        )
     checkpoint_io = None
     precision_plugin: Precision | None = None
     environment: ClusterEnvironment | None = None
-    for plugin in plugins if isinstance(plugins, (list, tuple)) else ([plugins] if plugins is not None else []):
+    for plugin in (
+        plugins if isinstance(plugins, (list, tuple)) else ([plugins] if plugins is not None else [])
+    ):
         if isinstance(plugin, Precision):
             precision_plugin = plugin
         elif isinstance(plugin, ClusterEnvironment):
@@ -61,8 +65,9 @@ def build_strategy(
             f"Both precision={precision!r} and a precision plugin were given. Fix: pass only one of them."
         )
     if isinstance(strategy, Strategy):
-        return _complete(strategy, accelerator, devices, num_nodes, precision, precision_plugin, checkpoint_io,
-                         environment)
+        return _complete(
+            strategy, accelerator, devices, num_nodes, precision, precision_plugin, checkpoint_io, environment
+        )
     if not isinstance(strategy, str) and strategy is not None:
         raise MisconfigurationException(
             f"strategy={strategy!r}; expected a name ({STRATEGY_REGISTRY.names()}) or a Strategy instance."
@@ -86,7 +91,9 @@ def build_strategy(
             )
         device = acc.get_device(ids[0])
         prec = precision_plugin or select_precision(precision, device.type)
-        return SingleDeviceStrategy(device=device, accelerator=acc, checkpoint_io=checkpoint_io, precision=prec)
+        return SingleDeviceStrategy(
+            device=device, accelerator=acc, checkpoint_io=checkpoint_io, precision=prec
+        )
     built = STRATEGY_REGISTRY.get(name)
     return _complete(built, acc, ids, num_nodes, precision, precision_plugin, checkpoint_io, env)
 
@@ -116,7 +123,9 @@ def _complete(
     from fulmen.strategies.parallel import ParallelStrategy
 
     if strategy.accelerator is None:
-        strategy.accelerator = accelerator if isinstance(accelerator, Accelerator) else select_accelerator(accelerator)
+        strategy.accelerator = (
+            accelerator if isinstance(accelerator, Accelerator) else select_accelerator(accelerator)
+        )
     acc = strategy.accelerator
     if checkpoint_io is not None:
         strategy.checkpoint_io = checkpoint_io

@@ -33,7 +33,9 @@ class _FabricModule(nn.Module):
     the wrapper's ``forward`` so that gradients synchronize (DDP) and parameters are gathered (FSDP).
     """
 
-    def __init__(self, forward_module: nn.Module, fabric: Fabric, original_module: nn.Module | None = None) -> None:
+    def __init__(
+        self, forward_module: nn.Module, fabric: Fabric, original_module: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self._forward_module = forward_module
         self._original_module = original_module if original_module is not None else forward_module
@@ -56,11 +58,11 @@ class _FabricModule(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            original = super().__getattr__("_original_module")
+            original: Any = super().__getattr__("_original_module")
             attr = getattr(original, name)
             if callable(attr) and name.endswith("_step") and hasattr(original, "training_step"):
                 precision = self._fabric.strategy.precision
-                wrapper = super().__getattr__("_forward_module")
+                wrapper: Any = super().__getattr__("_forward_module")
                 count = self._count if name == "training_step" else None
                 if wrapper is not original:
                     from fulmen.strategies.parallel import forward_redirection
@@ -154,8 +156,12 @@ class Fabric:
         num_nodes = int(_from_cli("num_nodes", num_nodes, 1))
         precision = _from_cli("precision", precision, None)
         self._strategy = build_strategy(accelerator, strategy, devices, num_nodes, precision, plugins)
-        self._callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else ([callbacks] if callbacks else [])
-        self._loggers = list(loggers) if isinstance(loggers, (list, tuple)) else ([loggers] if loggers else [])
+        self._callbacks = (
+            list(callbacks) if isinstance(callbacks, (list, tuple)) else ([callbacks] if callbacks else [])
+        )
+        self._loggers = (
+            list(loggers) if isinstance(loggers, (list, tuple)) else ([loggers] if loggers else [])
+        )
         self._launched = False
         self._fabric_optimizers: list[_FabricOptimizer] = []
 
@@ -243,7 +249,9 @@ class Fabric:
     def _run_impl(self, *args: Any, **kwargs: Any) -> Any:
         return self.launch(lambda f, *a, **k: f.run(*a, **k), *args, **kwargs)
 
-    def setup(self, module: nn.Module, *optimizers: Optimizer, scheduler: Any = None, move_to_device: bool = True) -> Any:
+    def setup(
+        self, module: nn.Module, *optimizers: Optimizer, scheduler: Any = None, move_to_device: bool = True
+    ) -> Any:
         """Move ``module`` to the device, apply precision, and wrap optimizers. Returns them in the same order."""
         fabric_module = self.setup_module(module, move_to_device=move_to_device)
         if not optimizers:
@@ -254,16 +262,20 @@ class Fabric:
             out.append(scheduler)
         return tuple(out)
 
-    def setup_module(self, module: nn.Module, move_to_device: bool = True, _reapply_compile: bool = True) -> _FabricModule:
+    def setup_module(
+        self, module: nn.Module, move_to_device: bool = True, _reapply_compile: bool = True
+    ) -> _FabricModule:
         if isinstance(module, _FabricModule):
-            raise MisconfigurationException("This module was already set up. Fix: call fabric.setup() once per module.")
+            raise MisconfigurationException(
+                "This module was already set up. Fix: call fabric.setup() once per module."
+            )
         self._check_launched()
         module = self._strategy.precision.convert_module(module)
         if move_to_device:
             self._strategy.module_to_device(module)
         wrapped = self._strategy.setup_module(module)
         if hasattr(module, "_fabric") and hasattr(module, "training_step"):
-            module.fabric = self  # type: ignore[union-attr]
+            module.fabric = self  # type: ignore[assignment]
         return _FabricModule(wrapped, self, original_module=module)
 
     def setup_optimizers(self, *optimizers: Optimizer) -> Any:
@@ -275,7 +287,9 @@ class Fabric:
         self._fabric_optimizers.extend(wrapped)
         return wrapped[0] if len(wrapped) == 1 else wrapped
 
-    def setup_dataloaders(self, *dataloaders: DataLoader, use_distributed_sampler: bool = True, move_to_device: bool = True) -> Any:
+    def setup_dataloaders(
+        self, *dataloaders: DataLoader[Any], use_distributed_sampler: bool = True, move_to_device: bool = True
+    ) -> Any:
         """Wrap loaders: batches move to the device, and (multi-process) each rank iterates its share."""
         self._check_launched()
         distributed = self._strategy.is_distributed
@@ -283,7 +297,9 @@ class Fabric:
         for dl in dataloaders:
             if distributed and use_distributed_sampler:
                 dl = self._strategy.process_dataloader(dl, "train")
-            out.append(_FabricDataLoader(dl, self.device if move_to_device else None, distributed=distributed))
+            out.append(
+                _FabricDataLoader(dl, self.device if move_to_device else None, distributed=distributed)
+            )
         return out[0] if len(out) == 1 else out
 
     # ------------------------------------------------------------------ step helpers
@@ -308,7 +324,9 @@ class Fabric:
         self._strategy.precision.unscale_gradients(opt)
         params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
         if max_norm is not None:
-            return torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite)
+            return torch.nn.utils.clip_grad_norm_(
+                params, max_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite
+            )
         torch.nn.utils.clip_grad_value_(params, clip_val)  # type: ignore[arg-type]
         return None
 
@@ -368,7 +386,12 @@ class Fabric:
             self.barrier("rank_zero_first")
 
     # ------------------------------------------------------------------ checkpoints
-    def save(self, path: str | Path, state: dict[str, Any], filter: dict[str, Callable[[str, Any], bool]] | None = None) -> None:
+    def save(
+        self,
+        path: str | Path,
+        state: dict[str, Any],
+        filter: dict[str, Callable[[str, Any], bool]] | None = None,
+    ) -> None:
         """Save ``state`` (modules and optimizers become their state dicts) atomically on rank 0."""
         checkpoint = {}
         for key, obj in state.items():
@@ -380,12 +403,18 @@ class Fabric:
         self.barrier("Fabric.save")
 
     def load(
-        self, path: str | Path, state: dict[str, Any] | None = None, strict: bool = True, *, weights_only: bool | None = None
+        self,
+        path: str | Path,
+        state: dict[str, Any] | None = None,
+        strict: bool = True,
+        *,
+        weights_only: bool | None = None,
     ) -> dict[str, Any]:
         """Load a checkpoint; restore objects in ``state`` in place and return the remaining entries."""
         is_sharded = getattr(self._strategy, "is_sharded_checkpoint", None)
         if state is not None and is_sharded is not None and is_sharded(path):
-            return self._strategy.load_sharded(path, state, strict)  # type: ignore[attr-defined]
+            loaded: dict[str, Any] = self._strategy.load_sharded(path, state, strict)  # type: ignore[attr-defined]
+            return loaded
         checkpoint = self._strategy.load_checkpoint(path, weights_only=weights_only)
         if state is None:
             return checkpoint
@@ -471,8 +500,13 @@ def _launched(fabric: Fabric, function: Callable[..., Any] | None, args: Any, kw
         raise
 
 
-_CLI_ENV = {"accelerator": "LT_ACCELERATOR", "strategy": "LT_STRATEGY", "devices": "LT_DEVICES",
-            "num_nodes": "LT_NUM_NODES", "precision": "LT_PRECISION"}
+_CLI_ENV = {
+    "accelerator": "LT_ACCELERATOR",
+    "strategy": "LT_STRATEGY",
+    "devices": "LT_DEVICES",
+    "num_nodes": "LT_NUM_NODES",
+    "precision": "LT_PRECISION",
+}
 
 
 def _from_cli(name: str, current: Any, default: Any) -> Any:

@@ -45,10 +45,13 @@ class SyncBatchNorm(_BatchNorm):
             factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         dims = [0, *range(2, input.dim())]
         x = input.float()
-        local = torch.cat([
-            x.sum(dims), (x * x).sum(dims),
-            torch.tensor([x.numel() / x.size(1)], device=x.device, dtype=x.dtype),
-        ])
+        local = torch.cat(
+            [
+                x.sum(dims),
+                (x * x).sum(dims),
+                torch.tensor([x.numel() / x.size(1)], device=x.device, dtype=x.dtype),
+            ]
+        )
         total = differentiable_all_reduce_sum(local)
         c = input.size(1)
         n = total[-1]
@@ -57,8 +60,12 @@ class SyncBatchNorm(_BatchNorm):
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
             with torch.no_grad():
                 unbiased = var * n / (n - 1).clamp(min=1)
-                self.running_mean.mul_(1 - factor).add_(mean.detach().to(self.running_mean.dtype), alpha=factor)
-                self.running_var.mul_(1 - factor).add_(unbiased.detach().to(self.running_var.dtype), alpha=factor)
+                self.running_mean.mul_(1 - factor).add_(
+                    mean.detach().to(self.running_mean.dtype), alpha=factor
+                )
+                self.running_var.mul_(1 - factor).add_(
+                    unbiased.detach().to(self.running_var.dtype), alpha=factor
+                )
         shape = [1, c] + [1] * (input.dim() - 2)
         out = (x - mean.reshape(shape)) * torch.rsqrt(var.reshape(shape) + self.eps)
         if self.affine:
@@ -68,12 +75,18 @@ class SyncBatchNorm(_BatchNorm):
 
 def _convert(module: nn.Module, to_sync: bool, use_torch: bool) -> nn.Module:
     out = module
-    if to_sync and isinstance(module, _BatchNorm) and not isinstance(module, (SyncBatchNorm, nn.SyncBatchNorm)):
+    if (
+        to_sync
+        and isinstance(module, _BatchNorm)
+        and not isinstance(module, (SyncBatchNorm, nn.SyncBatchNorm))
+    ):
         cls: Any = nn.SyncBatchNorm if use_torch else SyncBatchNorm
         out = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
     elif not to_sync and isinstance(module, (SyncBatchNorm, nn.SyncBatchNorm)):
         bn_cls = _BATCHNORM_BY_DIM.get(getattr(module, "_fulmen_dim", 1), nn.BatchNorm1d)
-        out = bn_cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        out = bn_cls(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
     if out is not module:
         if module.affine:
             with torch.no_grad():

@@ -32,11 +32,18 @@ class Strategy:
     launcher: Any = None  # starts the processes; None: this process is the whole run
     is_distributed = False
 
-    def __init__(self, accelerator: Accelerator | None = None, checkpoint_io: Any = None, precision: Precision | None = None) -> None:
+    def __init__(
+        self,
+        accelerator: Accelerator | None = None,
+        checkpoint_io: Any = None,
+        precision: Precision | None = None,
+    ) -> None:
         self.accelerator = accelerator
         self._checkpoint_io = checkpoint_io
         self.precision = precision or Precision()
-        self.layer_sync: Any = None  # e.g. TorchSyncBatchNorm(), applied in setup_module by multi-process strategies
+        self.layer_sync: Any = (
+            None  # e.g. TorchSyncBatchNorm(), applied in setup_module by multi-process strategies
+        )
 
     @property
     def root_device(self) -> torch.device:
@@ -92,6 +99,11 @@ class Strategy:
     def distributed_sampler_kwargs(self) -> dict[str, int] | None:
         return None
 
+    @property
+    def supports_inference_mode(self) -> bool:
+        """Whether evaluation may run under ``torch.inference_mode`` (else ``no_grad``)."""
+        return True
+
     def sync_point(self, name: str) -> None:
         """Every rank reaches the point ``name`` before any continues (no-op on one process)."""
 
@@ -105,9 +117,12 @@ class Strategy:
         return module.state_dict()
 
     def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
-        return optimizer.state_dict()
+        state: dict[str, Any] = optimizer.state_dict()
+        return state
 
-    def load_module_state_dict(self, module: nn.Module, state_dict: dict[str, Any], strict: bool = True) -> Any:
+    def load_module_state_dict(
+        self, module: nn.Module, state_dict: dict[str, Any], strict: bool = True
+    ) -> Any:
         return module.load_state_dict(state_dict, strict=strict)
 
     def load_optimizer_state(self, optimizer: Any, state: dict[str, Any]) -> None:
@@ -155,8 +170,13 @@ class Strategy:
         if self.is_global_zero:
             self.checkpoint_io.save_checkpoint(checkpoint, filepath, storage_options=storage_options)
 
-    def load_checkpoint(self, path: Any, weights_only: bool | None = None, map_location: Any = None) -> dict[str, Any]:
-        return self.checkpoint_io.load_checkpoint(path, map_location=map_location or "cpu", weights_only=weights_only)
+    def load_checkpoint(
+        self, path: Any, weights_only: bool | None = None, map_location: Any = None
+    ) -> dict[str, Any]:
+        checkpoint: dict[str, Any] = self.checkpoint_io.load_checkpoint(
+            path, map_location=map_location or "cpu", weights_only=weights_only
+        )
+        return checkpoint
 
     def remove_checkpoint(self, filepath: Any) -> None:
         if self.is_global_zero:
@@ -172,7 +192,13 @@ class Strategy:
 class SingleDeviceStrategy(Strategy):
     strategy_name = "single_device"
 
-    def __init__(self, device: torch.device | str = "cpu", accelerator: Accelerator | None = None, checkpoint_io: Any = None, precision: Precision | None = None) -> None:
+    def __init__(
+        self,
+        device: torch.device | str = "cpu",
+        accelerator: Accelerator | None = None,
+        checkpoint_io: Any = None,
+        precision: Precision | None = None,
+    ) -> None:
         super().__init__(accelerator, checkpoint_io, precision)
         self._root_device = torch.device(device)
 
@@ -199,7 +225,12 @@ def _lazy(module: str, cls: str, **preset: Any) -> Any:
 
 # DDP: "ddp" relaunches the script once per local rank (like torchrun); the others start workers with
 # multiprocessing. Each takes find_unused_parameters variants.
-for _base, _method in (("ddp", "popen"), ("ddp_spawn", "spawn"), ("ddp_fork", "fork"), ("ddp_notebook", "fork")):
+for _base, _method in (
+    ("ddp", "popen"),
+    ("ddp_spawn", "spawn"),
+    ("ddp_fork", "fork"),
+    ("ddp_notebook", "fork"),
+):
     STRATEGY_REGISTRY.register(_base, _lazy("fulmen.strategies.ddp", "DDPStrategy", start_method=_method))
     for _flag in (True, False):
         STRATEGY_REGISTRY.register(
@@ -207,8 +238,10 @@ for _base, _method in (("ddp", "popen"), ("ddp_spawn", "spawn"), ("ddp_fork", "f
             _lazy("fulmen.strategies.ddp", "DDPStrategy", start_method=_method, find_unused_parameters=_flag),
         )
 STRATEGY_REGISTRY.register("fsdp", _lazy("fulmen.strategies.fsdp", "FSDPStrategy"))
-STRATEGY_REGISTRY.register("fsdp_cpu_offload", _lazy("fulmen.strategies.fsdp", "FSDPStrategy", cpu_offload=True))
-for _name, _preset in {
+STRATEGY_REGISTRY.register(
+    "fsdp_cpu_offload", _lazy("fulmen.strategies.fsdp", "FSDPStrategy", cpu_offload=True)
+)
+_DEEPSPEED: dict[str, dict[str, Any]] = {
     "deepspeed": {},
     "deepspeed_stage_1": {"stage": 1},
     "deepspeed_stage_1_offload": {"stage": 1, "offload_optimizer": True},
@@ -217,9 +250,13 @@ for _name, _preset in {
     "deepspeed_stage_3": {"stage": 3},
     "deepspeed_stage_3_offload": {"stage": 3, "offload_optimizer": True, "offload_parameters": True},
     "deepspeed_stage_3_offload_nvme": {
-        "stage": 3, "offload_optimizer": True, "offload_parameters": True, "remote_device": "nvme",
+        "stage": 3,
+        "offload_optimizer": True,
+        "offload_parameters": True,
+        "remote_device": "nvme",
     },
-}.items():
+}
+for _name, _preset in _DEEPSPEED.items():
     STRATEGY_REGISTRY.register(_name, _lazy("fulmen.strategies.deepspeed", "DeepSpeedStrategy", **_preset))
 
 # Names Lightning accepts that are not built: a clear error instead of silently running something else.
@@ -256,12 +293,12 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "STRATEGY_REGISTRY",
     "DDPStrategy",
     "DeepSpeedStrategy",
     "FSDPStrategy",
     "ModelParallelStrategy",
     "ParallelStrategy",
-    "STRATEGY_REGISTRY",
     "SingleDeviceStrategy",
     "Strategy",
 ]

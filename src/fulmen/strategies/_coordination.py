@@ -20,6 +20,7 @@ second channel that never blocks on a peer: the rendezvous key-value store.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -197,7 +198,8 @@ class Coordinator:
             raw = self.store.get(_FAILURE_KEY)
         except Exception:  # noqa: BLE001
             return None
-        return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        record: dict[str, Any] = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        return record
 
     def wait_failure(self, timeout: float) -> dict[str, Any] | None:
         deadline = time.monotonic() + timeout
@@ -218,28 +220,24 @@ class Coordinator:
         if self._acked:
             return
         self._acked = True
-        try:
+        with contextlib.suppress(Exception):
             self.store.add(_ACK_KEY, 1)
-        except Exception:  # noqa: BLE001
-            pass
 
     def wait_acknowledged(self, timeout: float) -> None:
         """Failing rank: keep the store up until every other rank has read the failure (bounded)."""
         deadline = time.monotonic() + timeout
-        try:
+        with contextlib.suppress(Exception):
             while int(self.store.add(_ACK_KEY, 0)) < self.world_size - 1 and time.monotonic() < deadline:
                 time.sleep(0.01)
-        except Exception:  # noqa: BLE001
-            pass
 
     def _on_peer_failure(self, record: dict[str, Any]) -> None:
         self.peer_failure = record
         self.broken = True
         self.acknowledge()
-        try:
+        with contextlib.suppress(
+            Exception
+        ):  # unblocking is best effort; the deadline below still ends the process
             self._unblock()
-        except Exception:  # noqa: BLE001 - unblocking is best effort; the deadline below still ends the process
-            pass
 
     # ------------------------------------------------------------------ sync points
     def sync_point(self, name: str) -> None:
@@ -298,8 +296,16 @@ class Coordinator:
         return current.decode() if isinstance(current, bytes) else str(current)
 
     def _desync(self, message: str) -> None:
-        record = self.publish({"rank": self.rank, "kind": "desync", "type": "RanksOutOfSyncError", "message": message,
-                               "traceback": "", "time": time.time()})
+        record = self.publish(
+            {
+                "rank": self.rank,
+                "kind": "desync",
+                "type": "RanksOutOfSyncError",
+                "message": message,
+                "traceback": "",
+                "time": time.time(),
+            }
+        )
         self.surfaced = True
         raise error_from_record(record, self.rank)
 
@@ -321,8 +327,14 @@ class Coordinator:
             f"(it ran {progress - f_progress} more training step(s) or collective(s) than rank {f_rank} had run "
             "there). " + _hint(f_name)
         )
-        return {"rank": self.rank, "kind": "desync", "type": "RanksOutOfSyncError", "message": message,
-                "traceback": "", "time": time.time()}
+        return {
+            "rank": self.rank,
+            "kind": "desync",
+            "type": "RanksOutOfSyncError",
+            "message": message,
+            "traceback": "",
+            "time": time.time(),
+        }
 
     # ------------------------------------------------------------------ preemption
     def agree_preemption(self, signum: int, step: int) -> bool:
@@ -373,8 +385,10 @@ class Coordinator:
                                 record = self.publish(record)
                 except Exception:  # noqa: BLE001 - store gone: its host ended; gloo sees closed peers itself
                     return
-                if record is not None and int(record["rank"]) != self.rank or (
-                    record is not None and record.get("kind") == "desync"
+                if (
+                    record is not None
+                    and int(record["rank"]) != self.rank
+                    or (record is not None and record.get("kind") == "desync")
                 ):
                     self._on_peer_failure(record)
                     deadline = time.monotonic() + self.failure_timeout
@@ -423,9 +437,8 @@ def _hint(name: str) -> str:
 
 def _diverged_message(r0: int, n0: str, p0: int, r1: int, n1: str, p1: int) -> str:
     if n0 != n1:
-        return (
-            f"The ranks diverged: rank {r0} reached {n0!r} while rank {r1} reached {n1!r}. "
-            + _hint(n0 if n0.startswith(("save", "train")) else n1)
+        return f"The ranks diverged: rank {r0} reached {n0!r} while rank {r1} reached {n1!r}. " + _hint(
+            n0 if n0.startswith(("save", "train")) else n1
         )
     return (
         f"The ranks diverged: rank {r0} reached {n0!r} after {p0} training steps and collectives, rank {r1} after "

@@ -59,9 +59,15 @@ class DDPStrategy(ParallelStrategy):
         **kwargs: Any,
     ) -> None:
         super().__init__(
-            accelerator=accelerator, parallel_devices=parallel_devices, cluster_environment=cluster_environment,
-            checkpoint_io=checkpoint_io, precision=precision, process_group_backend=process_group_backend,
-            timeout=timeout, failure_timeout=failure_timeout, sync_timeout=sync_timeout,
+            accelerator=accelerator,
+            parallel_devices=parallel_devices,
+            cluster_environment=cluster_environment,
+            checkpoint_io=checkpoint_io,
+            precision=precision,
+            process_group_backend=process_group_backend,
+            timeout=timeout,
+            failure_timeout=failure_timeout,
+            sync_timeout=sync_timeout,
         )
         if start_method not in _START_METHODS:
             raise MisconfigurationException(
@@ -92,7 +98,9 @@ class DDPStrategy(ParallelStrategy):
         if env.creates_processes_externally:
             self._launcher = None  # torchrun, srun, ... (or our script launcher) already started this process
         elif self._start_method == "popen":
-            self._launcher = SubprocessScriptLauncher(env, self.num_processes, self.num_nodes, self.failure_timeout)
+            self._launcher = SubprocessScriptLauncher(
+                env, self.num_processes, self.num_nodes, self.failure_timeout
+            )
         else:
             self._launcher = MultiProcessingLauncher(self, start_method=self._start_method)
 
@@ -141,7 +149,7 @@ class DDPStrategy(ParallelStrategy):
             if manual:
                 # manual optimization runs backward *inside* training_step; DDP's own pre/post-forward would
                 # arm the reducer for a backward after forward returns. Arm it per manual_backward instead.
-                self._manual_sync = sync
+                self._manual_sync = bool(sync)
                 ddp.require_backward_grad_sync = False  # type: ignore[union-attr]
             try:
                 return step(*args, **kwargs)
@@ -179,7 +187,8 @@ def _prepare_for_backward(model: DistributedDataParallel, output: Any) -> None:
         model.require_forward_param_sync = True
         from torch.nn.parallel.distributed import _find_tensors
 
-        args = list(_find_tensors(output)) if model.find_unused_parameters and not model.static_graph else []
+        find = model.find_unused_parameters and not model.static_graph
+        args = list(_find_tensors(output)) if find else []  # type: ignore[no-untyped-call]
         reducer = model.reducer
         reducer._rebuild_buckets()
         reducer.prepare_for_backward(args)

@@ -41,7 +41,7 @@ def _fsdp2() -> Any:
         from torch.distributed.fsdp import fully_shard  # torch >= 2.6
     except ImportError:
         try:
-            from torch.distributed._composable.fsdp import fully_shard  # type: ignore[no-redef]
+            from torch.distributed._composable.fsdp import fully_shard  # type: ignore[attr-defined,no-redef,unused-ignore]
         except ImportError as exc:
             raise NotSupportedYetError(
                 f"strategy='fsdp' needs FSDP2 (torch.distributed.fsdp.fully_shard), which torch {torch.__version__} "
@@ -90,9 +90,15 @@ class FSDPStrategy(ParallelStrategy):
         **kwargs: Any,
     ) -> None:
         super().__init__(
-            accelerator=accelerator, parallel_devices=parallel_devices, cluster_environment=cluster_environment,
-            checkpoint_io=checkpoint_io, precision=precision, process_group_backend=process_group_backend,
-            timeout=timeout, failure_timeout=failure_timeout, sync_timeout=sync_timeout,
+            accelerator=accelerator,
+            parallel_devices=parallel_devices,
+            cluster_environment=cluster_environment,
+            checkpoint_io=checkpoint_io,
+            precision=precision,
+            process_group_backend=process_group_backend,
+            timeout=timeout,
+            failure_timeout=failure_timeout,
+            sync_timeout=sync_timeout,
         )
         _fsdp2()
         strategy = str(sharding_strategy).upper()
@@ -131,13 +137,15 @@ class FSDPStrategy(ParallelStrategy):
         if env.creates_processes_externally:
             self._launcher = None
         elif self._start_method == "popen":
-            self._launcher = SubprocessScriptLauncher(env, self.num_processes, self.num_nodes, self.failure_timeout)
+            self._launcher = SubprocessScriptLauncher(
+                env, self.num_processes, self.num_nodes, self.failure_timeout
+            )
         else:
             self._launcher = MultiProcessingLauncher(self, start_method=self._start_method)
 
     @staticmethod
     def _warm_up_before_fork() -> None:
-        import torch.distributed.fsdp  # noqa: F401
+        import torch.distributed.fsdp
         import torch.distributed.tensor  # noqa: F401
 
     # ------------------------------------------------------------------ the model
@@ -148,8 +156,9 @@ class FSDPStrategy(ParallelStrategy):
 
             device_type = self.root_device.type
             if self.sharding_strategy == "HYBRID_SHARD" and self.num_nodes > 1:
-                self._mesh = init_device_mesh(device_type, (self.num_nodes, self.num_processes),
-                                              mesh_dim_names=("replicate", "shard"))
+                self._mesh = init_device_mesh(
+                    device_type, (self.num_nodes, self.num_processes), mesh_dim_names=("replicate", "shard")
+                )
             else:
                 self._mesh = init_device_mesh(device_type, (self.world_size,))
         return self._mesh
@@ -166,7 +175,10 @@ class FSDPStrategy(ParallelStrategy):
         if self.layer_sync is not None:
             module = self.layer_sync.apply(module)
         fully_shard = _fsdp2()
-        kwargs: dict[str, Any] = {"mesh": self.mesh, "reshard_after_forward": self.sharding_strategy != "SHARD_GRAD_OP"}
+        kwargs: dict[str, Any] = {
+            "mesh": self.mesh,
+            "reshard_after_forward": self.sharding_strategy != "SHARD_GRAD_OP",
+        }
         if self.mixed_precision is not None:
             kwargs["mp_policy"] = self.mixed_precision
         if self.cpu_offload:
@@ -175,7 +187,9 @@ class FSDPStrategy(ParallelStrategy):
             kwargs["offload_policy"] = CPUOffloadPolicy()
         checkpointed = _as_predicate(self.activation_checkpointing_policy, "activation_checkpointing_policy")
         if checkpointed is not None:
-            from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+            from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+                apply_activation_checkpointing,
+            )
 
             apply_activation_checkpointing(module, check_fn=checkpointed)
         policy = self._wrap_policy()
@@ -188,6 +202,14 @@ class FSDPStrategy(ParallelStrategy):
         self.model = module
         self._models.append(weakref.ref(module))
         return module
+
+    def _owner(self, optimizer: Any) -> nn.Module:
+        model = self._model_for(optimizer)
+        if model is None:
+            raise MisconfigurationException(
+                "This optimizer's parameters belong to no module set up with FSDP."
+            )
+        return model
 
     def _model_for(self, optimizer: Any) -> nn.Module | None:
         """The sharded module whose parameters ``optimizer`` updates (Fabric may set up several)."""
@@ -251,17 +273,24 @@ class FSDPStrategy(ParallelStrategy):
 
         model = self._model_for(optimizer)
         if model is None or self._broken:
-            return optimizer.state_dict()
-        return get_optimizer_state_dict(model, optimizer, options=self._options(self.state_dict_type == "full"))
+            state: dict[str, Any] = optimizer.state_dict()
+            return state
+        return get_optimizer_state_dict(
+            model, optimizer, options=self._options(self.state_dict_type == "full")
+        )
 
-    def load_module_state_dict(self, module: nn.Module, state_dict: dict[str, Any], strict: bool = True) -> Any:
+    def load_module_state_dict(
+        self, module: nn.Module, state_dict: dict[str, Any], strict: bool = True
+    ) -> Any:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
         from torch.distributed.fsdp import FSDPModule
 
         if not isinstance(module, FSDPModule):
             return module.load_state_dict(state_dict, strict=strict)
         full = not any(type(v).__name__ == "DTensor" for v in state_dict.values())
-        return set_model_state_dict(module, state_dict, options=StateDictOptions(full_state_dict=full, strict=strict))
+        return set_model_state_dict(
+            module, state_dict, options=StateDictOptions(full_state_dict=full, strict=strict)
+        )
 
     def load_optimizer_state(self, optimizer: Any, state: dict[str, Any]) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
@@ -287,13 +316,15 @@ class FSDPStrategy(ParallelStrategy):
         if self.is_global_zero:
             path.mkdir(parents=True, exist_ok=True)
         self.barrier("fsdp sharded save")
-        dcp.save(tensors, checkpoint_id=str(path))
+        dcp.save(tensors, checkpoint_id=str(path))  # type: ignore[attr-defined]
         if self.is_global_zero:
             from fulmen.utilities.cloud_io import atomic_save
 
             atomic_save({"sharded_keys": sorted(tensors), **rest}, str(path / _META))
 
-    def load_checkpoint(self, path: Any, weights_only: bool | None = None, map_location: Any = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: Any, weights_only: bool | None = None, map_location: Any = None
+    ) -> dict[str, Any]:
         if Path(str(path)).is_dir() and (Path(str(path)) / _META).exists():
             raise NotSupportedYetError(
                 f"{str(path)!r} is a sharded FSDP checkpoint; loading one needs the sharded model as a template. "
@@ -317,7 +348,11 @@ class FSDPStrategy(ParallelStrategy):
         path = Path(str(path))
         meta = torch.load(path / _META, map_location="cpu", weights_only=False)
         sharded = set(meta.pop("sharded_keys"))
-        modules = {k: getattr(v, "module", v) for k, v in state.items() if isinstance(getattr(v, "module", v), nn.Module)}
+        modules = {
+            k: getattr(v, "module", v)
+            for k, v in state.items()
+            if isinstance(getattr(v, "module", v), nn.Module)
+        }
         template: dict[str, Any] = {}
         for key, obj in state.items():
             if key not in sharded:
@@ -326,8 +361,8 @@ class FSDPStrategy(ParallelStrategy):
                 template[key] = get_model_state_dict(modules[key])
             else:
                 opt = getattr(obj, "optimizer", obj)
-                template[key] = get_optimizer_state_dict(self._model_for(opt), opt)
-        dcp.load(template, checkpoint_id=str(path))
+                template[key] = get_optimizer_state_dict(self._owner(opt), opt)
+        dcp.load(template, checkpoint_id=str(path))  # type: ignore[attr-defined]
         opts = StateDictOptions(strict=strict)
         for key, value in template.items():
             obj = state[key]
@@ -335,10 +370,12 @@ class FSDPStrategy(ParallelStrategy):
                 set_model_state_dict(modules[key], value, options=opts)
             else:
                 opt = getattr(obj, "optimizer", obj)
-                set_optimizer_state_dict(self._model_for(opt), opt, value, options=opts)
+                set_optimizer_state_dict(self._owner(opt), opt, value, options=opts)
         missing = [k for k in state if k not in sharded and k not in meta]
         if missing and strict:
-            raise KeyError(f"Fabric.load: {missing} are not in the checkpoint {str(path)!r}. Fix: pass strict=False.")
+            raise KeyError(
+                f"Fabric.load: {missing} are not in the checkpoint {str(path)!r}. Fix: pass strict=False."
+            )
         return {k: v for k, v in meta.items() if k not in state or not hasattr(state[k], "load_state_dict")}
 
     @staticmethod
@@ -357,7 +394,9 @@ class ModelParallelStrategy(FSDPStrategy):
     """Lightning's DTensor strategy: here FSDP2 over all ranks; tensor parallelism is applied by the user in
     ``configure_model`` (the mesh is ``self.device_mesh``)."""
 
-    def __init__(self, data_parallel_size: Any = "auto", tensor_parallel_size: Any = 1, **kwargs: Any) -> None:
+    def __init__(
+        self, data_parallel_size: Any = "auto", tensor_parallel_size: Any = 1, **kwargs: Any
+    ) -> None:
         if tensor_parallel_size not in ("auto", 1):
             raise NotSupportedYetError(
                 f"ModelParallelStrategy(tensor_parallel_size={tensor_parallel_size}) is not supported yet. Fix: use "

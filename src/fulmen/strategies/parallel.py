@@ -8,6 +8,7 @@ add only how the model is wrapped and how its state is saved.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import sys
 from contextlib import nullcontext
@@ -26,8 +27,16 @@ from fulmen.utilities import distributed as fdist
 from fulmen.utilities.exceptions import MisconfigurationException, RankFailedError, RanksOutOfSyncError
 from fulmen.utilities.rank_zero import rank_zero_only
 
-_PEER_LOSS_MARKERS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "ECONNRESET",
-                      "NCCL communicator was aborted", "aborted", "Socket Timeout", "closed")
+_PEER_LOSS_MARKERS = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Broken pipe",
+    "ECONNRESET",
+    "NCCL communicator was aborted",
+    "aborted",
+    "Socket Timeout",
+    "closed",
+)
 
 
 class ParallelStrategy(Strategy):
@@ -120,6 +129,12 @@ class ParallelStrategy(Strategy):
     def distributed_sampler_kwargs(self) -> dict[str, int]:
         return {"num_replicas": self.world_size, "rank": self.global_rank}
 
+    @property
+    def supports_inference_mode(self) -> bool:
+        # as in Lightning: not on gloo (tensors made there, e.g. FSDP's gathered parameters, would be inference
+        # tensors the next training step cannot update in place)
+        return self.process_group_backend != "gloo"
+
     def set_world_ranks(self) -> None:
         env = self._env()
         if not env.creates_processes_externally or type(env).__name__ == "LightningEnvironment":
@@ -129,7 +144,7 @@ class ParallelStrategy(Strategy):
 
     # ------------------------------------------------------------------ launching
     @property
-    def launcher(self) -> Any:  # type: ignore[override]
+    def launcher(self) -> Any:
         return self._launcher
 
     @launcher.setter
@@ -155,10 +170,17 @@ class ParallelStrategy(Strategy):
             return
         env = self._env()
         sockets = PeerSockets()
+        # restored by finalize(): a later run in this process must not inherit this run's rendezvous
+        self._saved_env = {k: os.environ.get(k) for k in ("WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
         os.environ["WORLD_SIZE"] = str(self.world_size)
         fdist.init_process_group(
-            self.process_group_backend, self.global_rank, self.world_size, env.main_address, env.main_port,
-            timeout=self._timeout, device=self.root_device,
+            self.process_group_backend,
+            self.global_rank,
+            self.world_size,
+            env.main_address,
+            env.main_port,
+            timeout=self._timeout,
+            device=self.root_device,
         )
         sockets.capture(env.main_port)
         self._start_coordinator(sockets)
@@ -172,19 +194,24 @@ class ParallelStrategy(Strategy):
             if sockets is not None:
                 sockets.shutdown()
             if self.process_group_backend == "nccl":
-                try:
-                    from torch.distributed.distributed_c10d import _abort_process_group  # type: ignore[attr-defined]
+                with contextlib.suppress(
+                    Exception
+                ):  # older torch: the failure deadline still ends the process
+                    from torch.distributed.distributed_c10d import _abort_process_group
 
                     _abort_process_group()
-                except Exception:  # noqa: BLE001 - older torch: the failure deadline still ends the process
-                    pass
 
         self._coordinator = Coordinator(
-            fdist.get_default_store(), self.global_rank, self.world_size, self.failure_timeout, self.sync_timeout,
-            progress=lambda: self._progress, unblock=unblock,
+            fdist.get_default_store(),
+            self.global_rank,
+            self.world_size,
+            self.failure_timeout,
+            self.sync_timeout,
+            progress=lambda: self._progress,
+            unblock=unblock,
         )
         launcher = self._launcher
-        for check in getattr(launcher, "liveness_checks", lambda: [])():
+        for check in getattr(launcher, "liveness_checks", list)():
             self._coordinator.add_check(check)
         self._coordinator.preempt_callbacks.extend(self._preempt_callbacks)
         self._coordinator.start()
@@ -255,15 +282,21 @@ class ParallelStrategy(Strategy):
         c = self._coordinator
         if c is not None:
             if not c.broken:
-                try:
+                with contextlib.suppress(
+                    Exception
+                ):  # exiting anyway; the error was reported by the failing rank
                     c.sync_point("exit")
                     c.leave(host=self.global_rank == 0)
-                except Exception:  # noqa: BLE001 - exiting anyway; the error was reported by the failing rank
-                    pass
             c.stop()
             self._coordinator = None
         self.model = None
         fdist.destroy_process_group()
+        for key, value in getattr(self, "_saved_env", {}).items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved_env = {}
 
     # ------------------------------------------------------------------ collectives
     def barrier(self, name: str | None = None) -> None:
@@ -298,7 +331,9 @@ class ParallelStrategy(Strategy):
         if isinstance(tensor, torch.Tensor):
             return fdist.all_reduce(tensor, group=group, reduce_op=reduce_op)
         if isinstance(tensor, (int, float)):
-            out = fdist.all_reduce(torch.tensor(tensor, device=self.root_device), group=group, reduce_op=reduce_op)
+            out = fdist.all_reduce(
+                torch.tensor(tensor, device=self.root_device), group=group, reduce_op=reduce_op
+            )
             return out
         return fdist.all_reduce_collection(tensor, group=group, reduce_op=reduce_op)
 
@@ -380,7 +415,9 @@ class ParallelStrategy(Strategy):
         return state
 
 
-def forward_redirection(wrapper: nn.Module, original: nn.Module, method_name: str, *args: Any, **kwargs: Any) -> Any:
+def forward_redirection(
+    wrapper: nn.Module, original: nn.Module, method_name: str, *args: Any, **kwargs: Any
+) -> Any:
     """Call ``original.<method_name>(*args)`` through ``wrapper.__call__``.
 
     DDP synchronizes gradients (and FSDP gathers parameters) only for what runs inside the wrapper's
@@ -431,20 +468,15 @@ def _install_excepthook(strategy: ParallelStrategy) -> None:
 
     def hook(exc_type: Any, exc: BaseException, tb: Any) -> None:
         for s in _HOOKED:
-            try:
+            with contextlib.suppress(Exception):  # never mask the user's error
                 s.on_exception(exc)
-            except Exception:  # noqa: BLE001 - never mask the user's error
-                pass
         previous(exc_type, exc, tb)
 
     sys.excepthook = hook
 
     def at_exit() -> None:
         for s in _HOOKED:
-            try:
+            with contextlib.suppress(Exception):
                 s.finalize()
-            except Exception:  # noqa: BLE001
-                pass
 
     atexit.register(at_exit)
-

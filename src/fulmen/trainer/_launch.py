@@ -37,11 +37,22 @@ def _cpu(obj: Any) -> Any:
     return apply_to_collection(obj, torch.Tensor, lambda t: t.detach().cpu())
 
 
-def run_launched(trainer: Trainer, fn: TrainerFn, model: Any, datamodule: Any, loaders: dict[str, Any], ckpt_path: Any,
-                 weights_only: bool | None, verbose: bool, return_predictions: bool) -> Any:
+def run_launched(
+    trainer: Trainer,
+    fn: TrainerFn,
+    model: Any,
+    datamodule: Any,
+    loaders: dict[str, Any],
+    ckpt_path: Any,
+    weights_only: bool | None,
+    verbose: bool,
+    return_predictions: bool,
+) -> Any:
     from fulmen.trainer.lifecycle import _run
 
-    result = _run(trainer, fn, model, datamodule, loaders, ckpt_path, weights_only, verbose, return_predictions)
+    result = _run(
+        trainer, fn, model, datamodule, loaders, ckpt_path, weights_only, verbose, return_predictions
+    )
     if not getattr(trainer.strategy.launcher, "in_worker", False):
         return result  # the script launcher ran the stage in this very process
     weights = trainer.strategy.module_state_dict(model)  # collective for sharded strategies
@@ -76,8 +87,11 @@ def apply_worker_output(trainer: Trainer, fn: TrainerFn, model: Any, datamodule:
         state = out.callbacks.get(cb.state_key)
         if state:
             cb.load_state_dict(state)
-    for name, target in (("callback", trainer._metrics.callback), ("logged", trainer._metrics.logged),
-                         ("pbar", trainer._metrics.pbar)):
+    for name, target in (
+        ("callback", trainer._metrics.callback),
+        ("logged", trainer._metrics.logged),
+        ("pbar", trainer._metrics.pbar),
+    ):
         target.clear()
         target.update(out.metrics.get(name, {}))
     trainer.state.status = out.status

@@ -17,7 +17,15 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+)
 from torch.utils.data.distributed import DistributedSampler
 
 from fulmen.utilities.apply_func import apply_to_collection
@@ -73,7 +81,11 @@ def init_process_group(
     os.environ["MASTER_ADDR"] = main_address
     os.environ["MASTER_PORT"] = str(main_port)
     kwargs: dict[str, Any] = {"backend": backend, "rank": rank, "world_size": world_size, "timeout": timeout}
-    if device is not None and device.type == "cuda" and "device_id" in inspect.signature(dist.init_process_group).parameters:
+    if (
+        device is not None
+        and device.type == "cuda"
+        and "device_id" in inspect.signature(dist.init_process_group).parameters
+    ):
         kwargs["device_id"] = device  # eager NCCL init: the first collective does not pay for it
     dist.init_process_group(**kwargs)
 
@@ -162,14 +174,14 @@ class _AllGatherGrad(torch.autograd.Function):
     """``all_gather`` whose backward sends each rank its slice of the summed gradient."""
 
     @staticmethod
-    def forward(ctx: Any, tensor: torch.Tensor, group: Any) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, tensor: torch.Tensor, group: Any) -> torch.Tensor:
         ctx.group = group
         out = [torch.zeros_like(tensor) for _ in range(get_world_size(group))]
         dist.all_gather(out, tensor.contiguous(), group=group)
         return torch.stack(out)
 
     @staticmethod
-    def backward(ctx: Any, *grads: torch.Tensor) -> Any:  # type: ignore[override]
+    def backward(ctx: Any, *grads: torch.Tensor) -> Any:
         grad = torch.cat(grads).contiguous()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
         return grad[get_rank(ctx.group)], None
@@ -191,7 +203,7 @@ def all_gather(tensor: torch.Tensor, group: Any = None, sync_grads: bool = False
     else:
         squeeze = False
     if sync_grads:
-        out = _AllGatherGrad.apply(tensor, group)
+        out: torch.Tensor = _AllGatherGrad.apply(tensor, group)  # type: ignore[no-untyped-call]
         return out.squeeze(-1) if squeeze else out
     shape = torch.tensor(tensor.shape, device=tensor.device)
     shapes = [torch.zeros_like(shape) for _ in range(world)]
@@ -217,7 +229,9 @@ def all_gather_collection(data: Any, group: Any = None, sync_grads: bool = False
     return apply_to_collection(data, torch.Tensor, gather)
 
 
-def reduce_boolean_decision(decision: bool, all: bool = True, group: Any = None, device: torch.device | None = None) -> bool:
+def reduce_boolean_decision(
+    decision: bool, all: bool = True, group: Any = None, device: torch.device | None = None
+) -> bool:
     """``all=True``: every rank said yes; ``all=False``: at least one rank did."""
     if not is_initialized():
         return bool(decision)
@@ -228,12 +242,12 @@ def reduce_boolean_decision(decision: bool, all: bool = True, group: Any = None,
 
 
 # ------------------------------------------------------------------ samplers
-class DistributedSamplerWrapper(DistributedSampler):
+class DistributedSamplerWrapper(DistributedSampler[Any]):
     """Split the indices that any sampler yields across ranks (keeps the sampler's own order/weights)."""
 
     def __init__(self, sampler: Sampler[Any], *args: Any, **kwargs: Any) -> None:
         self._wrapped = sampler
-        super().__init__(_SamplerAsDataset(sampler), *args, **kwargs)  # type: ignore[arg-type]
+        super().__init__(_SamplerAsDataset(sampler), *args, **kwargs)
 
     def __iter__(self) -> Iterator[Any]:
         self.dataset._reset()  # type: ignore[attr-defined]
@@ -257,7 +271,7 @@ class _SamplerAsDataset(Dataset[Any]):
         return self.items[i]
 
 
-class UnrepeatedDistributedSampler(DistributedSampler):
+class UnrepeatedDistributedSampler(DistributedSampler[Any]):
     """Like ``DistributedSampler`` but without padding: no sample is seen twice (ranks may get one fewer).
 
     Used for prediction, where duplicated samples would produce duplicated outputs.
@@ -278,7 +292,7 @@ class UnrepeatedDistributedSampler(DistributedSampler):
         return iter(indices[self.rank : self.total_size : self.num_replicas])
 
 
-def _loader_init_kwargs(loader: DataLoader) -> dict[str, Any]:
+def _loader_init_kwargs(loader: DataLoader[Any]) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "num_workers": loader.num_workers,
         "collate_fn": loader.collate_fn,
@@ -298,15 +312,18 @@ def _loader_init_kwargs(loader: DataLoader) -> dict[str, Any]:
     return kwargs
 
 
-def distributed_sampler_for(loader: DataLoader, num_replicas: int, rank: int, mode: str) -> Sampler[Any]:
+def distributed_sampler_for(loader: DataLoader[Any], num_replicas: int, rank: int, mode: str) -> Sampler[Any]:
     """The rank-aware sampler replacing ``loader``'s sampler. ``mode``: ``train``, ``eval`` or ``predict``."""
-    sampler = loader.sampler
-    seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+    sampler: Any = loader.sampler
+    dataset: Any = loader.dataset
+    seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
     shuffle = type(sampler) is RandomSampler
     if mode == "predict":
-        return UnrepeatedDistributedSampler(loader.dataset, num_replicas=num_replicas, rank=rank, shuffle=False)  # type: ignore[arg-type]
+        return UnrepeatedDistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
     if type(sampler) in (RandomSampler, SequentialSampler):  # subclasses have their own order: wrapped below
-        return DistributedSampler(loader.dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        return DistributedSampler(
+            loader.dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed
+        )
     return DistributedSamplerWrapper(sampler, num_replicas=num_replicas, rank=rank, shuffle=False, seed=seed)
 
 
@@ -323,7 +340,7 @@ def inject_distributed_sampler(loader: Any, num_replicas: int, rank: int, mode: 
         return loader
     if isinstance(loader.sampler, DistributedSampler):
         return loader
-    batch_sampler = loader.batch_sampler
+    batch_sampler: Any = loader.batch_sampler
     if batch_sampler is not None and isinstance(getattr(batch_sampler, "sampler", None), DistributedSampler):
         return loader
     new_sampler = distributed_sampler_for(loader, num_replicas, rank, mode)
@@ -335,9 +352,11 @@ def inject_distributed_sampler(loader: Any, num_replicas: int, rank: int, mode: 
     else:
         try:
             new_bs = type(batch_sampler)(
-                new_sampler, batch_size=batch_sampler.batch_size, drop_last=batch_sampler.drop_last  # type: ignore[attr-defined]
+                new_sampler,
+                batch_size=batch_sampler.batch_size,
+                drop_last=batch_sampler.drop_last,
             )
-        except Exception as exc:  # noqa: BLE001 - any failure means we cannot rebuild it safely
+        except Exception as exc:
             raise MisconfigurationException(
                 f"The dataloader uses a custom batch sampler {type(batch_sampler).__name__} that fulmen cannot "
                 f"re-create with a DistributedSampler ({exc}). Fix: make it rank-aware yourself and pass "
@@ -359,7 +378,10 @@ def inject_distributed_sampler(loader: Any, num_replicas: int, rank: int, mode: 
 
 def set_sampler_epoch(loader: Any, epoch: int) -> None:
     """Call ``set_epoch`` on the loader's sampler(s) so every epoch shuffles differently (and identically on every rank)."""
-    for obj in (getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+    for obj in (
+        getattr(loader, "sampler", None),
+        getattr(getattr(loader, "batch_sampler", None), "sampler", None),
+    ):
         if obj is not None and callable(getattr(obj, "set_epoch", None)):
             obj.set_epoch(epoch)
     for inner in getattr(loader, "flattened", None) or ():
@@ -383,8 +405,8 @@ __all__ = [
     "get_default_store",
     "get_rank",
     "get_world_size",
-    "inject_distributed_sampler",
     "init_process_group",
+    "inject_distributed_sampler",
     "is_available",
     "is_initialized",
     "reduce_boolean_decision",
@@ -396,13 +418,13 @@ class _AllReduceSumGrad(torch.autograd.Function):
     """Sum over ranks whose gradient is the sum over ranks of the upstream gradients."""
 
     @staticmethod
-    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
         out = tensor.clone()
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.clone()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         return grad
@@ -412,4 +434,5 @@ def differentiable_all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """``all_reduce(SUM)`` that autograd can differentiate (used by the any-device SyncBatchNorm)."""
     if not is_initialized():
         return tensor
-    return _AllReduceSumGrad.apply(tensor)  # type: ignore[no-any-return]
+    out: torch.Tensor = _AllReduceSumGrad.apply(tensor)  # type: ignore[no-untyped-call]
+    return out

@@ -68,7 +68,7 @@ def _env_int(*names: str, default: int | None = None) -> int:
         value = os.environ.get(name)
         if value not in (None, ""):
             try:
-                return int(value)  # type: ignore[arg-type]
+                return int(value)
             except ValueError as exc:
                 raise MisconfigurationException(
                     f"The environment variable {name}={value!r} is not an integer. Fix: unset it or set a number."

@@ -46,6 +46,9 @@ class KubeflowEnvironment(ClusterEnvironment):
 
     def validate_settings(self, num_devices: int, num_nodes: int) -> None:
         _check_world(
-            self, num_devices, num_nodes, "The PyTorchJob",
+            self,
+            num_devices,
+            num_nodes,
+            "The PyTorchJob",
             "set devices=1 and num_nodes to the number of replicas (Master + Workers).",
         )

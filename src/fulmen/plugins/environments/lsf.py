@@ -26,7 +26,9 @@ class LSFEnvironment(ClusterEnvironment):
                 with open(path) as f:
                     lines = [line.strip() for line in f if line.strip()]
             except OSError as exc:
-                raise MisconfigurationException(f"Cannot read the LSF rank file LSB_DJOB_RANKFILE={path!r}: {exc}") from exc
+                raise MisconfigurationException(
+                    f"Cannot read the LSF rank file LSB_DJOB_RANKFILE={path!r}: {exc}"
+                ) from exc
             # the first line is the launch (batch) node, which runs no ranks
             self._hosts = lines[1:] if len(lines) > 1 else lines
         return self._hosts
@@ -64,4 +66,6 @@ class LSFEnvironment(ClusterEnvironment):
         return unique.index(host) if host in unique else 0
 
     def validate_settings(self, num_devices: int, num_nodes: int) -> None:
-        _check_world(self, num_devices, num_nodes, "jsrun", "match devices and num_nodes to the jsrun resource sets.")
+        _check_world(
+            self, num_devices, num_nodes, "jsrun", "match devices and num_nodes to the jsrun resource sets."
+        )

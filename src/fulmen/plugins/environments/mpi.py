@@ -41,7 +41,7 @@ class MPIEnvironment(ClusterEnvironment):
 
                 mine = (socket.gethostname(), find_free_network_port()) if self.global_rank() == 0 else None
                 self._address = MPI.COMM_WORLD.bcast(mine, root=0)
-        return self._address  # type: ignore[return-value]
+        return self._address
 
     @property
     def main_address(self) -> str:

@@ -37,7 +37,9 @@ class SLURMEnvironment(ClusterEnvironment):
     def main_address(self) -> str:
         addr = os.environ.get("MASTER_ADDR")
         if addr is None:
-            addr = resolve_root_node_address(os.environ.get("SLURM_NODELIST", os.environ.get("SLURM_JOB_NODELIST", "127.0.0.1")))
+            addr = resolve_root_node_address(
+                os.environ.get("SLURM_NODELIST", os.environ.get("SLURM_JOB_NODELIST", "127.0.0.1"))
+            )
             os.environ["MASTER_ADDR"] = addr
         return addr
 
@@ -81,7 +83,11 @@ class SLURMEnvironment(ClusterEnvironment):
 
     def validate_settings(self, num_devices: int, num_nodes: int) -> None:
         per_node = os.environ.get("SLURM_NTASKS_PER_NODE")
-        if per_node is not None and per_node.split("(")[0].isdigit() and int(per_node.split("(")[0]) != num_devices:
+        if (
+            per_node is not None
+            and per_node.split("(")[0].isdigit()
+            and int(per_node.split("(")[0]) != num_devices
+        ):
             raise MisconfigurationException(
                 f"SLURM runs --ntasks-per-node={per_node} tasks per node but devices={num_devices}. Fix: set "
                 f"#SBATCH --ntasks-per-node={num_devices} (one task per device), or devices={per_node}."
@@ -97,7 +103,9 @@ class SLURMEnvironment(ClusterEnvironment):
     def requeue_command(self) -> list[str]:
         job_id = self.job_id()
         if job_id is None:
-            raise MisconfigurationException("SLURM_JOB_ID is not set: this process is not a SLURM job, it cannot requeue.")
+            raise MisconfigurationException(
+                "SLURM_JOB_ID is not set: this process is not a SLURM job, it cannot requeue."
+            )
         return ["scontrol", "requeue", job_id]
 
     def requeue(self) -> bool:

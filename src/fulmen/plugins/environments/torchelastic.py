@@ -32,7 +32,9 @@ class TorchElasticEnvironment(ClusterEnvironment):
 
     def set_world_size(self, size: int) -> None:
         if size != self.world_size():
-            rank_zero_warn(f"torchrun set WORLD_SIZE={self.world_size()}; ignoring the requested world size {size}.")
+            rank_zero_warn(
+                f"torchrun set WORLD_SIZE={self.world_size()}; ignoring the requested world size {size}."
+            )
 
     def global_rank(self) -> int:
         return _env_int("RANK")
@@ -52,6 +54,9 @@ class TorchElasticEnvironment(ClusterEnvironment):
 
     def validate_settings(self, num_devices: int, num_nodes: int) -> None:
         _check_world(
-            self, num_devices, num_nodes, "torchrun",
+            self,
+            num_devices,
+            num_nodes,
+            "torchrun",
             "pass devices=--nproc-per-node and num_nodes=--nnodes (or devices='auto'), or change the torchrun flags.",
         )

@@ -8,6 +8,7 @@ failed first, chained to its original exception when that can be pickled.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import multiprocessing as mp
 import os
@@ -42,7 +43,7 @@ class MultiProcessingLauncher:
     def launch(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self.in_worker:
             return function(*args, **kwargs)
-        if self.start_method == "fork" and torch.cuda.is_available() and torch.cuda.is_initialized():
+        if self.start_method == "fork" and torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
             raise MisconfigurationException(
                 "strategy='ddp_fork'/'ddp_notebook' cannot fork after CUDA was initialized in this process. Fix: do not "
                 "touch CUDA before trainer.fit (restart the notebook kernel), or use strategy='ddp_spawn'."
@@ -55,12 +56,17 @@ class MultiProcessingLauncher:
         user_port = "MASTER_PORT" in os.environ
         os.environ["MASTER_ADDR"] = env.main_address
         os.environ["MASTER_PORT"] = str(env.main_port)
-        ctx = mp.get_context(self.start_method)
+        ctx: Any = mp.get_context(self.start_method)
         procs: list[Any] = []
         readers: list[Any] = []
         # spawn/forkserver pickle the arguments with torch's multiprocessing pickler, which moves tensors to
         # shared memory: every worker would then update the *same* parameters. Plain pickle copies them.
-        work = (self, function, args, kwargs)  # one pickle: the launcher's strategy stays the trainer's strategy
+        work = (
+            self,
+            function,
+            args,
+            kwargs,
+        )  # one pickle: the launcher's strategy stays the trainer's strategy
         payload: Any = work if self.start_method == "fork" else pickle.dumps(work)
         for local_rank in range(strategy.num_processes):
             reader, writer = ctx.Pipe(duplex=False)
@@ -138,32 +144,37 @@ def _worker(local_rank: int, payload: Any, conn: Any) -> None:
     code = 0
     try:
         result = function(*args, **kwargs)
-        payload: dict[str, Any] = {"ok": True, "rank": rank, "result": None}
+        report: dict[str, Any] = {"ok": True, "rank": rank, "result": None}
         if rank == 0 or local_rank == 0:
             buf = io.BytesIO()
             torch.save(result, buf)
-            payload["result"] = buf.getvalue()
+            report["result"] = buf.getvalue()
     except BaseException as exc:  # noqa: BLE001 - every failure is reported to the launching process
         code = 1
         reported = exc
-        try:
+        with contextlib.suppress(Exception):
             reported = strategy.on_exception(exc)
-        except Exception:  # noqa: BLE001
-            pass
-        payload = {"ok": False, "rank": rank, **_describe(reported)}
-    try:
+        report = {"ok": False, "rank": rank, **_describe(reported)}
+    with contextlib.suppress(Exception):
         strategy.finalize()
-    except Exception:  # noqa: BLE001
-        pass
     try:
-        conn.send_bytes(pickle.dumps(payload))
+        conn.send_bytes(pickle.dumps(report))
         conn.close()
     except Exception:  # noqa: BLE001 - e.g. an unpicklable result: report that instead
-        try:
-            conn.send_bytes(pickle.dumps({"ok": False, "rank": rank, **_describe(RuntimeError(
-                "rank 0 finished but its result could not be sent to the launching process (not picklable?)"))}))
-        except Exception:  # noqa: BLE001
-            pass
+        with contextlib.suppress(Exception):
+            conn.send_bytes(
+                pickle.dumps(
+                    {
+                        "ok": False,
+                        "rank": rank,
+                        **_describe(
+                            RuntimeError(
+                                "rank 0 finished but its result could not be sent to the launching process (not picklable?)"
+                            )
+                        ),
+                    }
+                )
+            )
     sys.stdout.flush()
     sys.stderr.flush()
     # skip interpreter teardown: the work is done and reported, and process-group destructors can be slow
@@ -171,15 +182,22 @@ def _worker(local_rank: int, payload: Any, conn: Any) -> None:
 
 
 def _describe(exc: BaseException) -> dict[str, Any]:
+    pickled: bytes | None
     try:
-        pickled: bytes | None = pickle.dumps(exc)
+        pickled = pickle.dumps(exc)
         pickle.loads(pickled)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - an exception that does not survive pickling is described by text only
         pickled = None
     secondary = isinstance(exc, RankFailedError) or "lost its connection to another rank" in str(exc)
     if isinstance(exc, SystemExit) and getattr(exc, "collective", False):
-        return {"type": type(exc).__name__, "message": str(exc), "traceback": "", "exception": None,
-                "secondary": False, "exit_code": exc.code}
+        return {
+            "type": type(exc).__name__,
+            "message": str(exc),
+            "traceback": "",
+            "exception": None,
+            "secondary": False,
+            "exit_code": exc.code,
+        }
     return {
         "type": type(exc).__name__,
         "message": str(exc),
@@ -189,8 +207,9 @@ def _describe(exc: BaseException) -> dict[str, Any]:
     }
 
 
-def _root_error(errors: dict[int, dict[str, Any]], missing: list[int], procs: list[Any], node_rank: int,
-                nprocs: int) -> BaseException:
+def _root_error(
+    errors: dict[int, dict[str, Any]], missing: list[int], procs: list[Any], node_rank: int, nprocs: int
+) -> BaseException:
     codes = {m.get("exit_code") for m in errors.values()}
     if not missing and len(errors) == len(procs) and len(codes) == 1 and None not in codes:
         return SystemExit(codes.pop())  # every rank exited together (preemption): exit with their code
@@ -208,8 +227,10 @@ def _root_error(errors: dict[int, dict[str, Any]], missing: list[int], procs: li
         i = missing[0]
         code = procs[i].exitcode
         how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
-        return RankFailedError(node_rank * nprocs + i, "ProcessExit", f"the worker process {how} without reporting")
-    i, m = sorted(errors.items())[0]
+        return RankFailedError(
+            node_rank * nprocs + i, "ProcessExit", f"the worker process {how} without reporting"
+        )
+    i, m = min(errors.items())
     original = pickle.loads(m["exception"]) if m.get("exception") else None
     if isinstance(original, BaseException):
         return original
