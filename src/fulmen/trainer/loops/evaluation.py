@@ -26,7 +26,11 @@ def _restore_modes(modes: dict[torch.nn.Module, bool]) -> None:
 
 
 def eval_context(trainer: Trainer) -> Any:
-    return torch.inference_mode() if trainer.config.inference_mode else torch.no_grad()
+    # As in Lightning: no inference mode on a gloo process group (tensors created there, e.g. FSDP's unsharded
+    # parameters, would be inference tensors that the next training step cannot update in place).
+    if trainer.config.inference_mode and trainer.strategy.supports_inference_mode:
+        return torch.inference_mode()
+    return torch.no_grad()
 
 
 class EvaluationLoop:
