@@ -138,6 +138,11 @@ class MultiProcessingLauncher:
 def _worker(local_rank: int, payload: Any, conn: Any) -> None:
     launcher, function, args, kwargs = pickle.loads(payload) if isinstance(payload, bytes) else payload
     launcher.in_worker = True
+    if launcher.start_method == "fork":
+        # A forked child inherits OpenMP's thread-pool state but not its threads: once the parent has run a
+        # multi-threaded op, the child's first one would wait forever for them. One intra-op thread per rank
+        # is safe (use ddp or ddp_spawn for multi-threaded CPU ranks).
+        torch.set_num_threads(1)
     strategy = launcher.strategy
     strategy._worker_setup(local_rank)
     rank = strategy.node_rank * strategy.num_processes + local_rank
