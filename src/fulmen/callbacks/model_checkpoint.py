@@ -427,6 +427,13 @@ class ModelCheckpoint(Checkpoint):
         return self._train_time_interval
 
     @property
+    def _inactive_hooks(self) -> frozenset[str]:
+        # read by the dispatcher once per run: without step or time triggers there is nothing to do per batch
+        if self._every_n_train_steps < 1 and self._train_time_interval is None:
+            return frozenset({"on_train_batch_end"})
+        return frozenset()
+
+    @property
     @override
     def state_key(self) -> str:
         return self._generate_state_key(

@@ -49,10 +49,15 @@ class Dispatcher:
         key = (name, monitoring)
         fns = self._cb_cache.get(key)
         if fns is None:
+            # A callback may list hooks it overrides but never acts in with its configuration (e.g. a
+            # ModelCheckpoint that saves at epoch ends has nothing to do per batch): they are skipped, so the
+            # default Trainer dispatches nothing per batch that does nothing.
             fns = [
                 getattr(cb, name)
                 for cb in self.callbacks
-                if _overrides(cb, Callback, name) and (monitoring == 0 or (monitoring == 2) == is_monitoring(cb))
+                if _overrides(cb, Callback, name)
+                and name not in getattr(cb, "_inactive_hooks", ())
+                and (monitoring == 0 or (monitoring == 2) == is_monitoring(cb))
             ]
             self._cb_cache[key] = fns
         return fns

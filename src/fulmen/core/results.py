@@ -20,6 +20,8 @@ _REDUCE_FX = {"mean": "mean", "avg": "mean", "sum": "sum", "max": "max", "min": 
 
 
 def _is_torchmetric(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):  # what is logged almost always: no MRO walk
+        return False
     cls = type(value)
     return any(base.__module__.startswith("torchmetrics") and base.__name__ == "Metric" for base in cls.__mro__)
 
@@ -38,6 +40,11 @@ class _Meta:
     sync_dist_group: Any
     dataloader_idx: int | None
     rank_zero_only: bool
+
+    def __post_init__(self) -> None:
+        # the names the readers use, built once (not fields: they stay out of state_dict)
+        self.step_key = f"{self.name}_step" if self.forked else self.name
+        self.epoch_key = f"{self.name}_epoch" if self.forked else self.name
 
     @property
     def forked(self) -> bool:
@@ -230,7 +237,7 @@ class ResultCollection:
             value = m.step_value(self.reduce)
             if value is None:
                 continue
-            forked = f"{meta.name}_step" if meta.forked else meta.name
+            forked = meta.step_key
             if not meta.rank_zero_only:
                 cb[forked] = value
                 cb[meta.name] = value
@@ -239,6 +246,17 @@ class ResultCollection:
             if meta.prog_bar:
                 pb[forked] = value
         return cb, lg, pb
+
+    def progress_bar_step_metrics(self) -> dict[str, torch.Tensor]:
+        """The progress-bar part of :meth:`step_metrics` alone (what the bar reads at each refresh)."""
+        pb: dict[str, torch.Tensor] = {}
+        for m in self.metrics.values():
+            meta = m.meta
+            if meta.on_step and meta.prog_bar:
+                value = m.step_value(self.reduce)
+                if value is not None:
+                    pb[meta.step_key] = value
+        return pb
 
     def epoch_metrics(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         cb: dict[str, torch.Tensor] = {}
@@ -251,7 +269,7 @@ class ResultCollection:
             value = m.epoch_value(self.reduce)
             if value is None:
                 continue
-            forked = f"{meta.name}_epoch" if meta.forked else meta.name
+            forked = meta.epoch_key
             if not meta.rank_zero_only:
                 cb[forked] = value
                 cb[meta.name] = value
@@ -275,6 +293,8 @@ class ResultCollection:
 
 
 def normalize_reduce_fx(reduce_fx: Any, name: str) -> str:
+    if reduce_fx.__class__ is str and reduce_fx in _REDUCE_FX:  # "mean", the default, without lower()
+        return _REDUCE_FX[reduce_fx]
     if callable(reduce_fx):
         for key, fn in (("mean", torch.mean), ("sum", torch.sum), ("max", torch.max), ("min", torch.min)):
             if reduce_fx is fn:

@@ -81,7 +81,7 @@ class MetricsStore:
     def progress_bar_metrics(self) -> dict[str, float]:
         merged = dict(self.pbar)
         if self.live is not None:
-            merged.update(self.live.step_metrics()[2])
+            merged.update(self.live.progress_bar_step_metrics())
         return {k: _to_float(v) for k, v in merged.items()}
 
     def logged_metrics(self) -> dict[str, Any]:

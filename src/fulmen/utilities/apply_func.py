@@ -40,6 +40,22 @@ def move_data_to_device(batch: Any, device: torch.device | str | int) -> Any:
     non_blocking = device.type == "cuda"
     if isinstance(batch, torch.Tensor):  # fast path: the common single-tensor batch
         return batch.to(device, non_blocking=non_blocking)
+    cls = type(batch)
+    if cls is tuple or cls is list:  # fast path: (x, y); the same result as apply_to_collection, built directly
+        on_cpu = device.type == "cpu"  # a CPU tensor's .to("cpu") returns the tensor itself: skip the call
+        if on_cpu and cls is tuple:
+            for v in batch:
+                if not (isinstance(v, torch.Tensor) and v.is_cpu):
+                    break
+            else:
+                return batch  # nothing to move (an immutable tuple of the same tensors, as a rebuilt one would hold)
+        out = [
+            (v if on_cpu and v.is_cpu else v.to(device, non_blocking=non_blocking))
+            if isinstance(v, torch.Tensor)
+            else apply_to_collection(v, torch.Tensor, _move, device, non_blocking)
+            for v in batch
+        ]
+        return out if cls is list else tuple(out)
     return apply_to_collection(batch, torch.Tensor, _move, device, non_blocking)
 
 

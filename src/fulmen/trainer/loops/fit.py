@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fulmen.core.results import ResultCollection
+from fulmen.trainer.lifecycle import batch_transfer_fn
 from fulmen.trainer.states import RunningStage
 from fulmen.utilities.exceptions import MisconfigurationException
 from fulmen.utilities.rank_zero import rank_zero_info, rank_zero_warn
@@ -48,6 +49,7 @@ class FitLoop:
         while not self._done():
             t._data.maybe_reload_train(rs.epoch)
             self._run_epoch()
+        t._optimization._last_loss = None  # the last step's graph (see Optimization.setup)
         d.both("on_train_end")
 
     def _sanity_check(self) -> bool:
@@ -179,11 +181,13 @@ class FitLoop:
         has_bstart = d.has_callbacks("on_train_batch_start") or d.module_overrides("on_train_batch_start")
         has_bend = d.has_callbacks("on_train_batch_end") or d.module_overrides("on_train_batch_end")
         step = t._optimization.step_auto if auto else t._optimization.step_manual
+        transfer = batch_transfer_fn(t, 0)
+        max_steps = t.config.max_steps
         batch_idx = start
         rs.is_last_batch = False
         for batch, is_last in it:
             rs.is_last_batch = is_last
-            batch = t._transfer_batch(batch, 0)
+            batch = transfer(batch)
             results.set_batch(batch)
             if has_bstart:
                 d.callbacks_hook("on_train_batch_start", batch, batch_idx)
@@ -208,8 +212,8 @@ class FitLoop:
             batch_idx += 1
             if is_last:
                 return True
-            if self._should_end_epoch():
-                return False
+            if max_steps >= 0 and rs.global_step >= max_steps or rs.should_stop and self._can_stop_early():
+                return False  # as _should_end_epoch
         if batch_idx == start and start == 0 and t._data.num_training_batches != 0:
             raise MisconfigurationException(
                 "The train dataloader produced no batches. Fix: check the dataset is not empty and that "
@@ -224,12 +228,13 @@ class FitLoop:
         """Logging, in-epoch validation and step-interval plateau schedulers after a batch's hooks."""
         t = self.trainer
         rs = t.run_state
-        log_n = t.config.log_every_n_steps
         if stepped and not skip_logging:
+            log_n = t.config.log_every_n_steps
             if log_n and (rs.batches_that_stepped + 1) % log_n == 0 or rs.should_stop:
                 t._metrics.log_train_step(results)
             rs.batches_that_stepped += 1
-        results.reset_step()
+        if results.metrics:
+            results.reset_step()
         rs.resume_point = "val"
         if check_val and self._val_due(batch_idx, is_last, val_batch):
             # logged at the step of this batch, which was already counted in batches_that_stepped
@@ -320,6 +325,34 @@ class Optimization:
         self.clip_algo = t.config.gradient_clip_algorithm
         self.need_after_closure = self.has_before_opt or self.custom_clip or bool(self.clip_val)
         self.has_sched_step = any(c.interval == "step" for c in t.lr_scheduler_configs)
+        # Decided once per run so the default step calls no wrapper: the forward runs without a context when
+        # the precision plugin's is the base (no-op) one, backward is ``loss.backward()`` when neither the
+        # strategy nor the precision plugin changes it, and on_train_batch_end's outputs dict is built only
+        # when something receives it.
+        from fulmen.plugins.precision import Precision
+        from fulmen.strategies import Strategy
+
+        precision, strategy = self.precision, t.strategy
+        self.plain_forward = _is(precision.forward_context, Precision.forward_context)
+        self.plain_backward = (
+            not self.has_before_bwd and not self.has_after_bwd and not self.custom_backward
+            and _is(strategy.backward, Strategy.backward) and _is(precision.backward, Precision.backward)
+        )
+        self.plain_zero_grad = not self.has_before_zero and not self.custom_zero_grad and self.opt is not None
+        self.want_outputs = d.has_callbacks("on_train_batch_end") or d.module_overrides("on_train_batch_end")
+        self.after_closure = self._after_closure if self.need_after_closure else None
+        # the base plugin's optimizer_step without an after-closure is exactly ``optimizer.step(closure=closure)``
+        self.plain_step = self.after_closure is None and _is(precision.optimizer_step, Precision.optimizer_step)
+        self.closure = self._closure  # one bound method for the run; the step's inputs are set on self
+        self._batch: Any = None
+        self._batch_idx = 0
+        self._acc = 1
+        self._zero_now = True
+        self._outputs: Any = None
+        # The last step's loss is kept until the next step replaces it, as a hand-written loop's ``loss`` variable
+        # is: its graph holds the parameters' gradient accumulators, which the next backward then reuses instead
+        # of building one per parameter per step.
+        self._last_loss: Any = None
         if not module.automatic_optimization:
             for lo in t._lightning_optimizers:
                 self._install_manual(lo)
@@ -331,50 +364,74 @@ class Optimization:
         t = self.trainer
         rs = t.run_state
         acc = rs.accumulate_grad_batches
-        window_pos = (batch_idx % acc) if acc > 1 else 0
-        should_step = acc == 1 or (batch_idx + 1) % acc == 0 or is_last
+        if acc == 1:
+            should_step = zero_now = True
+        else:
+            should_step = (batch_idx + 1) % acc == 0 or is_last
+            zero_now = batch_idx % acc == 0
         t._accumulating = not should_step
-        zero_now = window_pos == 0
-        output_box: list[Any] = [None]
-
-        def closure() -> torch.Tensor | None:
-            loss, output = self._training_step(batch, batch_idx, acc)
-            output_box[0] = output
-            if zero_now:
-                self._zero_grad(batch_idx)
-            if loss is not None:
-                self._backward(loss)
-            return loss
-
+        # the closure reads the step's inputs from here (no function object is built per step)
+        self._batch, self._batch_idx, self._acc, self._zero_now, self._outputs = batch, batch_idx, acc, zero_now, None
+        closure = self.closure
         if not should_step:
             with t.strategy_no_sync():
                 closure()
-            return False, output_box[0]
+            return False, self._take_outputs()
         if self.opt is None:
             closure()
         elif self.custom_optimizer_step:
             t._dispatcher.module_hook("optimizer_step", rs.epoch, batch_idx, self.lopt, closure)
+        elif self.plain_step:
+            self.opt.step(closure=closure)
         else:
-            self.precision.optimizer_step(self.opt, closure, self._after_closure if self.need_after_closure else None)
+            self.precision.optimizer_step(self.opt, closure, self.after_closure)
         rs.optimizer_steps.increment()
         rs.global_step += 1
         if self.has_sched_step:
             self.step_schedulers("step", plateau=False)
         t._accumulating = False
-        return True, output_box[0]
+        outputs, self._outputs, self._batch = self._outputs, None, None
+        return True, outputs
+
+    def _take_outputs(self) -> Any:
+        outputs, self._outputs, self._batch = self._outputs, None, None
+        return outputs
+
+    def _closure(self) -> torch.Tensor | None:
+        """Forward, zero_grad (at the start of an accumulation window) and backward of the current batch."""
+        loss, self._outputs = self._training_step(self._batch, self._batch_idx, self._acc)
+        self._last_loss = loss
+        if self._zero_now:
+            if self.plain_zero_grad:
+                self.opt.zero_grad()
+                self.trainer.run_state.zero_grad_progress.increment()
+            else:
+                self._zero_grad(self._batch_idx)
+        if loss is not None:
+            if self.plain_backward:
+                loss.backward()
+            else:
+                self._backward(loss)
+        return loss
 
     def _training_step(self, batch: Any, batch_idx: int, acc: int) -> tuple[torch.Tensor | None, Any]:
         t = self.trainer
         t._current_fx = "training_step"
-        with self.forward_ctx():
+        if self.plain_forward:
             output = self.training_step(batch, batch_idx)
+        else:
+            with self.forward_ctx():
+                output = self.training_step(batch, batch_idx)
         t._current_fx = None
-        loss = _extract_loss(output, self.module.automatic_optimization)
+        if type(output) is torch.Tensor and output.numel() == 1:  # the common case, checked without a call
+            loss = output
+        else:
+            loss = _extract_loss(output, self.module.automatic_optimization)
         if loss is None:
             return None, {}
         if acc > 1:
             loss = loss / acc
-        return loss, _batch_end_outputs(output, loss)
+        return loss, (_batch_end_outputs(output, loss) if self.want_outputs else None)
 
     def _zero_grad(self, batch_idx: int) -> None:
         t = self.trainer
@@ -496,6 +553,12 @@ class Optimization:
             t._dispatcher.module_hook("lr_scheduler_step", cfg.scheduler, metric)
             t._current_fx = None
             rs.scheduler_progress.increment()
+
+
+def _is(bound: Any, base_fn: Any) -> bool:
+    """Whether ``bound`` is ``base_fn`` bound to an instance: not overridden in a subclass nor shadowed on the
+    instance (the profilers shadow methods to time them)."""
+    return getattr(bound, "__func__", None) is base_fn
 
 
 def _batch_end_outputs(output: Any, loss: Any) -> dict[str, Any]:

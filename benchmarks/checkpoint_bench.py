@@ -1,0 +1,154 @@
+"""Checkpoint save/load time: fulmen (and Lightning) against a plain ``torch.save``/``torch.load`` of the same content.
+
+The model is a stack of ``Linear(2048, 2048)`` layers (16 MiB each) trained one step with Adam, so a
+full checkpoint holds the weights plus two Adam moments. The plain baseline is what a hand-written
+loop saves: ``torch.save({"epoch", "global_step", "state_dict": model.state_dict(),
+"optimizer_states": [opt.state_dict()]}, path)``, the ``state_dict()`` calls included in its time;
+the frameworks' time is ``trainer.save_checkpoint(path)``. Every save writes a new file in the same
+directory, after an ``os.sync()`` so no earlier write is still being flushed while the clock runs.
+fulmen's saves are atomic (temporary file, fsync, rename, directory fsync); ``torch.save`` and
+Lightning's are not, so the fsync is part of what fulmen's number pays for.
+
+Async: ``Trainer(plugins=[AsyncCheckpointIO()])``; the number is how long ``save_checkpoint``
+blocks the training loop, against the synchronous save.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import tempfile
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from workloads import Batches
+
+LAYER_MIB = 16  # Linear(2048, 2048) in float32
+
+
+def _net(size_mib: int) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(*[nn.Linear(2048, 2048) for _ in range(max(1, round(size_mib / LAYER_MIB)))])
+
+
+def _module_class(base: type) -> type:
+    class CkptModule(base):  # type: ignore[misc,valid-type]
+        def __init__(self, net: nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            return self.net(batch[0]).pow(2).mean()
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.Adam(self.parameters(), lr=1e-4)
+
+    return CkptModule
+
+
+_MINIMAL = dict(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
+                enable_progress_bar=False, enable_model_summary=False)
+
+
+def _fitted(framework: str, size_mib: int, async_io: bool, root: str) -> Any:
+    data = Batches([(torch.randn(8, 2048), torch.zeros(8))])
+    if framework == "fulmen":
+        import fulmen as L
+        from fulmen.checkpoint import AsyncCheckpointIO
+
+        trainer = L.Trainer(default_root_dir=root, plugins=[AsyncCheckpointIO()] if async_io else None, **_MINIMAL)
+        module = _module_class(L.LightningModule)(_net(size_mib))
+    else:
+        import logging
+
+        import pytorch_lightning as pl
+        from pytorch_lightning.plugins import AsyncCheckpointIO as PLAsync
+
+        logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+        trainer = pl.Trainer(default_root_dir=root, plugins=[PLAsync()] if async_io else None, **_MINIMAL)
+        module = _module_class(pl.LightningModule)(_net(size_mib))
+    trainer.fit(module, data)
+    return trainer
+
+
+def _wait_async(trainer: Any) -> None:
+    trainer.strategy.checkpoint_io.teardown()  # waits for the write in flight
+
+
+def run(quick: bool, with_lightning: bool) -> dict[str, Any]:
+    import warnings
+
+    warnings.simplefilter("ignore")
+    size_mib = 48 if quick else 160
+    reps = 2 if quick else 5
+    root = tempfile.mkdtemp(prefix="fulmen-bench-ckpt-", dir=os.environ.get("FULMEN_BENCH_DIR"))
+    try:
+        trainers: dict[str, Any] = {"fulmen": _fitted("fulmen", size_mib, False, root)}
+        trainers["fulmen_async"] = _fitted("fulmen", size_mib, True, root)
+        if with_lightning:
+            trainers["lightning"] = _fitted("lightning", size_mib, False, root)
+            trainers["lightning_async"] = _fitted("lightning", size_mib, True, root)
+        base = trainers["fulmen"]
+        module, opt = base.lightning_module, base.optimizers[0]
+        n_params = sum(p.numel() for p in module.parameters())
+
+        def plain_save(path: str) -> None:
+            torch.save({"epoch": 0, "global_step": 1, "state_dict": module.state_dict(),
+                        "optimizer_states": [opt.state_dict()]}, path)
+
+        savers = {"torch": plain_save}
+        for key, trainer in trainers.items():
+            savers[key] = trainer.save_checkpoint
+        loaders = {
+            "torch": lambda p: torch.load(p, map_location="cpu", weights_only=True),
+            "fulmen": lambda p: trainers["fulmen"].strategy.load_checkpoint(p),
+        }
+        if with_lightning:
+            loaders["lightning"] = lambda p: trainers["lightning"].strategy.load_checkpoint(p)
+
+        save: dict[str, list[float]] = {k: [] for k in savers}
+        async_total: dict[str, list[float]] = {k: [] for k in savers if k.endswith("_async")}
+        load: dict[str, list[float]] = {k: [] for k in loaders}
+        sizes: dict[str, int] = {}
+        order = list(savers)
+        for rep in range(reps):
+            keys = order if rep % 2 == 0 else order[::-1]
+            paths: dict[str, str] = {}
+            for key in keys:
+                path = os.path.join(root, f"{key}-{rep}.ckpt")
+                gc.collect()
+                os.sync()
+                t0 = time.perf_counter()
+                savers[key](path)
+                save[key].append(time.perf_counter() - t0)
+                if key in async_total:
+                    _wait_async(trainers[key])
+                    async_total[key].append(time.perf_counter() - t0)
+                paths[key] = path
+                sizes[key] = os.path.getsize(path)
+            for key in (keys if rep % 2 == 0 else keys[::-1]):
+                if key not in loaders:
+                    continue
+                gc.collect()
+                t0 = time.perf_counter()
+                ckpt = loaders[key](paths[key])
+                load[key].append(time.perf_counter() - t0)
+                del ckpt
+            for path in paths.values():
+                os.remove(path)
+        return {
+            "size_mib": size_mib,
+            "params": n_params,
+            "reps": reps,
+            "threads": torch.get_num_threads(),
+            "file_mb": {k: v / 1e6 for k, v in sizes.items()},
+            "save": save,
+            "async_total": async_total,
+            "load": load,
+        }
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
