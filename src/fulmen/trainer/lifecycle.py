@@ -173,13 +173,15 @@ def batch_transfer_fn(trainer: Trainer, dataloader_idx: int) -> Callable[[Any], 
         return functools.partial(transfer_batch, trainer, dataloader_idx=dataloader_idx)
     from fulmen.plugins.precision import Precision
     from fulmen.strategies import Strategy
-    from fulmen.utilities.apply_func import move_data_to_device
+    from fulmen.utilities.apply_func import move_batch_to_cpu, move_data_to_device
 
     strategy = trainer.strategy
     device = strategy.root_device
     # compared through the bound method, so an override on the instance (a profiler's timing shadow) counts
     if getattr(strategy.batch_to_device, "__func__", None) is not Strategy.batch_to_device:
         to_device: Callable[[Any], Any] = functools.partial(strategy.batch_to_device, device=device)
+    elif device.type == "cpu":
+        to_device = move_batch_to_cpu
     else:
         to_device = functools.partial(move_data_to_device, device=device)
     convert = strategy.precision.convert_input

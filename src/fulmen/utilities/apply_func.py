@@ -59,6 +59,19 @@ def move_data_to_device(batch: Any, device: torch.device | str | int) -> Any:
     return apply_to_collection(batch, torch.Tensor, _move, device, non_blocking)
 
 
+_CPU = torch.device("cpu")
+
+
+def move_batch_to_cpu(batch: Any) -> Any:
+    """``move_data_to_device(batch, "cpu")``; a tuple of CPU tensors (the usual CPU batch) is returned as it is."""
+    if type(batch) is tuple:
+        for v in batch:
+            if not (isinstance(v, torch.Tensor) and v.is_cpu):
+                return move_data_to_device(batch, _CPU)
+        return batch
+    return move_data_to_device(batch, _CPU)
+
+
 def convert_tensors_to_scalars(data: Any) -> Any:
     """Turn every single-element tensor into a Python number (a host sync per tensor)."""
 

@@ -398,13 +398,31 @@ class Optimization:
         return outputs
 
     def _closure(self) -> torch.Tensor | None:
-        """Forward, zero_grad (at the start of an accumulation window) and backward of the current batch."""
-        loss, self._outputs = self._training_step(self._batch, self._batch_idx, self._acc)
+        """training_step, zero_grad (at the start of an accumulation window) and backward of the current batch."""
+        t = self.trainer
+        t._current_fx = "training_step"
+        if self.plain_forward:
+            output = self.training_step(self._batch, self._batch_idx)
+        else:
+            with self.forward_ctx():
+                output = self.training_step(self._batch, self._batch_idx)
+        t._current_fx = None
+        if type(output) is torch.Tensor and output.numel() == 1:  # the common case, checked without a call
+            loss = output
+        else:
+            loss = _extract_loss(output, self.module.automatic_optimization)
+        if loss is None:
+            self._outputs = {}
+        else:
+            if self._acc > 1:
+                loss = loss / self._acc
+            if self.want_outputs:
+                self._outputs = _batch_end_outputs(output, loss)
         self._last_loss = loss
         if self._zero_now:
             if self.plain_zero_grad:
                 self.opt.zero_grad()
-                self.trainer.run_state.zero_grad_progress.increment()
+                t.run_state.zero_grad_progress.increment()
             else:
                 self._zero_grad(self._batch_idx)
         if loss is not None:
@@ -413,25 +431,6 @@ class Optimization:
             else:
                 self._backward(loss)
         return loss
-
-    def _training_step(self, batch: Any, batch_idx: int, acc: int) -> tuple[torch.Tensor | None, Any]:
-        t = self.trainer
-        t._current_fx = "training_step"
-        if self.plain_forward:
-            output = self.training_step(batch, batch_idx)
-        else:
-            with self.forward_ctx():
-                output = self.training_step(batch, batch_idx)
-        t._current_fx = None
-        if type(output) is torch.Tensor and output.numel() == 1:  # the common case, checked without a call
-            loss = output
-        else:
-            loss = _extract_loss(output, self.module.automatic_optimization)
-        if loss is None:
-            return None, {}
-        if acc > 1:
-            loss = loss / acc
-        return loss, (_batch_end_outputs(output, loss) if self.want_outputs else None)
 
     def _zero_grad(self, batch_idx: int) -> None:
         t = self.trainer
