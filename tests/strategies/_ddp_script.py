@@ -67,6 +67,26 @@ def run_trainer(fail: bool) -> None:
     (OUT / f"done{trainer.global_rank}.txt").write_text(type(trainer.strategy.cluster_environment).__name__)
 
 
+def run_two_nodes() -> None:
+    """One process per "node" (devices=1, num_nodes=2), ranks from SLURM's variables."""
+    module = Regressor()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        num_nodes=2,
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, DataLoader(data(), batch_size=4))
+    env = trainer.strategy.cluster_environment
+    (OUT / f"done{trainer.global_rank}.txt").write_text(f"{type(env).__name__} node {trainer.node_rank}")
+    if trainer.is_global_zero:
+        torch.save(module.net.state_dict(), OUT / "weights.pt")
+
+
 def run_fabric() -> None:
     fabric = Fabric()  # accelerator, devices, strategy come from `fulmen fabric run`
     fabric.launch()
@@ -86,5 +106,7 @@ if __name__ == "__main__":
     MODE, OUT = sys.argv[1], Path(sys.argv[2])
     if MODE == "fabric":
         run_fabric()
+    elif MODE == "nodes":
+        run_two_nodes()
     else:
         run_trainer(fail=MODE == "trainer_fail")

@@ -376,7 +376,9 @@ class SignalledOnOneRank(Regressor):
             import signal
 
             os.kill(os.getpid(), signal.SIGUSR1)  # SLURM's "time is up soon", seen by rank 1 only
-        time.sleep(0.05)  # steps as slow as real ones: the other rank learns of the signal within a poll (0.1 s)
+        time.sleep(
+            0.05
+        )  # steps as slow as real ones: the other rank learns of the signal within a poll (0.1 s)
         return super().training_step(batch, batch_idx)
 
 
@@ -392,5 +394,7 @@ def test_preemption_seen_by_one_rank_is_a_collective_checkpoint(tmp_path: Path) 
     ckpt = torch.load(tmp_path / "last.ckpt", weights_only=False)
     assert 2 <= ckpt["global_step"] < 16  # saved mid-run, at the step both ranks agreed on
     resumed = Regressor(opt="adam", lr=0.01)
-    _trainer(devices=1, max_epochs=4).fit(resumed, DataLoader(ds, batch_size=8), ckpt_path=tmp_path / "last.ckpt")
+    _trainer(devices=1, max_epochs=4).fit(
+        resumed, DataLoader(ds, batch_size=8), ckpt_path=tmp_path / "last.ckpt"
+    )
     _assert_same_params(reference, resumed)

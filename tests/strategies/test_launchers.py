@@ -97,6 +97,37 @@ def test_torchrun_environment_is_detected(tmp_path: Path) -> None:
     _assert_weights(tmp_path / "weights.pt")
 
 
+def test_two_nodes_under_slurm(tmp_path: Path) -> None:
+    """num_nodes=2 through SLURM's variables (two "nodes" on this machine, one task each, as srun starts them)."""
+    from fulmen.utilities.distributed import find_free_network_port
+
+    port = find_free_network_port()
+    procs = []
+    for rank in (0, 1):
+        env = _env()
+        env.update(
+            SLURM_NTASKS="2",
+            SLURM_PROCID=str(rank),
+            SLURM_LOCALID="0",
+            SLURM_NODEID=str(rank),
+            SLURM_NODELIST="localhost",
+            SLURM_JOB_ID="4242",
+            SLURM_JOB_NAME="train",
+            SLURM_NNODES="2",
+            SLURM_NTASKS_PER_NODE="1",
+            MASTER_PORT=str(port),
+        )
+        cmd = [sys.executable, str(SCRIPT), "nodes", str(tmp_path)]
+        procs.append(
+            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][1][-2000:] + outs[1][1][-2000:]
+    assert (tmp_path / "done0.txt").read_text() == "SLURMEnvironment node 0"
+    assert (tmp_path / "done1.txt").read_text() == "SLURMEnvironment node 1"
+    _assert_weights(tmp_path / "weights.pt")
+
+
 def test_fulmen_fabric_run_cli(tmp_path: Path) -> None:
     r = _run(
         [
