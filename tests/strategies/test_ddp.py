@@ -398,3 +398,14 @@ def test_preemption_seen_by_one_rank_is_a_collective_checkpoint(tmp_path: Path) 
         resumed, DataLoader(ds, batch_size=8), ckpt_path=tmp_path / "last.ckpt"
     )
     _assert_same_params(reference, resumed)
+
+
+class RankDependentModel(Regressor):
+    def configure_model(self) -> None:
+        if self.global_rank == 1:
+            self.net.append(nn.Linear(1, 1))  # a rank-dependent layer: the ranks' models differ
+
+
+def test_ranks_that_build_different_models_are_reported() -> None:
+    with pytest.raises(RankFailedError, match="built different models"):
+        _trainer(max_epochs=1).fit(RankDependentModel(), DataLoader(_data(), batch_size=4))
