@@ -148,10 +148,15 @@ def _complete(
             configure()
         launcher = strategy.launcher
         if launcher is not None and not launcher.is_interactive_compatible and _is_interactive():
+            method = getattr(strategy, "start_method", "?")
+            how = (
+                "runs your script again once per device"
+                if method == "popen"
+                else f"starts fresh interpreters ({method}) that import your code by module name"
+            )
             raise MisconfigurationException(
-                f"{type(strategy).__name__} with start_method={getattr(strategy, 'start_method', '?')!r} starts "
-                "processes by running your script again, which an interactive session (notebook, REPL) cannot do. "
-                "Fix: use strategy='ddp_notebook' (or 'ddp_fork'), or run the code as a script."
+                f"{type(strategy).__name__}(start_method={method!r}) {how}, which code typed into a notebook or REPL "
+                "cannot support. Fix: use strategy='ddp_notebook' (or 'ddp_fork'), or run the code as a script."
             )
     else:
         device_type = strategy.root_device.type if _has_root_device(strategy) else "cpu"
