@@ -119,3 +119,20 @@ def _flatten(x: object) -> list:
     if isinstance(x, (list, tuple)):
         return [type(x).__name__, *[v for item in x for v in _flatten(item)]]
     return [x]
+
+
+@pytest.mark.parametrize("total", [None, 0, 10, 1000])
+@pytest.mark.parametrize("n", [0, 3, 10])
+@pytest.mark.parametrize("desc", ["", "Epoch 3", "Validation DataLoader 1"])
+@pytest.mark.parametrize("postfix", [None, "v_num=1, loss=0.250"])
+def test_bar_str_matches_tqdm(total: int | None, n: int, desc: str, postfix: str | None) -> None:
+    bar = Tqdm(total=total, desc=desc, file=io.StringIO(), bar_format=TQDMProgressBar.BAR_FORMAT, smoothing=0,
+               ncols=90 if n == 3 else None)
+    start = bar.start_t
+    bar._time = lambda: start + 7.25  # type: ignore[method-assign]  # one clock for both renderings
+    bar.n = n
+    bar.postfix = postfix
+    assert str(bar) == tqdm.format_meter(**bar.format_dict)
+    bar.unit_scale = True  # not this bar's own format: tqdm renders it
+    assert str(bar) == tqdm.format_meter(**bar.format_dict)
+    bar.close()

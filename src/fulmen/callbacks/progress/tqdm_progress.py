@@ -54,12 +54,60 @@ def _display_len(s: str) -> int:
     return int(_disp_len(s))
 
 
+_INTERVALS: dict[int, str] = {}
+
+
 def _format_interval(t: float) -> str:
-    # tqdm.format_interval, inlined
-    mins, sec = divmod(abs(int(t)), 60)
-    h, m = divmod(mins, 60)
-    sign = "-" if t < 0 else ""
-    return f"{sign}{h:d}:{m:02d}:{sec:02d}" if h else f"{sign}{m:02d}:{sec:02d}"
+    """tqdm.format_interval (``[H:]MM:SS``); the texts of whole seconds are kept (a run shows few of them)."""
+    if t >= 0:
+        key = int(t)
+        text = _INTERVALS.get(key)
+        if text is None:
+            if len(_INTERVALS) > 4096:
+                _INTERVALS.clear()
+            text = _INTERVALS[key] = str(_tqdm.format_interval(t))
+        return text
+    return str(_tqdm.format_interval(t))
+
+
+def _meter(
+    n: float, total: float | None, elapsed: float, ncols: int | None, prefix: str | None, ascii: bool | str | None,  # noqa: A002
+    unit: str, rate: float | None, postfix: str | None, initial: float,
+) -> str:
+    """tqdm's ``format_meter`` output for ``_BAR_FORMAT`` with tqdm's default units (no scaling, no colour)."""
+    if total and (n >= (total + 0.5) or total == _INF):
+        total = None
+    elapsed_str = _format_interval(elapsed)
+    if rate is None and elapsed:
+        rate = (n - initial) / elapsed
+    inv_rate = 1 / rate if rate else None
+    if inv_rate and inv_rate > 1:
+        rate_fmt = f"{inv_rate:5.2f}s/{unit}"
+    else:
+        rate_fmt = (f"{rate:5.2f}" if rate else "?") + unit + "/s"
+    postfix = ", " + postfix if postfix else ""
+    remaining = (total - n) / rate if rate and total else 0
+    remaining_str = _format_interval(remaining) if rate else "?"
+    if prefix:
+        l_bar = prefix if prefix[-2:] == ": " else prefix + ": "
+    else:
+        l_bar = ""
+    r_text = f"| {n}/{total if total is not None else '?'} [{elapsed_str}<{remaining_str}, {rate_fmt}{postfix}]"
+    if total:
+        frac = n / total
+        l_bar += f"{frac * 100:3.0f}%|"
+        if ncols == 0:
+            return l_bar[:-1] + r_text[1:]
+        charset = _TqdmBar.ASCII if ascii is True else ascii or _TqdmBar.UTF
+    else:
+        frac = 0
+        l_bar += "|"
+        charset = _TqdmBar.BLANK
+    width = max(1, ncols - _display_len(l_bar + r_text)) if ncols else 10
+    line = l_bar + format(_TqdmBar(frac, width, charset=charset), "") + r_text
+    if not ncols:
+        return line
+    return line[:ncols] if _display_len(line) == len(line) else str(_disp_trim(line, ncols))
 
 
 class Tqdm(_tqdm):  # type: ignore[misc,type-arg,unused-ignore]
@@ -104,39 +152,25 @@ class Tqdm(_tqdm):  # type: ignore[misc,type-arg,unused-ignore]
                 n, total, elapsed, ncols, prefix, ascii, unit, unit_scale, rate, bar_format, postfix, unit_divisor,
                 initial, colour, **extra_kwargs,
             ))
-        if total and (n >= (total + 0.5) or total == _INF):
-            total = None
-        elapsed_str = _format_interval(elapsed)
-        if rate is None and elapsed:
-            rate = (n - initial) / elapsed
-        inv_rate = 1 / rate if rate else None
-        if inv_rate and inv_rate > 1:
-            rate_fmt = f"{inv_rate:5.2f}s/{unit}"
-        else:
-            rate_fmt = (f"{rate:5.2f}" if rate else "?") + unit + "/s"
-        postfix = ", " + postfix if postfix else ""
-        remaining = (total - n) / rate if rate and total else 0
-        remaining_str = _format_interval(remaining) if rate else "?"
-        if prefix:
-            l_bar = prefix if prefix[-2:] == ": " else prefix + ": "
-        else:
-            l_bar = ""
-        r_text = f"| {n}/{total if total is not None else '?'} [{elapsed_str}<{remaining_str}, {rate_fmt}{postfix}]"
-        if total:
-            frac = n / total
-            l_bar += f"{frac * 100:3.0f}%|"
-            if ncols == 0:
-                return l_bar[:-1] + r_text[1:]
-            charset = _TqdmBar.ASCII if ascii is True else ascii or _TqdmBar.UTF
-        else:
-            frac = 0
-            l_bar += "|"
-            charset = _TqdmBar.BLANK
-        width = max(1, ncols - _display_len(l_bar + r_text)) if ncols else 10
-        line = l_bar + format(_TqdmBar(frac, width, charset=charset), "") + r_text
-        if not ncols:
-            return line
-        return line[:ncols] if _display_len(line) == len(line) else str(_disp_trim(line, ncols))
+        return _meter(n, total, elapsed, ncols, prefix, ascii, unit, rate, postfix, initial)
+
+    def __str__(self) -> str:
+        """``format_meter(**format_dict)``, with this bar's format drawn without building ``format_dict``."""
+        cls = type(self)
+        if (
+            cls.format_meter is not Tqdm.format_meter or cls.format_dict is not _tqdm.format_dict
+            or self.bar_format != _BAR_FORMAT or self.unit_scale or self.colour
+            or (self.disable and not hasattr(self, "unit"))
+            or not isinstance(self.postfix, (str, type(None))) or not isinstance(self.desc, (str, type(None)))
+        ):
+            return str(super().__str__())
+        if self.dynamic_ncols:
+            self.ncols, self.nrows = self.dynamic_ncols(self.fp)
+        elapsed = self._time() - self.start_t if hasattr(self, "start_t") else 0
+        dt = self._ema_dt()
+        rate = self._ema_dn() / dt if dt else None
+        return _meter(self.n, self.total, elapsed, self.ncols, self.desc, self.ascii, self.unit, rate, self.postfix,
+                      self.initial)
 
     def set_postfix(self, ordered_dict: Any = None, refresh: bool = True, **kwargs: Any) -> None:
         """tqdm's ``set_postfix``; a plain dict of numbers and strings is formatted without tqdm's detours."""
