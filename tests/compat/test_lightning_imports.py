@@ -257,6 +257,8 @@ def test_ddp_relaunches_ranks_under_fulmen_run(tmp_path: Path) -> None:
     script = _write(
         tmp_path,
         """
+        import sys
+
         import lightning.pytorch as pl
         from lightning.pytorch.demos.boring_classes import BoringModel
 
@@ -266,7 +268,9 @@ def test_ddp_relaunches_ranks_under_fulmen_run(tmp_path: Path) -> None:
                 enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
             )
             trainer.fit(BoringModel())
-            print("RANK", trainer.global_rank, pl.Trainer.__module__, trainer.global_step, flush=True)
+            # one write() per line: a small write to a pipe is atomic, so the ranks' lines cannot interleave
+            sys.stdout.write(f"RANK {trainer.global_rank} {pl.Trainer.__module__} {trainer.global_step}\n")
+            sys.stdout.flush()
         """,
     )
     result = subprocess.run(
