@@ -269,7 +269,7 @@ def test_ddp_relaunches_ranks_under_fulmen_run(tmp_path: Path) -> None:
             )
             trainer.fit(BoringModel())
             # one write() per line: a small write to a pipe is atomic, so the ranks' lines cannot interleave
-            sys.stdout.write(f"RANK {trainer.global_rank} {pl.Trainer.__module__} {trainer.global_step}\n")
+            sys.stdout.write(f"RANK {trainer.global_rank} {pl.Trainer.__module__} {trainer.global_step}\\n")
             sys.stdout.flush()
         """,
     )
