@@ -57,7 +57,9 @@ class Net(L.LightningModule):
         opt = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
         return {
             "optimizer": opt,
-            "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.StepLR(opt, 3), "interval": "step"},
+            # frequency 3 with 10 batches an epoch: the scheduler's batch count restarts every epoch, which a
+            # resumed run must continue exactly
+            "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.StepLR(opt, 2), "interval": "step", "frequency": 3},
         }
 
 

@@ -193,7 +193,13 @@ class FitLoop:
                 d.callbacks_hook("on_train_batch_start", batch, batch_idx)
                 if d.module_overrides("on_train_batch_start"):
                     if d.module_hook("on_train_batch_start", batch, batch_idx) == -1:
-                        return True  # Lightning: -1 skips the rest of the epoch
+                        # Lightning: -1 skips the rest of the epoch; this batch counts as the epoch's last one
+                        # for the non-plateau schedulers (step- and epoch-interval), which step as after a batch
+                        opt = t._optimization
+                        if opt.has_sched_step:
+                            opt.step_schedulers("step", plateau=False, batch_idx=batch_idx)
+                        opt.step_schedulers("epoch", plateau=False)
+                        return True
             stepped, outputs = step(batch, batch_idx, is_last)
             rs.batch_in_epoch = batch_idx + 1
             rs.batch_progress.increment()
@@ -244,7 +250,7 @@ class FitLoop:
         rs.resume_point = ""
         if stepped and t._optimization.has_sched_step:
             # step-interval ReduceLROnPlateau: after this batch's validation, so it can monitor val metrics
-            t._optimization.step_schedulers("step", plateau=True)
+            t._optimization.step_schedulers("step", plateau=True, batch_idx=batch_idx)
 
     def _finish_epoch(self, results: ResultCollection, completed: bool) -> None:
         """Epoch-end hooks; a completed epoch is counted, one cut short (max_steps, should_stop) is not.
@@ -388,7 +394,7 @@ class Optimization:
         rs.optimizer_steps.increment()
         rs.global_step += 1
         if self.has_sched_step:
-            self.step_schedulers("step", plateau=False)
+            self.step_schedulers("step", plateau=False, batch_idx=batch_idx)
         t._accumulating = False
         outputs, self._outputs, self._batch = self._outputs, None, None
         return True, outputs
@@ -517,7 +523,14 @@ class Optimization:
         self._backward(loss, *args, **kwargs)
 
     # ---- schedulers
-    def step_schedulers(self, interval: str, plateau: bool) -> None:
+    def step_schedulers(self, interval: str, plateau: bool, batch_idx: int = 0) -> None:
+        """Step the schedulers of ``interval`` (and plateau kind) whose ``frequency`` divides the counter.
+
+        As in Lightning, a step-interval scheduler counts the batches of the current epoch (``batch_idx + 1``,
+        starting again every epoch, so a resumed epoch counts the same), not optimizer steps: it is asked after
+        every batch that ends an accumulation window (a batch whose training_step returned None included), and
+        an epoch-interval one counts epochs (``current_epoch + 1``).
+        """
         t = self.trainer
         if not t.lightning_module.automatic_optimization:
             return
@@ -527,7 +540,7 @@ class Optimization:
                 continue
             if cfg.reduce_on_plateau != plateau:
                 continue
-            counter = rs.global_step if interval == "step" else rs.epoch + 1
+            counter = batch_idx + 1 if interval == "step" else rs.epoch + 1
             if counter % cfg.frequency != 0:
                 continue
             metric = None

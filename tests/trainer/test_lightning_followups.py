@@ -1,0 +1,122 @@
+"""Lightning 2.6.1 parity for details found after the main parity work (compared against the real Lightning).
+
+Each test runs the same module code on both frameworks and compares what was observed. Skipped when
+pytorch-lightning is not installed (it is in the dev extra, pinned to a clean release).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import fulmen as L
+
+pl = pytest.importorskip("pytorch_lightning")
+
+QUIET = dict(
+    logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    accelerator="cpu", devices=1,
+)
+
+
+def loader(n: int) -> DataLoader:
+    return DataLoader(torch.randn(2 * n, 4, generator=torch.Generator().manual_seed(0)), batch_size=2)
+
+
+# ---------------------------------------------------------------------------------------------- lr schedulers
+
+
+def _sched_module(base: type) -> type:
+    class Model(base):  # type: ignore[misc, valid-type]
+        def __init__(self, config: dict[str, Any], none_at: tuple[int, ...] = (), stop_at: int | None = None,
+                     plateau: dict[str, Any] | None = None) -> None:
+            super().__init__()
+            self.net = torch.nn.Linear(4, 1)
+            self.config, self.none_at, self.stop_at, self.plateau = config, none_at, stop_at, plateau
+            self.steps: list[tuple[int, int, str]] = []  # (epoch, batch_idx, which scheduler)
+
+        def training_step(self, batch, batch_idx):
+            loss = self.net(batch).pow(2).mean()
+            self.log("train_loss", loss)
+            return None if batch_idx in self.none_at else loss
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", self.net(batch).pow(2).mean() + self.current_epoch)
+
+        def on_train_batch_start(self, batch, batch_idx):
+            if self.stop_at is not None and batch_idx == self.stop_at:
+                return -1
+            return None
+
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=1.0)
+            scheds = [{"scheduler": torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5), **self.config}]
+            if self.plateau is not None:
+                p = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0, factor=0.9)
+                scheds.append({"scheduler": p, "monitor": "val_loss", **self.plateau})
+            return [opt], scheds
+
+        def lr_scheduler_step(self, scheduler, metric):
+            kind = "plateau" if metric is not None else "plain"
+            self.steps.append((self.current_epoch, self._batch_idx, kind))
+            super().lr_scheduler_step(scheduler, metric)
+
+        def on_train_batch_end(self, outputs, batch, batch_idx):
+            self.lrs.append((self.current_epoch, batch_idx, self.optimizers().param_groups[0]["lr"]))
+
+    def tbs(self, batch, batch_idx, _orig=Model.on_train_batch_start):  # record the batch index first
+        self._batch_idx = batch_idx
+        return _orig(self, batch, batch_idx)
+
+    Model.on_train_batch_start = tbs
+    return Model
+
+
+FSched, PSched = _sched_module(L.LightningModule), _sched_module(pl.LightningModule)
+
+SCHED_CASES = {
+    "step_f1": dict(config={"interval": "step"}),
+    "step_f3": dict(config={"interval": "step", "frequency": 3}),
+    "step_f3_acc2": dict(config={"interval": "step", "frequency": 3}, accumulate_grad_batches=2),
+    "step_f1_acc2": dict(config={"interval": "step"}, accumulate_grad_batches=2),
+    "step_f2_acc3": dict(config={"interval": "step", "frequency": 2}, accumulate_grad_batches=3),
+    "step_f3_none": dict(config={"interval": "step", "frequency": 3}, none_at=(1, 2, 4)),
+    "step_f2_acc2_none": dict(config={"interval": "step", "frequency": 2}, none_at=(3,), accumulate_grad_batches=2),
+    "step_f2_stop": dict(config={"interval": "step", "frequency": 2}, stop_at=5),
+    "epoch_f1_stop": dict(config={"interval": "epoch"}, stop_at=4),
+    "plateau_step_f3": dict(config={"interval": "step", "frequency": 3},
+                            plateau={"interval": "step", "frequency": 3}, val_check_interval=3),
+    "plateau_step_f2_acc2": dict(config={"interval": "epoch"}, plateau={"interval": "step", "frequency": 2},
+                                 val_check_interval=2, accumulate_grad_batches=2),
+}
+
+
+def _run_sched(framework: Any, cls: type, case: dict[str, Any], n_batches: int = 7, epochs: int = 3) -> Any:
+    case = dict(case)
+    model_kw = {k: case.pop(k) for k in ("config", "none_at", "stop_at", "plateau") if k in case}
+    torch.manual_seed(0)  # the same weights (and so the same monitored val_loss) on both sides
+    model = cls(**model_kw)
+    model.lrs = []
+    model._batch_idx = None
+    val = loader(2) if model_kw.get("plateau") else None
+    trainer = framework.Trainer(max_epochs=epochs, num_sanity_val_steps=0, **QUIET, **case)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model, train_dataloaders=loader(n_batches), val_dataloaders=val)
+    return model.lrs, model.steps, trainer.global_step
+
+
+@pytest.mark.parametrize("name", sorted(SCHED_CASES))
+def test_scheduler_steps_at_the_same_batches_as_lightning(name: str) -> None:
+    """Step-interval schedulers count the batches of the current epoch (``batch_idx + 1``, reset every epoch),
+    skip while accumulating and step after a batch whose training_step returned None, as Lightning does."""
+    case = SCHED_CASES[name]
+    ours = _run_sched(L, FSched, case)
+    theirs = _run_sched(pl, PSched, case)
+    assert ours[1] == theirs[1]  # which scheduler stepped at which (epoch, batch)
+    assert ours[0] == theirs[0]  # the lr seen in on_train_batch_end of every batch
+    assert ours[2] == theirs[2]  # global_step
