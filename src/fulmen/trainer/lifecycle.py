@@ -14,7 +14,7 @@ from fulmen.core.dispatch import Dispatcher
 from fulmen.core.optimizer import LightningOptimizer, init_optimizers
 from fulmen.trainer.states import RunningStage, TrainerFn, TrainerStatus, _TunerExitException
 from fulmen.utilities.exceptions import MisconfigurationException
-from fulmen.utilities.rank_zero import rank_zero_warn
+from fulmen.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 if TYPE_CHECKING:
     from fulmen.trainer.trainer import Trainer
@@ -264,8 +264,13 @@ def _check_model(trainer: Trainer, model: Any, fn: TrainerFn) -> Any:
 
 def _resolve_ckpt_path(trainer: Trainer, ckpt_path: Any, fn: TrainerFn) -> str | None:
     if ckpt_path is None:
-        if os.environ.get("FULMEN_AUTO_RESUME") == "1" and fn == TrainerFn.FITTING:
+        if fn != TrainerFn.FITTING:
+            return None
+        auto_resume = os.environ.get("FULMEN_AUTO_RESUME")
+        if auto_resume == "1":
             ckpt_path = "last"
+        elif auto_resume != "0" and _slurm_restart_count(trainer) > 0:
+            return _slurm_resume_path(trainer)
         else:
             return None
     if ckpt_path == "best":
@@ -286,7 +291,35 @@ def _resolve_ckpt_path(trainer: Trainer, ckpt_path: Any, fn: TrainerFn) -> str |
     return str(ckpt_path)
 
 
-def _find_last(trainer: Trainer) -> str | None:
+def _slurm_restart_count(trainer: Trainer) -> int:
+    """How often SLURM requeued this job (``SLURM_RESTART_COUNT``); 0 when the run is not a SLURM job."""
+    from fulmen.plugins.environments import SLURMEnvironment
+
+    env = getattr(trainer.strategy, "cluster_environment", None) or getattr(trainer, "_cluster_environment", None)
+    count = os.environ.get("SLURM_RESTART_COUNT", "0").strip()
+    if not isinstance(env, SLURMEnvironment) or not count.isdigit():
+        return 0
+    return int(count)
+
+
+def _slurm_resume_path(trainer: Trainer) -> str | None:
+    """A requeued SLURM job resumes from the newest last checkpoint (the preemption save) when there is one."""
+    path = _find_last(trainer, warn=False)
+    restarts = os.environ.get("SLURM_RESTART_COUNT")
+    if path is None:
+        rank_zero_info(
+            f"SLURM requeued this job (SLURM_RESTART_COUNT={restarts}) but there is no last checkpoint under "
+            f"{trainer.default_root_dir!r}: training starts from scratch."
+        )
+        return None
+    rank_zero_info(
+        f"SLURM requeued this job (SLURM_RESTART_COUNT={restarts}): resuming from {path}. Pass ckpt_path to choose "
+        "another checkpoint, or set FULMEN_AUTO_RESUME=0 to start from scratch."
+    )
+    return path
+
+
+def _find_last(trainer: Trainer, warn: bool = True) -> str | None:
     candidates: list[str] = []
     for cb in trainer.checkpoint_callbacks:
         last = getattr(cb, "last_model_path", None)
@@ -314,7 +347,10 @@ def _find_last(trainer: Trainer) -> str | None:
     candidates += glob.glob(os.path.join(root, "**", "checkpoints", "last*.ckpt"), recursive=True)
     existing = [c for c in candidates if os.path.exists(c)]
     if not existing:
-        rank_zero_warn('ckpt_path="last" is set, but there is no last checkpoint yet; training starts from scratch.')
+        if warn:
+            rank_zero_warn(
+                'ckpt_path="last" is set, but there is no last checkpoint yet; training starts from scratch.'
+            )
         return None
     return max(existing, key=os.path.getmtime)
 

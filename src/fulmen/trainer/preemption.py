@@ -8,6 +8,11 @@ The contract:
 3. The process exits with :data:`EXIT_CODE_SIGTERM` (143) or :data:`EXIT_CODE_SIGUSR1` (138), the
    ``128 + signal`` convention, so schedulers treat it as "stopped by a signal" and restart it.
 4. Running the same command again with ``ckpt_path="last"`` or ``FULMEN_AUTO_RESUME=1`` resumes exactly.
+
+Under SLURM (the cluster environment is a :class:`SLURMEnvironment` with ``auto_requeue=True``) its
+``requeue_signal`` (default SIGUSR1) is handled too, and after the checkpoint global rank 0 runs
+``scontrol requeue <job id>`` before every rank exits with ``128 + signal``. The requeued job
+(``SLURM_RESTART_COUNT`` >= 1) resumes from the newest ``last.ckpt`` by itself (``lifecycle._resolve_ckpt_path``).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import threading
 from collections.abc import Generator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
+
+from fulmen.plugins.environments import ClusterEnvironment, SLURMEnvironment, detect_cluster_environment
 
 if TYPE_CHECKING:
     from fulmen.trainer.trainer import Trainer
@@ -49,14 +56,23 @@ def preemption_handlers(trainer: Trainer) -> Generator[None, None, None]:
         return
     previous: dict[int, Any] = {}
 
+    def record(signum: int) -> None:
+        if trainer._preempt_signal is None:  # the first signal decides (exit code, requeue)
+            trainer._preempt_signal = signum
+
     def handler(signum: int, frame: Any) -> None:
-        trainer._preempt_signal = signum
-        trainer.received_sigterm = signum == signal.SIGTERM
+        record(signum)
+        if signum == signal.SIGTERM:
+            trainer.received_sigterm = True
 
     register = getattr(trainer.strategy, "on_preemption_request", None)
     if register is not None:  # multi-process: a signal seen by another rank counts here too
-        register(lambda signum: setattr(trainer, "_preempt_signal", signum))
-    for sig in _SIGNALS:
+        register(record)
+    signals = list(_SIGNALS)
+    slurm = requeue_environment(trainer)
+    if slurm is not None and slurm.requeue_signal not in signals:
+        signals.append(slurm.requeue_signal)
+    for sig in signals:
         try:
             previous[sig] = signal.signal(sig, handler)
         except (ValueError, OSError):  # pragma: no cover - exotic platforms
@@ -84,11 +100,36 @@ def handle_preemption(trainer: Trainer) -> None:
     if agree is not None and not agree(signum, trainer.global_step):
         return  # multi-process: keep training until the step every rank agreed to save at
     path = preemption_checkpoint_path(trainer)
-    trainer.save_checkpoint(path)
+    trainer.save_checkpoint(path)  # collective, ends with a barrier: every rank's part is on disk
     for cb in trainer.checkpoint_callbacks:
         if getattr(cb, "dirpath", None) and os.path.dirname(path) == str(cb.dirpath):
             try:
                 cb.last_model_path = path  # type: ignore[attr-defined]
             except AttributeError:  # pragma: no cover
                 pass
+    slurm = requeue_environment(trainer)
+    if slurm is not None and signum == slurm.requeue_signal:
+        if trainer.is_global_zero:
+            slurm.requeue(checkpoint_path=path)  # logs a clear error on failure; the exit code stays the same
+        # the other ranks exit after the requeue: with srun --kill-on-bad-exit an early exit would end rank 0
+        trainer.strategy.barrier("SLURM requeue")
     raise Preempted(signum, path)
+
+
+def cluster_environment(strategy: Any, plugins: Any) -> ClusterEnvironment:
+    """The run's cluster environment: the strategy's, else one passed in ``plugins``, else the detected one."""
+    env = getattr(strategy, "cluster_environment", None)
+    if isinstance(env, ClusterEnvironment):
+        return env
+    for plugin in plugins if isinstance(plugins, (list, tuple)) else [plugins]:
+        if isinstance(plugin, ClusterEnvironment):
+            return plugin
+    return detect_cluster_environment()
+
+
+def requeue_environment(trainer: Trainer) -> SLURMEnvironment | None:
+    """The SLURM environment that requeues this run on its signal, or None (not SLURM, or auto_requeue=False)."""
+    env = getattr(trainer.strategy, "cluster_environment", None) or getattr(trainer, "_cluster_environment", None)
+    if isinstance(env, SLURMEnvironment) and env.auto_requeue:
+        return env
+    return None

@@ -146,6 +146,10 @@ class Trainer:
         self.received_sigterm = False
         # set by the preemption signal handler; the fit loop checks it at batch boundaries
         self._preempt_signal: int | None = None
+        # a single-device strategy holds no cluster environment: SLURM requeue and resume read this one
+        from fulmen.trainer.preemption import cluster_environment
+
+        self._cluster_environment = cluster_environment(self.fabric.strategy, plugins)
         lifecycle.apply_global_flags(self.config)
 
     # ------------------------------------------------------------------ entry points

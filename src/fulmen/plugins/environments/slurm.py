@@ -20,14 +20,21 @@ class SLURMEnvironment(ClusterEnvironment):
     ``SLURM_NODELIST`` and the port is derived from the job id (override both with ``MASTER_ADDR``/``MASTER_PORT``).
 
     Args:
-        auto_requeue: on ``requeue_signal``, save and requeue the job (``scontrol requeue``). Ask SLURM for the
-            signal before the time limit with ``#SBATCH --signal=SIGUSR1@90``.
+        auto_requeue: on ``requeue_signal`` during ``fit``, every rank writes the preemption checkpoint
+            (``last.ckpt``), global rank 0 runs ``scontrol requeue <job id>``, and every rank exits with
+            ``128 + signal``. Ask SLURM for the signal before the time limit with ``#SBATCH --signal=SIGUSR1@90``.
+            ``False``: no requeue (``SIGUSR1``/``SIGTERM`` still save and exit, see ``trainer/preemption.py``).
         requeue_signal: the signal SLURM sends before the time limit (default ``SIGUSR1``).
     """
 
     def __init__(self, auto_requeue: bool = True, requeue_signal: signal.Signals | None = None) -> None:
+        if not isinstance(auto_requeue, bool):
+            raise MisconfigurationException(
+                f"SLURMEnvironment(auto_requeue={auto_requeue!r}); expected True or False. Fix: "
+                "auto_requeue=True (save and requeue on the signal) or auto_requeue=False (save and exit only)."
+            )
         self.auto_requeue = auto_requeue
-        self.requeue_signal = requeue_signal if requeue_signal is not None else signal.SIGUSR1
+        self.requeue_signal = _check_signal(requeue_signal if requeue_signal is not None else signal.SIGUSR1)
 
     @property
     def creates_processes_externally(self) -> bool:
@@ -108,17 +115,45 @@ class SLURMEnvironment(ClusterEnvironment):
             )
         return ["scontrol", "requeue", job_id]
 
-    def requeue(self) -> bool:
-        """Ask SLURM to requeue this job. Returns whether ``scontrol`` succeeded."""
-        if shutil.which("scontrol") is None:
-            log.warning("scontrol is not on PATH; cannot requeue the SLURM job.")
-            return False
-        result = subprocess.run(self.requeue_command(), capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            log.warning(f"scontrol requeue failed ({result.returncode}): {result.stderr.strip()}")
-            return False
-        log.info(f"Requeued SLURM job {self.job_id()}.")
-        return True
+    def requeue(self, checkpoint_path: str | None = None) -> bool:
+        """Ask SLURM to requeue this job (``scontrol requeue <job id>``). Returns whether it succeeded.
+
+        A failure (not a SLURM job, ``scontrol`` missing, failing or hanging) is logged as an error that says how
+        to requeue by hand; ``checkpoint_path`` (the checkpoint the next run resumes from) is named in it.
+        """
+        job_id = self.job_id()
+        kept = (
+            f"The checkpoint {checkpoint_path} is written, so no work is lost. "
+            if checkpoint_path is not None
+            else ""
+        )
+        by_hand = f"scontrol requeue {job_id}" if job_id is not None else "sbatch <your script>"
+        if job_id is None:
+            problem = "SLURM_JOB_ID is not set (this process is not part of a SLURM job)"
+        elif shutil.which("scontrol") is None:
+            problem = "the `scontrol` command is not on PATH"
+        else:
+            try:
+                result = subprocess.run(
+                    self.requeue_command(), capture_output=True, text=True, check=False, timeout=_SCONTROL_TIMEOUT_S
+                )
+            except subprocess.TimeoutExpired:
+                problem = f"`{by_hand}` did not answer within {_SCONTROL_TIMEOUT_S}s"
+            except OSError as err:
+                problem = f"`{by_hand}` could not be started ({err})"
+            else:
+                if result.returncode == 0:
+                    log.info(f"Requeued SLURM job {job_id} (`{by_hand}`).")
+                    return True
+                detail = (result.stderr or result.stdout).strip()
+                problem = f"`{by_hand}` failed with exit code {result.returncode}" + (f": {detail}" if detail else "")
+        log.error(
+            f"Could not requeue the SLURM job: {problem}. {kept}Fix: requeue it by hand (`{by_hand}`) or resubmit "
+            "the batch script; the requeued job resumes from the last checkpoint. To requeue from your batch script "
+            "instead, pass plugins=[SLURMEnvironment(auto_requeue=False)] and run `scontrol requeue` on exit code "
+            f"{128 + int(self.requeue_signal)}."
+        )
+        return False
 
     def register_requeue_handler(self, on_signal: Callable[[int, Any], None]) -> Callable[[], None]:
         """Install ``on_signal`` for :attr:`requeue_signal`; returns a function restoring the previous handler.
@@ -136,6 +171,27 @@ class SLURMEnvironment(ClusterEnvironment):
 
     def __repr__(self) -> str:
         return f"SLURMEnvironment(auto_requeue={self.auto_requeue}, requeue_signal={self.requeue_signal!r})"
+
+
+_SCONTROL_TIMEOUT_S = 60
+_UNCATCHABLE = {signal.SIGKILL, signal.SIGSTOP}
+
+
+def _check_signal(sig: Any) -> signal.Signals:
+    """``sig`` as a :class:`signal.Signals` that a handler can be installed for, else a clear error."""
+    try:
+        if isinstance(sig, bool) or not isinstance(sig, (int, str)):
+            raise ValueError
+        value = signal.Signals[sig] if isinstance(sig, str) else signal.Signals(sig)
+    except (KeyError, ValueError):
+        value = None
+    if value is None or value in _UNCATCHABLE:
+        raise MisconfigurationException(
+            f"SLURMEnvironment(requeue_signal={sig!r}); expected a signal a process can catch (a signal.Signals such "
+            "as signal.SIGUSR1, the default, or signal.SIGHUP), not SIGKILL/SIGSTOP. Fix: pass the signal named in "
+            "`#SBATCH --signal=<SIG>@<seconds>`, e.g. requeue_signal=signal.SIGUSR1."
+        )
+    return value
 
 
 def _is_interactive() -> bool:
