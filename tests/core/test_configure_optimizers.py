@@ -254,8 +254,10 @@ def test_tuple_of_dicts_manual(tmp_path: Path) -> None:
 def test_none_trains_without_optimizer(tmp_path: Path) -> None:
     model = Model(lambda m: None)
     before = [p.detach().clone() for p in model.parameters()]
-    trainer = fit(tmp_path, model, n_batches=3)
-    assert trainer.optimizers == []
+    with pytest.warns(UserWarning, match="returned `None`, this fit will run with no optimizer"):
+        trainer = fit(tmp_path, model, n_batches=3)
+    # as in Lightning: one stand-in optimizer whose step only runs the closure
+    assert [type(o).__name__ for o in trainer.optimizers] == ["_MockOptimizer"]
     assert trainer.lr_scheduler_configs == []
     assert trainer.global_step == 3  # the batches still count as steps
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -120,3 +120,54 @@ def test_scheduler_steps_at_the_same_batches_as_lightning(name: str) -> None:
     assert ours[1] == theirs[1]  # which scheduler stepped at which (epoch, batch)
     assert ours[0] == theirs[0]  # the lr seen in on_train_batch_end of every batch
     assert ours[2] == theirs[2]  # global_step
+
+
+# ---------------------------------------------------------------------------------------------- no optimizer
+
+
+def _no_opt_module(base: type) -> type:
+    class Model(base):  # type: ignore[misc, valid-type]
+        def __init__(self, bare_return: bool) -> None:
+            super().__init__()
+            self.net = torch.nn.Linear(4, 1)
+            self.bare_return = bare_return
+            self.seen: list[Any] = []
+
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            # the stand-in optimizer (both frameworks name its class _MockOptimizer), wrapped in LightningOptimizer
+            inner = type(opt.optimizer).__name__
+            self.seen.append((batch_idx, self.trainer.global_step, inner, self.lr_schedulers()))
+            return self.net(batch).pow(2).mean()
+
+        def configure_optimizers(self):
+            if self.bare_return:
+                return
+            return None
+
+    return Model
+
+
+FNoOpt, PNoOpt = _no_opt_module(L.LightningModule), _no_opt_module(pl.LightningModule)
+
+
+def _run_no_opt(framework: Any, cls: type, bare_return: bool, tmp_path: Any) -> Any:
+    torch.manual_seed(0)
+    model = cls(bare_return)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = framework.Trainer(max_epochs=2, default_root_dir=tmp_path, **QUIET)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model, train_dataloaders=loader(3))
+    msgs = [str(w.message) for w in caught if "configure_optimizers" in str(w.message)]
+    unchanged = all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    return msgs, model.seen, trainer.global_step, len(trainer.optimizers), unchanged, trainer.lr_scheduler_configs
+
+
+@pytest.mark.parametrize("bare_return", [False, True])
+def test_configure_optimizers_returning_none_warns_and_trains_without_stepping(tmp_path, bare_return) -> None:
+    ours = _run_no_opt(L, FNoOpt, bare_return, tmp_path / "f")
+    theirs = _run_no_opt(pl, PNoOpt, bare_return, tmp_path / "p")
+    assert ours[1:] == theirs[1:]  # training_step ran on every batch, global_step counted, no weight changed
+    assert len(ours[0]) == len(theirs[0]) == 1
+    assert ours[0][0].startswith(theirs[0][0])  # Lightning's warning, then what it means and the fix

@@ -134,7 +134,16 @@ def init_optimizers(model: LightningModule) -> tuple[list[Optimizer], list[LRSch
     """
     out = model.configure_optimizers()
     if out is None:
-        return [], []
+        # as in Lightning: a warning, and the fit runs with a stand-in optimizer whose step only runs the closure
+        # (training_step and backward run every batch, global_step counts, no weight changes)
+        from fulmen.utilities.rank_zero import rank_zero_warn
+
+        rank_zero_warn(
+            "`LightningModule.configure_optimizers` returned `None`, this fit will run with no optimizer. "
+            "training_step still runs (and global_step counts), but no weights are updated. If this is not on "
+            "purpose, return an optimizer from configure_optimizers, e.g. torch.optim.Adam(self.parameters())."
+        )
+        return [_MockOptimizer()], []
     optimizers: list[Optimizer]
     sched_items: list[Any] = []
     if isinstance(out, Optimizer):

@@ -230,7 +230,9 @@ def lr_find(
         return None
     attr = _lr_attr(trainer, model, attr_name) if update_attr else None
     finder = LRFinder(mode, min_lr, max_lr, num_training)
-    if not trainer.optimizers:
+    from fulmen.core.optimizer import _MockOptimizer
+
+    if not trainer.optimizers or isinstance(trainer.optimizers[0], _MockOptimizer):
         raise MisconfigurationException(
             "lr_find needs an optimizer, but configure_optimizers returned none. Fix: return an optimizer."
         )
