@@ -156,3 +156,76 @@ def test_fsdp_names_resolve() -> None:
     assert t.strategy.cpu_offload
     with pytest.raises(MisconfigurationException, match="sharding_strategy"):
         FSDPStrategy(sharding_strategy="NO_SHARD")
+
+
+class EncoderHead(L.LightningModule):
+    """Steps that call submodules directly (``self.encoder(x)``), as Lightning users write them, besides ``self(x)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.encoder = nn.Sequential(nn.Linear(4, 8), nn.Tanh())
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, x):
+        return self.head(self.encoder(x))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        whole = self(x)
+        parts = self.head(self.encoder(x))  # after self(x): the root group's parameters must still be gathered
+        return nn.functional.mse_loss(whole, y) + nn.functional.mse_loss(parts, y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_mse", nn.functional.mse_loss(self.head(self.encoder(x)), y), sync_dist=True)
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        z = self.encoder(x)
+        self.log("test_mse", nn.functional.mse_loss(self(x), y) + z.mean() * 0, sync_dist=True)
+
+    def predict_step(self, batch, batch_idx):
+        return self.head(self.encoder(batch[0]))
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=0.01)
+
+
+@pytest.mark.parametrize("policy", [None, {nn.Linear}], ids=["root-group", "linear-groups"])
+def test_fsdp_steps_may_call_submodules_directly(policy) -> None:
+    ds = _data()
+    reference = EncoderHead()
+    one = _trainer(devices=1, max_epochs=1)
+    one.fit(reference, DataLoader(ds, batch_size=8), DataLoader(ds, batch_size=4))
+    expected_val = one.validate(reference, DataLoader(ds, batch_size=4), verbose=False)[0]["val_mse"]
+    expected_test = one.test(reference, DataLoader(ds, batch_size=4), verbose=False)[0]["test_mse"]
+
+    model = EncoderHead()
+    trainer = _trainer(max_epochs=1, strategy=FSDPStrategy(start_method="fork", auto_wrap_policy=policy))
+    trainer.fit(model, DataLoader(ds, batch_size=4), DataLoader(ds, batch_size=4))  # sanity check + val epoch
+    _same(reference, model)
+    assert trainer.validate(model, DataLoader(ds, batch_size=4), verbose=False)[0]["val_mse"] == pytest.approx(
+        expected_val, rel=1e-5
+    )
+    assert trainer.test(model, DataLoader(ds, batch_size=4), verbose=False)[0]["test_mse"] == pytest.approx(
+        expected_test, rel=1e-5
+    )
+    preds = trainer.predict(model, DataLoader(ds, batch_size=4))
+    with torch.no_grad():
+        expected = reference(ds.tensors[0])
+    torch.testing.assert_close(torch.cat(preds), expected[0::2])  # rank 0's share: every other sample
+
+
+class UsesShardedWeight(EncoderHead):
+    def validation_step(self, batch, batch_idx):
+        x, _ = batch
+        self.log("v", (x @ self.encoder[0].weight.T).mean())  # a parameter of its own shard group, not called
+
+
+def test_fsdp_step_using_an_ungathered_parameter_names_the_fix() -> None:
+    from fulmen.utilities.exceptions import RankFailedError
+
+    trainer = _trainer(max_epochs=1, strategy=FSDPStrategy(start_method="fork", auto_wrap_policy={nn.Linear}))
+    with pytest.raises(RankFailedError, match=r"UsesShardedWeight.validation_step used a parameter that FSDP had not"):
+        trainer.fit(UsesShardedWeight(), DataLoader(_data(), batch_size=4), DataLoader(_data(), batch_size=4))

@@ -20,6 +20,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from torch import nn
 from fulmen.accelerators import Accelerator
 from fulmen.plugins.environments import ClusterEnvironment
 from fulmen.plugins.precision import Precision
-from fulmen.strategies.parallel import ParallelStrategy
+from fulmen.strategies.parallel import ParallelStrategy, forward_redirection
 from fulmen.utilities import distributed as fdist
 from fulmen.utilities.exceptions import MisconfigurationException, NotSupportedYetError
 
@@ -198,7 +199,12 @@ class FSDPStrategy(ParallelStrategy):
             for sub in reversed(list(module.modules())):
                 if sub is not module and policy(sub) and any(True for _ in sub.parameters()):
                     fully_shard(sub, **kwargs)
-        fully_shard(module, **kwargs)
+        root_kwargs = dict(kwargs)
+        if self.sharding_strategy != "SHARD_GRAD_OP":
+            # torch's default for the root: keep its parameters gathered from forward to backward. A step that
+            # calls ``self(x)`` and then a submodule of the root group directly needs them still gathered.
+            del root_kwargs["reshard_after_forward"]
+        fully_shard(module, **root_kwargs)
         self.model = module
         self._models.append(weakref.ref(module))
         return module
@@ -237,6 +243,38 @@ class FSDPStrategy(ParallelStrategy):
                     "the parameters). Fix: `model = fabric.setup_module(model)`, then `optimizer = "
                     "fabric.setup_optimizers(torch.optim.AdamW(model.parameters()))`."
                 )
+
+    def step_function(self, module: nn.Module, name: str) -> Any:
+        """``training_step`` and also ``validation/test/predict_step`` run inside the root module's ``forward``.
+
+        FSDP2 gathers the parameters of a shard group in that group's forward pre-hook, and the root's hook
+        is also where FSDP initializes itself. A step that calls a submodule directly (``self.encoder(x)``
+        instead of ``self(x)``) would otherwise see parameter shards (DTensors) wherever the submodule is not
+        its own shard group, or fail with "FSDP requires running forward through the root module first".
+        """
+        from torch.distributed.fsdp import FSDPModule
+
+        step = super().step_function(module, name)
+        if not isinstance(module, FSDPModule) or self.model is not module:
+            return step
+        # training_step already runs inside the root's forward (ParallelStrategy.step_function)
+        run = step if name == "training_step" else partial(forward_redirection, module, module, name)
+
+        def explained(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return run(*args, **kwargs)
+            except RuntimeError as exc:
+                if "mixed torch.Tensor and DTensor" not in str(exc):
+                    raise
+                raise RuntimeError(
+                    f"{type(module).__name__.removeprefix('FSDP')}.{name} used a parameter that FSDP had not "
+                    f"gathered: {exc} A shard group's parameters are gathered only while one of its modules is "
+                    "called (runs forward); the root group's (those in no auto_wrap_policy group) stay gathered for "
+                    "the whole step. Fix: call the submodule (`self.encoder(x)`) instead of using its parameters or "
+                    "other methods directly, or leave that submodule out of auto_wrap_policy."
+                ) from exc
+
+        return explained
 
     def no_backward_sync(self, module: Any, enabled: bool = True) -> Any:
         target = module if hasattr(module, "set_requires_gradient_sync") else self.model

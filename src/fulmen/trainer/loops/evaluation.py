@@ -98,7 +98,8 @@ class EvaluationLoop:
         p = self.prefix
         step_name = f"{p}_step"
         multiple = len(loaders) > 1
-        step_fn = getattr(trainer.lightning_module, step_name)
+        # through the strategy: FSDP runs the step inside the root module's forward (parameters gathered)
+        step_fn = trainer.strategy.step_function(trainer.lightning_module, step_name)
         forward_ctx = trainer.strategy.precision.forward_context
         has_start = d.has_callbacks(f"on_{p}_batch_start") or d.module_overrides(f"on_{p}_batch_start")
         has_end = d.has_callbacks(f"on_{p}_batch_end") or d.module_overrides(f"on_{p}_batch_end")

@@ -29,6 +29,8 @@ class PredictionLoop:
         d.module_hook("on_predict_model_eval")
         d.both("on_predict_start")
         forward_ctx = t.strategy.precision.forward_context
+        # through the strategy: FSDP runs the step inside the root module's forward (parameters gathered)
+        predict_step = t.strategy.step_function(module, "predict_step")
         with eval_context(t):
             d.both("on_predict_epoch_start")
             for dl_idx, (loader, limit) in enumerate(zip(loaders, limits)):
@@ -40,7 +42,7 @@ class PredictionLoop:
                     d.both("on_predict_batch_start", batch, batch_idx, *extra)
                     t._current_fx = "predict_step"
                     with forward_ctx():
-                        out = module.predict_step(batch, batch_idx, *extra)
+                        out = predict_step(batch, batch_idx, *extra)
                     t._current_fx = None
                     if return_predictions:
                         all_preds[dl_idx].append(out)
