@@ -107,6 +107,12 @@ class Strategy:
     def sync_point(self, name: str) -> None:
         """Every rank reaches the point ``name`` before any continues (no-op on one process)."""
 
+    @property
+    def epoch_end_agreement(self) -> Any:
+        """Multi-process strategies: how a stop/skip asked for on one rank ends every rank's epoch at the same
+        batch. None on one process (the loop acts on the spot)."""
+        return None
+
     def on_exception(self, exception: BaseException) -> BaseException:
         """Called by the Trainer/Fabric when the run raises; returns the exception to raise (a peer's failure
         is reported as :class:`~fulmen.utilities.exceptions.RankFailedError`)."""

@@ -36,7 +36,12 @@ from fulmen.utilities.exceptions import RankFailedError, RanksOutOfSyncError
 _FAILURE_KEY = "fulmen/failure"
 _ACK_KEY = "fulmen/failure_acks"
 _PREEMPT_KEY = "fulmen/preempt"
+_EPOCH_END_KEY = "fulmen/epoch_end"
 _POLL_S = 0.1
+# How long a rank that asks for a decision waits at its batch boundary for the others to ask at the same one (a
+# collective decision: every rank asks at once, and acts at once). A peer that is already past that boundary
+# says so through its watchdog within a poll, so this bound is reached only when a peer is slower than this.
+_SAME_BOUNDARY_WAIT_S = 1.0
 
 
 def _socket_fds() -> dict[int, str]:
@@ -158,10 +163,9 @@ class Coordinator:
         self._thread: threading.Thread | None = None
         self._extra_checks: list[Callable[[], dict[str, Any] | None]] = []
         self._acked = False
-        self.preempt_callbacks: list[Callable[[int], None]] = []
-        self._preempt_seen = False
-        self._preempt_posted = False
-        self._preempt_at: int | None = None
+        # decisions any rank can ask for mid-epoch, acted on by every rank at the same batch boundary
+        self.preemption = Agreement(self, _PREEMPT_KEY, parse=int)
+        self.epoch_end = Agreement(self, _EPOCH_END_KEY)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -337,34 +341,17 @@ class Coordinator:
         }
 
     # ------------------------------------------------------------------ preemption
-    def agree_preemption(self, signum: int, step: int) -> bool:
-        """Whether this batch boundary is where every rank saves and exits after a preemption signal.
+    @property
+    def preempt_callbacks(self) -> list[Callable[[Any], None]]:
+        """``callback(signum)`` runs on the watchdog thread when a peer rank received a preemption signal."""
+        return self.preemption.callbacks
 
-        Signals reach the ranks at different moments, so each rank posts the optimizer step at which it learned
-        of it (its own handler, or a peer's post seen by the watchdog) and keeps training. Once all have posted,
-        the agreed step is the largest post + 2: DDP keeps ranks within one optimizer step of each other, so no
-        rank has passed it, and the first boundary at that step is the same batch on every rank.
-        """
+    def agree_preemption(self, signum: int, step: int) -> bool:
+        """Whether this batch boundary is where every rank saves and exits after a preemption signal
+        (see :class:`Agreement`)."""
         if self.world_size == 1:
             return True
-        if not self._preempt_posted:
-            self._preempt_posted = True
-            self.store.compare_set(_PREEMPT_KEY, "", str(signum))
-            self.store.set(f"{_PREEMPT_KEY}/{self.rank}", str(step))
-        if self._preempt_at is None:
-            keys = [f"{_PREEMPT_KEY}/{r}" for r in range(self.world_size)]
-            if not self.store.check(keys):
-                return False
-            self._preempt_at = max(int(_text(self.store.get(k))) for k in keys) + 2
-        return step >= self._preempt_at
-
-    def _check_preempt(self) -> None:
-        if self._preempt_seen or not self.preempt_callbacks or not self.store.check([_PREEMPT_KEY]):
-            return
-        self._preempt_seen = True
-        signum = int(_text(self.store.get(_PREEMPT_KEY)))
-        for callback in self.preempt_callbacks:
-            callback(signum)
+        return self.preemption.agree(str(signum), step) is not None
 
     # ------------------------------------------------------------------ the watchdog thread
     def _watch(self) -> None:
@@ -372,7 +359,8 @@ class Coordinator:
         while not self._stop.wait(_POLL_S):
             if deadline is None:
                 try:
-                    self._check_preempt()
+                    self.preemption.poll()
+                    self.epoch_end.poll()
                     record = self.read_failure()
                     if record is None:
                         record = self._check_diverged()
@@ -408,6 +396,155 @@ class Coordinator:
         )
         sys.stderr.flush()
         os._exit(1)
+
+
+class Agreement:
+    """A decision any rank can ask for at a batch boundary (stop, skip the rest of the epoch, save and exit on
+    a preemption signal) that every rank acts on at the same batch boundary. Nothing runs per step while
+    nobody asks: the fit loop checks a Python attribute.
+
+    The protocol, one request *generation* at a time (``next_generation``, called by every rank at the same
+    point, starts a fresh one, so a later request in the run, or in the next epoch, works):
+
+    1. A rank that asks posts, under the generation's keys, the optimizer step and its progress (training
+       forwards + collectives issued) at the boundary, and what it asks for. The watchdog of every other rank
+       sees the post within a poll (0.1 s) and calls ``callbacks``; the loop there posts at its next boundary.
+    2. **At once**, when every rank asked at the same boundary (a collective decision, e.g. EarlyStopping's
+       reduced ``should_stop``): each rank waits at the boundary where it posted until a decision is
+       recorded. The first rank to see every rank's post at the same step and progress records ``"now"``, and
+       every rank acts at this boundary, exactly where one process would. A peer whose progress is already past
+       the posted one records ``"defer"`` from its watchdog (so the asking rank waits about one poll), and so does
+       a rank that waited ``_SAME_BOUNDARY_WAIT_S`` in vain. The decision is one compare-and-set: all ranks
+       follow the same one.
+    3. **Deferred**: once every rank has posted, the agreed step is the largest posted step + 2. The gradient
+       all-reduce keeps ranks within one optimizer step of each other, so no rank has passed it, and every
+       rank acts at the first batch boundary whose ``global_step`` reaches it: the same batch on every rank
+       (with gradient accumulation too, as the optimizer steps at the same batches everywhere).
+    """
+
+    def __init__(self, coordinator: Coordinator, prefix: str, parse: Callable[[str], Any] = str) -> None:
+        self._c = coordinator
+        self.prefix = prefix
+        self._parse = parse
+        self.callbacks: list[Callable[[Any], None]] = []
+        self.generation = 0
+        self._lock = threading.Lock()
+        self._clear()
+
+    def _clear(self) -> None:
+        self._seen = False  # the watchdog has called the callbacks for this generation
+        self._deferred = False  # the watchdog has recorded "defer" (this rank is past a peer's boundary)
+        self._posted: tuple[int, int] | None = None  # (step, progress) where this rank posted
+        self._decision: str | None = None
+        self._at: int | None = None
+        self._values: list[str] | None = None
+
+    def _key(self, *parts: object) -> str:
+        return "/".join([self.prefix, str(self.generation), *map(str, parts)])
+
+    # ---- the main thread, at a batch boundary
+    def agree(self, value: str, step: int) -> list[str] | None:
+        """Post this rank's request (``value``: what it asks for; ``""`` to join a peer's) the first time it is
+        called in this generation. Returns every rank's posted value at the boundary where all act; None
+        (keep training) before it."""
+        c = self._c
+        store = c.store
+        if self._posted is None:
+            progress = c._progress()
+            self._posted = (step, progress)
+            if value:  # the first asker's value tells the peers what is asked (a joining rank saw it there)
+                store.compare_set(self._key(), "", value)
+            store.set(self._key(c.rank), f"{step}|{progress}|{value}")
+            self._decision = self._decide_here(step, progress)
+            if self._decision == "now":
+                self._values = [p[2] for p in self._read_posts() or []]
+                return self._values
+        if self._at is None:
+            posts = self._read_posts()
+            if posts is None:
+                return None
+            self._at = max(p[0] for p in posts) + 2
+            self._values = [p[2] for p in posts]
+        return self._values if step >= self._at else None
+
+    def _decide_here(self, step: int, progress: int) -> str:
+        """Wait at the posting boundary until the decision is recorded (see the class docstring, 2.)."""
+        c = self._c
+        deadline = time.monotonic() + _SAME_BOUNDARY_WAIT_S
+        delay = 0.0005
+        while True:
+            decision = self._read_decision()
+            if decision is not None:
+                return decision
+            if c.broken:  # a peer failed: the next collective reports it
+                return "defer"
+            posts = self._read_posts()
+            if posts is not None:
+                same = all(p[0] == step and p[1] == progress for p in posts)
+                return self._record("now" if same else "defer")
+            if time.monotonic() >= deadline:
+                return self._record("defer")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.005)
+
+    def _record(self, decision: str) -> str:
+        current = _text(self._c.store.compare_set(self._key("decision"), "", decision))
+        return current or decision
+
+    def _read_decision(self) -> str | None:
+        store = self._c.store
+        key = self._key("decision")
+        return _text(store.get(key)) if store.check([key]) else None
+
+    def _read_posts(self) -> list[tuple[int, int, str]] | None:
+        store = self._c.store
+        keys = [self._key(r) for r in range(self._c.world_size)]
+        if not store.check(keys):
+            return None
+        posts = []
+        for k in keys:
+            step, progress, value = _text(store.get(k)).split("|", 2)
+            posts.append((int(step), int(progress), value))
+        return posts
+
+    def next_generation(self, clear: Callable[[], None] | None = None) -> None:
+        """Start a fresh request (every rank, at the same point: the end of a training epoch). ``clear`` runs
+        under the watchdog's lock, so a notice of the finished generation cannot arrive after it."""
+        with self._lock:
+            self.generation += 1
+            self._clear()
+            if clear is not None:
+                clear()
+
+    # ---- the watchdog thread
+    def poll(self) -> None:
+        c = self._c
+        with self._lock:
+            if not self.callbacks:
+                return
+            store = c.store
+            if not self._seen:
+                if not store.check([self._key()]):
+                    return
+                self._seen = True
+                value = self._parse(_text(store.get(self._key())))
+                for callback in self.callbacks:
+                    callback(value)
+            if self._posted is not None or self._deferred:
+                return
+            # this rank has not posted: if it already ran past a peer's posting boundary, acting there at once is
+            # impossible; say so, so that the peer does not wait for it
+            progress = c._progress()
+            for r in range(c.world_size):
+                key = self._key(r)
+                if (
+                    r != c.rank
+                    and store.check([key])
+                    and int(_text(store.get(key)).split("|", 2)[1]) < progress
+                ):
+                    self._record("defer")
+                    self._deferred = True
+                    return
 
 
 def _text(raw: Any) -> str:

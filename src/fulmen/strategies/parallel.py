@@ -277,6 +277,16 @@ class ParallelStrategy(Strategy):
             return True
         return c.agree_preemption(signum, step)
 
+    @property
+    def epoch_end_agreement(self) -> Any:
+        """The agreement through which a stop or skip-the-rest-of-the-epoch asked for on one rank ends every rank's
+        training epoch at the same batch (see ``_coordination.Agreement``); None on one process or once a rank
+        failed."""
+        c = self._coordinator
+        if c is None or c.broken:
+            return None
+        return c.epoch_end
+
     def finalize(self) -> None:
         """End of this process's part in the run: a last sync point, then the process group goes away."""
         c = self._coordinator

@@ -30,6 +30,11 @@ class FitLoop:
         # the training epoch's results: saved in checkpoints, restored on resume
         self.current_results: ResultCollection | None = None
         self.restored_results: ResultCollection | None = None
+        # Multi-process: a stop or skip-the-rest-of-the-epoch asked for on some rank (by this rank's
+        # on_train_batch_start returning -1, or a peer's request seen by the watchdog) and not yet acted on.
+        # Checked at each batch boundary, as ``should_stop`` is; acted on where every rank agrees.
+        self._end_request = False
+        self._skip_asked = False
 
     # ------------------------------------------------------------------ the run
     def run(self) -> None:
@@ -45,6 +50,10 @@ class FitLoop:
             t._data.load_val()
         # values logged in on_train_start belong to the first epoch's results (as in Lightning)
         self._first_results = t._results = self._new_results()
+        self._clear_end_request()
+        agreement = t.strategy.epoch_end_agreement
+        if agreement is not None:
+            agreement.callbacks[:] = [self._on_peer_request]
         d.both("on_train_start")
         while not self._done():
             t._data.maybe_reload_train(rs.epoch)
@@ -167,7 +176,36 @@ class FitLoop:
         rs = t.run_state
         if t.config.max_steps >= 0 and rs.global_step >= t.config.max_steps:
             return True
+        if t.strategy.epoch_end_agreement is not None:  # a stop asked in on_train_epoch_start on some rank only
+            rs.should_stop = t.strategy.reduce_boolean_decision(rs.should_stop, all=False)
         return rs.should_stop and self._can_stop_early()
+
+    def _on_peer_request(self, value: object) -> None:
+        """Watchdog thread: a peer asked to end the epoch; this rank joins at its next batch boundary."""
+        self._end_request = True
+
+    def _clear_end_request(self) -> None:
+        self._end_request = self._skip_asked = False
+
+    def _agreed_epoch_end(self, agreement: Any) -> bool | None:
+        """Multi-process, at a batch boundary where this rank or a peer asked to end the epoch: None to keep
+        training, else end the epoch here (every rank ends it after this same batch) and return whether it
+        counts as completed (a skip) or not (a stop, as on one process)."""
+        t = self.trainer
+        rs = t.run_state
+        kind = "stop" if rs.should_stop and self._can_stop_early() else "skip" if self._skip_asked else ""
+        if not kind and not self._end_request:
+            return None  # should_stop before min_epochs/min_steps are met: nothing to ask for yet
+        self._end_request = True  # asked: look again at every boundary until the agreed one
+        values = agreement.agree(kind, rs.global_step)
+        if values is None:
+            return None
+        if "stop" in values:
+            rs.should_stop = True  # every rank stops (the epoch-end reduce would tell them too)
+            return False
+        # a skip: this batch is the epoch's last one for the epoch-interval schedulers, as after a -1 on one process
+        t._optimization.step_schedulers("epoch", plateau=False)
+        return True
 
     def _run_batches(
         self, results: ResultCollection, loader: Any, start: int, n_batches: int | float, auto: bool,
@@ -182,6 +220,7 @@ class FitLoop:
         has_bend = d.has_callbacks("on_train_batch_end") or d.module_overrides("on_train_batch_end")
         step = t._optimization.step_auto if auto else t._optimization.step_manual
         transfer = batch_transfer_fn(t, 0)
+        agreement = t.strategy.epoch_end_agreement  # None on one process
         max_steps = t.config.max_steps
         batch_idx = start
         rs.is_last_batch = False
@@ -193,13 +232,18 @@ class FitLoop:
                 d.callbacks_hook("on_train_batch_start", batch, batch_idx)
                 if d.module_overrides("on_train_batch_start"):
                     if d.module_hook("on_train_batch_start", batch, batch_idx) == -1:
-                        # Lightning: -1 skips the rest of the epoch; this batch counts as the epoch's last one
-                        # for the non-plateau schedulers (step- and epoch-interval), which step as after a batch
-                        opt = t._optimization
-                        if opt.has_sched_step:
-                            opt.step_schedulers("step", plateau=False, batch_idx=batch_idx)
-                        opt.step_schedulers("epoch", plateau=False)
-                        return True
+                        if agreement is not None:
+                            # multi-process: the other ranks are about to run this batch's collectives, so this
+                            # rank runs it too; every rank ends the epoch after the batch they agree on
+                            self._skip_asked = self._end_request = True
+                        else:
+                            # Lightning: -1 skips the rest of the epoch; this batch counts as the epoch's last one
+                            # for the non-plateau schedulers (step- and epoch-interval), which step as after a batch
+                            opt = t._optimization
+                            if opt.has_sched_step:
+                                opt.step_schedulers("step", plateau=False, batch_idx=batch_idx)
+                            opt.step_schedulers("epoch", plateau=False)
+                            return True
             stepped, outputs = step(batch, batch_idx, is_last)
             rs.batch_in_epoch = batch_idx + 1
             rs.batch_progress.increment()
@@ -218,8 +262,16 @@ class FitLoop:
             batch_idx += 1
             if is_last:
                 return True
-            if max_steps >= 0 and rs.global_step >= max_steps or rs.should_stop and self._can_stop_early():
+            if max_steps >= 0 and rs.global_step >= max_steps:
                 return False  # as _should_end_epoch
+            if rs.should_stop or self._end_request:  # attribute checks: nothing else runs while nobody asks
+                if agreement is None:
+                    if self._can_stop_early():
+                        return False  # as _should_end_epoch
+                else:
+                    ended = self._agreed_epoch_end(agreement)
+                    if ended is not None:
+                        return ended
         if batch_idx == start and start == 0 and t._data.num_training_batches != 0:
             raise MisconfigurationException(
                 "The train dataloader produced no batches. Fix: check the dataset is not empty and that "
@@ -264,6 +316,13 @@ class FitLoop:
         t._current_fx = None
         # every rank must end the epoch after the same batch; a rank that did not is reported, not waited for
         t.strategy.sync_point("train_epoch_end")
+        # a request to end the epoch that is still pending (the epoch ended first) is dropped on every rank here;
+        # a stop it asked for is still decided, by the reduce of should_stop in _done
+        agreement = t.strategy.epoch_end_agreement
+        if agreement is not None:
+            agreement.next_generation(self._clear_end_request)
+        else:
+            self._clear_end_request()
         if rs.resume_point != "epoch_end":
             rs.resume_point = "epoch_end" if completed else ""
             t._metrics.epoch_end_reached = True
