@@ -252,8 +252,8 @@ def _trainer(root: Path, max_steps: int) -> L.Trainer:
 def slurm_job(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     for key in _SLURM_KEYS:
         monkeypatch.delenv(key, raising=False)
-    for key, value in dict(SLURM_NTASKS="1", SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_NODEID="0",
-                           SLURM_JOB_ID="9", SLURM_JOB_NAME="train").items():
+    for key, value in {"SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
+                       "SLURM_JOB_ID": "9", "SLURM_JOB_NAME": "train"}.items():
         monkeypatch.setenv(key, value)
     return monkeypatch
 
@@ -285,10 +285,11 @@ def test_requeued_job_resumes_and_explicit_ckpt_path_wins(tmp_path: Path, slurm_
         trainer.fit(model, _loader())
     assert model.start_step == 3 and trainer.global_step == 5
     assert trainer.ckpt_path == str(last)
-    assert [r.getMessage() for r in caplog.records if "SLURM requeued" in r.getMessage()] == [
+    expected = (
         f"SLURM requeued this job (SLURM_RESTART_COUNT=2): resuming from {last}. Pass ckpt_path to choose another "
         "checkpoint, or set FULMEN_AUTO_RESUME=0 to start from scratch."
-    ]
+    )
+    assert [r.getMessage() for r in caplog.records if "SLURM requeued" in r.getMessage()] == [expected]
 
     model = _Tiny()
     trainer = _trainer(tmp_path, 5)

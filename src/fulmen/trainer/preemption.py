@@ -68,7 +68,7 @@ def preemption_handlers(trainer: Trainer) -> Generator[None, None, None]:
     register = getattr(trainer.strategy, "on_preemption_request", None)
     if register is not None:  # multi-process: a signal seen by another rank counts here too
         register(record)
-    signals = list(_SIGNALS)
+    signals: list[signal.Signals] = list(_SIGNALS)
     slurm = requeue_environment(trainer)
     if slurm is not None and slurm.requeue_signal not in signals:
         signals.append(slurm.requeue_signal)
@@ -80,8 +80,8 @@ def preemption_handlers(trainer: Trainer) -> Generator[None, None, None]:
     try:
         yield
     finally:
-        for sig, prev in previous.items():
-            signal.signal(sig, prev)
+        for num, prev in previous.items():
+            signal.signal(num, prev)
 
 
 def preemption_checkpoint_path(trainer: Trainer) -> str:

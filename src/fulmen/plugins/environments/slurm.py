@@ -179,12 +179,12 @@ _UNCATCHABLE = {signal.SIGKILL, signal.SIGSTOP}
 
 def _check_signal(sig: Any) -> signal.Signals:
     """``sig`` as a :class:`signal.Signals` that a handler can be installed for, else a clear error."""
-    try:
-        if isinstance(sig, bool) or not isinstance(sig, (int, str)):
-            raise ValueError
-        value = signal.Signals[sig] if isinstance(sig, str) else signal.Signals(sig)
-    except (KeyError, ValueError):
-        value = None
+    value: signal.Signals | None = None
+    if isinstance(sig, (int, str)) and not isinstance(sig, bool):
+        try:
+            value = signal.Signals[sig] if isinstance(sig, str) else signal.Signals(sig)
+        except (KeyError, ValueError):
+            value = None
     if value is None or value in _UNCATCHABLE:
         raise MisconfigurationException(
             f"SLURMEnvironment(requeue_signal={sig!r}); expected a signal a process can catch (a signal.Signals such "
