@@ -171,3 +171,82 @@ def test_configure_optimizers_returning_none_warns_and_trains_without_stepping(t
     assert ours[1:] == theirs[1:]  # training_step ran on every batch, global_step counted, no weight changed
     assert len(ours[0]) == len(theirs[0]) == 1
     assert ours[0][0].startswith(theirs[0][0])  # Lightning's warning, then what it means and the fix
+
+
+# ---------------------------------------------------------------------------------------------- eval on_step logging
+
+
+def _eval_log_module(framework: Any) -> tuple[type, type]:
+    class Rec(framework.loggers.Logger):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[Any] = []
+
+        name = "rec"
+        version = 0
+
+        def log_hyperparams(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def log_metrics(self, metrics, step=None) -> None:
+            self.calls.append((step, dict(sorted(metrics.items()))))
+
+    class Model(framework.LightningModule):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            self.log("t", float(batch_idx))
+            return self.net(batch).pow(2).mean()
+
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
+            self.log("a", float(10 * dataloader_idx + batch_idx), on_step=True, on_epoch=True)
+            self.log("b", float(100 + batch_idx), on_step=True, on_epoch=False)
+            self.log("hidden", 1.0, on_step=True, logger=False)
+            if batch_idx == 0:  # logged once: Lightning sends its last value again with the later batches
+                self.log("c", 7.0, on_step=True, on_epoch=False)
+
+        def test_step(self, batch, batch_idx, dataloader_idx=0):
+            self.log("ta", float(batch_idx), on_step=True, on_epoch=True)
+            self.log("tb", float(batch_idx), on_step=True, on_epoch=False)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    return Rec, Model
+
+
+def _run_eval_logging(framework: Any, multi: bool) -> list[Any]:
+    import importlib
+
+    importlib.import_module(f"{framework.__name__}.loggers")
+    Rec, Model = _eval_log_module(framework)
+    rec = Rec()
+    trainer = framework.Trainer(
+        max_epochs=2, logger=rec, log_every_n_steps=1, val_check_interval=0.5, num_sanity_val_steps=2,
+        **{k: v for k, v in QUIET.items() if k != "logger"},
+    )
+    model = Model()
+    vals = [loader(3), loader(2)] if multi else loader(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model, loader(4), vals)
+        rec.calls.append("validate")
+        out = trainer.validate(model, vals, verbose=False)
+        rec.calls.append(("validate returned", out, sorted(trainer.logged_metrics)))
+        trainer.validate(model, vals, verbose=False)  # a second call starts its step count again
+        rec.calls.append("test")
+        trainer.test(model, vals, verbose=False)
+    return rec.calls
+
+
+@pytest.mark.parametrize("multi", [False, True], ids=["one_loader", "two_loaders"])
+def test_eval_on_step_values_reach_the_loggers_as_in_lightning(multi: bool) -> None:
+    """on_step values logged in validation_step/test_step go to the loggers after every batch (not in the sanity
+    check) under Lightning's keys (``a_step``, ``b``, ``a_step/dataloader_idx_1``), at the evaluation loop's own
+    step (counting on across one fit's validation runs, from 0 in each validate/test call), without 'epoch'."""
+    ours = _run_eval_logging(L, multi)
+    theirs = _run_eval_logging(pl, multi)
+    assert ours == theirs
+    assert any(isinstance(c, tuple) and "a_step" in "".join(c[1]) for c in ours)  # the check has teeth

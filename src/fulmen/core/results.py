@@ -42,9 +42,15 @@ class _Meta:
     rank_zero_only: bool
 
     def __post_init__(self) -> None:
-        # the names the readers use, built once (not fields: they stay out of state_dict)
-        self.step_key = f"{self.name}_step" if self.forked else self.name
-        self.epoch_key = f"{self.name}_epoch" if self.forked else self.name
+        # the names the readers use, built once (not fields: they stay out of state_dict); as in Lightning, the
+        # _step/_epoch fork goes before a dataloader suffix: "loss_step/dataloader_idx_1"
+        base, suffix = self.name, ""
+        if self.dataloader_idx is not None:
+            dl_suffix = f"/dataloader_idx_{self.dataloader_idx}"
+            if base.endswith(dl_suffix):
+                base, suffix = base[: -len(dl_suffix)], dl_suffix
+        self.step_key = f"{base}_step{suffix}" if self.forked else self.name
+        self.epoch_key = f"{base}_epoch{suffix}" if self.forked else self.name
 
     @property
     def forked(self) -> bool:
@@ -225,14 +231,20 @@ class ResultCollection:
             self.metrics[key] = m
 
     # ---- reading ----
-    def step_metrics(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """(callback, logger, progress bar) step values, with Lightning's ``_step`` naming."""
+    def step_metrics(
+        self, dataloader_idx: int | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(callback, logger, progress bar) step values, with Lightning's ``_step`` naming.
+
+        With ``dataloader_idx``, only the values logged for that evaluation dataloader."""
         cb: dict[str, torch.Tensor] = {}
         lg: dict[str, torch.Tensor] = {}
         pb: dict[str, torch.Tensor] = {}
         for m in self.metrics.values():
             meta = m.meta
             if not meta.on_step:
+                continue
+            if dataloader_idx is not None and meta.dataloader_idx != dataloader_idx:
                 continue
             value = m.step_value(self.reduce)
             if value is None:

@@ -117,6 +117,10 @@ class DataManager:
         self.num_predict_batches: list[int | float] = []
         self.val_check_batch: int | float = math.inf
         self._train_loaded_epoch = -1
+        # per dataloader: the logger step of the next evaluation batch's on_step values (as in Lightning, it
+        # counts the batches seen since the evaluation loaders were last loaded, so it runs on across the
+        # validation runs of one fit and starts at 0 for each validate/test call)
+        self.eval_log_steps: dict[int, int] = {}
         # a stateful train loader's state from the checkpoint, applied before its first iteration
         self.pending_loader_state: Any = None
 
@@ -282,6 +286,7 @@ class DataManager:
                 f"val_dataloaders were passed but {type(module).__name__} has no validation_step. Fix: define "
                 "validation_step(self, batch, batch_idx), or stop passing val_dataloaders."
             )
+        self.eval_log_steps = {}
         if not has_step or cfg.limit_val_batches == 0:
             self.val_loaders, self.num_val_batches = [], []
             return
@@ -299,6 +304,7 @@ class DataManager:
         limit = {"val": cfg.limit_val_batches, "test": cfg.limit_test_batches, "predict": cfg.limit_predict_batches}[stage]
         arg = {"val": "limit_val_batches", "test": "limit_test_batches", "predict": "limit_predict_batches"}[stage]
         loaders, counts = self._eval(stage, limit, arg)
+        self.eval_log_steps = {}
         if not loaders:
             hook = _HOOK[stage]
             raise MisconfigurationException(

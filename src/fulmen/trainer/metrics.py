@@ -94,6 +94,17 @@ class MetricsStore:
         if metrics:
             self._to_loggers(metrics)
 
+    def log_eval_step(self, results: ResultCollection, dataloader_idx: int | None, step: int) -> None:
+        """Send an evaluation batch's ``on_step`` values to the loggers, as Lightning does after each
+        validation/test batch: the values of this dataloader (a forked name as ``name_step``), at ``step``
+        (the evaluation loop's own batch counter), without an ``epoch`` key. Converted to Python numbers here,
+        once per evaluation batch, and only when there are loggers and something was logged on_step."""
+        if not self.trainer.loggers:
+            return
+        metrics = results.step_metrics(dataloader_idx)[1]
+        if metrics:
+            self._to_loggers(metrics, step=step)
+
     def epoch_end(self, results: ResultCollection, log: bool, keep: bool = False) -> None:
         """Fold a finished stage's values into the stored dicts and (optionally) send them to loggers.
 
@@ -113,13 +124,14 @@ class MetricsStore:
         if not keep:
             results.reset()
 
-    def _to_loggers(self, metrics: dict[str, Any]) -> None:
+    def _to_loggers(self, metrics: dict[str, Any], step: int | None = None) -> None:
         trainer = self.trainer
         if not trainer.loggers:
             return  # nothing to write: no host sync, and logged_metrics stays empty (as in Lightning)
         scalars = {k: _to_float(v) for k, v in metrics.items()}
         self.logged.update(scalars)
-        scalars.setdefault("epoch", trainer.current_epoch)  # for the loggers only, not logged_metrics
-        step = max(0, trainer.run_state.batches_that_stepped + self._step_offset)
+        if step is None:
+            scalars.setdefault("epoch", trainer.current_epoch)  # for the loggers only, not logged_metrics
+            step = max(0, trainer.run_state.batches_that_stepped + self._step_offset)
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=step)

@@ -104,6 +104,10 @@ class EvaluationLoop:
         has_start = d.has_callbacks(f"on_{p}_batch_start") or d.module_overrides(f"on_{p}_batch_start")
         has_end = d.has_callbacks(f"on_{p}_batch_end") or d.module_overrides(f"on_{p}_batch_end")
         progress = trainer.run_state.val_batch_progress if p == "validation" else None
+        # as in Lightning, each batch's on_step values go to the loggers (not in the sanity check), at a step
+        # counting this dataloader's evaluation batches (see DataManager.eval_log_steps)
+        log_steps = None if self.stage == RunningStage.SANITY_CHECKING else trainer._data.eval_log_steps
+        metrics_store = trainer._metrics
         for dl_idx, (loader, limit) in enumerate(zip(loaders, limits)):
             if limit == 0:
                 continue
@@ -122,6 +126,10 @@ class EvaluationLoop:
                     d.both(f"on_{p}_batch_end", output, batch, batch_idx, *extra)
                 if progress is not None:
                     progress.increment()
+                if log_steps is not None:
+                    n = log_steps.get(dl_idx, 0)
+                    metrics_store.log_eval_step(results, dl_idx if multiple else None, n)
+                    log_steps[dl_idx] = n + 1
                 if limit != math.inf and batch_idx + 1 >= limit:
                     break
 
@@ -129,13 +137,13 @@ class EvaluationLoop:
     def _per_dataloader(results: ResultCollection, n: int) -> list[dict[str, float]]:
         out: list[dict[str, float]] = [{} for _ in range(max(n, 1))]
         for m in results.metrics.values():
-            if not m.meta.on_epoch:
+            if not m.meta.on_epoch or not m.meta.logger:  # as in Lightning: the values sent to the loggers
                 continue
             # a torchmetrics Metric computes here once; torchmetrics caches it for the epoch_end that follows
             value = m.epoch_value(results.reduce)
             if value is None:
                 continue
-            name = f"{m.meta.name}_epoch" if m.meta.forked else m.meta.name
+            name = m.meta.epoch_key
             number = value.item() if isinstance(value, torch.Tensor) else float(value)
             targets = [m.meta.dataloader_idx] if m.meta.dataloader_idx is not None else range(len(out))
             for i in targets:
