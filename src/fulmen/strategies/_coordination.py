@@ -41,7 +41,7 @@ _POLL_S = 0.1
 # How long a rank that asks for a decision waits at its batch boundary for the others to ask at the same one (a
 # collective decision: every rank asks at once, and acts at once). A peer that is already past that boundary
 # says so through its watchdog within a poll, so this bound is reached only when a peer is slower than this.
-_SAME_BOUNDARY_WAIT_S = 1.0
+_SAME_BOUNDARY_WAIT_S = 2.0
 
 
 def _socket_fds() -> dict[int, str]:
