@@ -101,7 +101,9 @@ class Recorder(L.LightningModule):
             "should_stop": self.trainer.should_stop,
         }
         (self.out / f"rank{rank}.json").write_text(json.dumps(record))
-        weights = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in self.net.state_dict().items()}
+        weights = {
+            k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in self.net.state_dict().items()
+        }
         torch.save({k: v.detach().clone() for k, v in weights.items()}, self.out / f"weights{rank}.pt")
 
 
@@ -249,13 +251,21 @@ def test_a_checkpoint_written_while_a_stop_is_pending_resumes_exactly(tmp_path: 
         d.mkdir()
     # rank 1 asks to stop after batch 3 (after rank 0 went on); checkpoints are written at every step meanwhile
     at = (1, 0, 3)
-    every_step = ModelCheckpoint(dirpath=dirs["ckpt"], filename="{step}", every_n_train_steps=1, save_top_k=-1)
-    stopped, _ = _fit(dirs["stopped"], Recorder(dirs["stopped"], stops={at}, slow={at}), callbacks=[every_step])
+    every_step = ModelCheckpoint(
+        dirpath=dirs["ckpt"], filename="{step}", every_n_train_steps=1, save_top_k=-1
+    )
+    stopped, _ = _fit(
+        dirs["stopped"], Recorder(dirs["stopped"], stops={at}, slow={at}), callbacks=[every_step]
+    )
     last = max(int(p.stem.split("=")[1]) for p in dirs["ckpt"].glob("step=*.ckpt"))
-    assert last == stopped["global_step"] > 4  # the last one was written after rank 1 asked, before all agreed
+    # the last one was written after rank 1 asked, before the ranks acted on it
+    assert last == stopped["global_step"] > 4
     reference, _ = _fit(dirs["reference"], Recorder(dirs["reference"]), max_epochs=2)
     resumed, _ = _fit(
-        dirs["resumed"], Recorder(dirs["resumed"]), max_epochs=2, ckpt_path=str(dirs["ckpt"] / f"step={last}.ckpt")
+        dirs["resumed"],
+        Recorder(dirs["resumed"]),
+        max_epochs=2,
+        ckpt_path=str(dirs["ckpt"] / f"step={last}.ckpt"),
     )
     assert resumed["trained"] == [[0, b] for b in range(last, N_BATCHES)] + [[1, b] for b in range(N_BATCHES)]
     assert resumed["global_step"] == reference["global_step"] == 2 * N_BATCHES
