@@ -565,9 +565,7 @@ def _hint(name: str) -> str:
     if name.startswith("train_epoch_end"):
         return (
             "The ranks ran different numbers of training batches this epoch (a loader of a different length per "
-            "rank, `trainer.should_stop` or `on_train_batch_start` returning -1 on some ranks only). Fix: keep "
-            "use_distributed_sampler=True or give every rank the same number of batches, and make stop decisions "
-            "collective (trainer.strategy.reduce_boolean_decision(flag, all=False))."
+            "rank?). Fix: keep use_distributed_sampler=True or give every rank the same number of batches."
         )
     return "Fix: make every rank take the same path through the run (control decisions must be collective)."
 
