@@ -79,6 +79,10 @@ def _hand_worker(rank: int, steps: int, port: int, out: str) -> None:
         if rank == 0:
             with open(out, "w") as f:
                 json.dump(stamps, f)
+        # DDP's reducer holds the process group: drop it first, or the group's destructor can wait forever on a
+        # gloo thread when it runs after destroy_process_group (seen as a hang at exit of the hand-written loop)
+        del model, opt
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -94,6 +98,11 @@ def _run_hand(steps: int) -> float:
         p.start()
     for p in procs:
         p.join(600)
+        if p.is_alive():  # stuck in teardown after its work: its numbers are already written
+            p.kill()
+            p.join()
+            if os.path.exists(out):
+                continue
         if p.exitcode != 0:
             raise RuntimeError(f"hand-written DDP rank failed with exit code {p.exitcode}")
     with open(out) as f:
