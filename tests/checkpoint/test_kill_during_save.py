@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from fulmen.checkpoint import TorchCheckpointIO, verify_checkpoint
 
@@ -91,6 +92,7 @@ def test_sigkill_during_save_never_leaves_a_partial_checkpoint(tmp_path: Path) -
     next_step = 0
     last_verified = -1
     kills_mid_write = 0
+    previous_leftovers: list[str] = []
     try:
         worker.expect("ready")
         for round_index in range(KILLS):
@@ -103,6 +105,10 @@ def test_sigkill_during_save_never_leaves_a_partial_checkpoint(tmp_path: Path) -
             for _ in range(rng.randint(2, 3)):
                 last_saved = int(worker.expect("saved")[0])
                 times.append(time.monotonic())
+                # the new writer's first completed save removed the temp file the killed one left (its pid
+                # is dead), and nothing else
+                still_there = [name for name in previous_leftovers if (tmp_path / name).exists()]
+                assert not still_there, f"stale temp files of a dead writer were kept: {still_there} {context}"
             period = max(min(b - a for a, b in itertools.pairwise(times)), 0.005)
             time.sleep(rng.uniform(0.0, period))
             os.kill(int(pid), signal.SIGKILL)
@@ -128,12 +134,16 @@ def test_sigkill_during_save_never_leaves_a_partial_checkpoint(tmp_path: Path) -
             assert bool((payload == float(step)).all()), f"payload mixes saves {context}"
             last_verified = step
             next_step = max(step, last_saved) + 1
-            for name in leftovers:  # an orphaned temp file from the killed write: 64 MB each
-                os.remove(tmp_path / name)
+            # an orphaned temp file of the killed write (64 MB each) names its writer's host and pid
+            for name in leftovers:
+                assert f".{pid}." in name, f"temp file {name!r} does not name its writer {pid} {context}"
+            previous_leftovers = leftovers
         # Guards against a vacuous pass: some kills must have landed while a write was in progress.
         assert kills_mid_write >= 1, f"no kill hit a write in progress (seed {seed}); the test did not test"
     finally:
         if worker.proc.poll() is None:
             worker.send("quit")
         worker.close()
+    # the last kill's temp file, if any, is removed by the next save into the directory (this process's)
+    io.save_checkpoint({"step": next_step, "payload": torch.zeros(1)}, path)
     assert sorted(os.listdir(tmp_path)) == ["last.ckpt", "worker-stderr.log"]

@@ -6,6 +6,8 @@ import errno
 import io
 import os
 import pickle
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any, ClassVar
@@ -196,6 +198,74 @@ def test_long_file_names_still_fit_the_temp_name(tmp_path: Path) -> None:
     path = tmp_path / ("x" * 240 + ".ckpt")
     atomic_save(_checkpoint(3), path)
     assert load(path)["step"] == 3
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.skipif(os.name == "nt", reason="pid liveness via os.kill(pid, 0) is POSIX")
+def test_a_later_save_removes_temp_files_of_dead_writers_only(tmp_path: Path) -> None:
+    """A save killed mid-write leaves ``.<name>.<host>-<hash>.<pid>.<random>.tmp``; the next save into that
+    directory removes it once its writer is dead, and keeps live writers' temp files and everything else."""
+    from fulmen.utilities.cloud_io import _temp_name, _writer_token
+
+    token = _writer_token()
+    dead = _dead_pid()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        def temp(name: str, pid: int) -> str:
+            made = _temp_name(name).replace(f".{os.getpid()}.", f".{pid}.")
+            (tmp_path / made).write_bytes(b"partial")
+            return made
+
+        stale = [temp("last.ckpt", dead), temp("epoch=3-step=9.ckpt", dead)]  # any target in the directory
+        live = [temp("last.ckpt", os.getppid()), temp("last.ckpt", sleeper.pid), temp("last.ckpt", os.getpid())]
+        others = [
+            f".last.ckpt.{uuid.uuid4().hex[:12]}.tmp",  # the old scheme: no writer named, never guessed at
+            f".last.ckpt.otherhost-0123abcd.{dead}.{uuid.uuid4().hex[:12]}.tmp",  # another host's
+            f".last.ckpt.{token}.{dead}.{uuid.uuid4().hex[:11]}.tmp",  # not exactly the scheme
+            f".last.ckpt.{token}.{dead}.{uuid.uuid4().hex[:12]}.tmp.keep",
+            f"last.ckpt.{token}.{dead}.{uuid.uuid4().hex[:12]}.tmp",  # not hidden
+            "notes.tmp",
+        ]
+        for name in others:
+            (tmp_path / name).write_bytes(b"x")
+        matching_dir = tmp_path / f".dir.{token}.{dead}.{uuid.uuid4().hex[:12]}.tmp"
+        matching_dir.mkdir()
+
+        atomic_save(_checkpoint(1), tmp_path / "last.ckpt")
+
+        left = set(os.listdir(tmp_path))
+        assert not left & set(stale)
+        assert set(live) <= left
+        assert set(others) <= left
+        assert matching_dir.is_dir()
+        assert load(tmp_path / "last.ckpt")["step"] == 1
+
+        # the sleeping writer dies: the next save removes its temp file too
+        sleeper.kill()
+        sleeper.wait()
+        atomic_save(_checkpoint(2), tmp_path / "other.ckpt")
+        assert live[1] not in os.listdir(tmp_path)
+        assert {live[0], live[2]} <= set(os.listdir(tmp_path))
+    finally:
+        if sleeper.poll() is None:
+            sleeper.kill()
+            sleeper.wait()
+
+
+def test_temp_name_names_the_writer_and_fits_the_name_limit() -> None:
+    from fulmen.utilities.cloud_io import _TEMP_RE, _temp_name, _writer_token
+
+    for name in ("last.ckpt", "epoch=1.step=2.ckpt", "x" * 240 + ".ckpt", "\u00e9" * 200 + ".ckpt"):
+        made = _temp_name(name)
+        assert len(made.encode()) <= 255
+        match = _TEMP_RE.fullmatch(made)
+        assert match is not None and match["token"] == _writer_token() and int(match["pid"]) == os.getpid()
 
 
 # ------------------------------------------------------------------------------------------------

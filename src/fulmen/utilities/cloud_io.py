@@ -10,7 +10,9 @@ This module owns three guarantees that the rest of fulmen relies on:
     temporary file in the same directory, flushed and ``fsync``-ed, renamed over ``path`` with
     ``os.replace`` (atomic on POSIX and Windows within one filesystem), then the directory is
     ``fsync``-ed so the rename itself survives a power loss. A ``SIGKILL`` mid-write leaves the old
-    file intact and, at worst, an orphaned ``.<name>.<random>.tmp`` file next to it.
+    file intact and, at worst, an orphaned ``.<name>.<host>-<hash>.<pid>.<random>.tmp`` file next to
+    it, which the next save into that directory removes once no process with that pid runs on this
+    host (temp files of live writers, of other hosts and every other file are left alone).
   - *Object stores* (``s3://``, ``gs://``, ``az://``, ...) and ``memory://``: the object is serialized
     into memory and uploaded with a single put; these stores never expose a partially uploaded
     object. This needs memory for one serialized copy of the checkpoint.
@@ -211,9 +213,79 @@ def _protocol(fs: fsspec.AbstractFileSystem) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+_writer_token_cache: str | None = None
+
+
+def _writer_token() -> str:
+    """This machine (and PID namespace) as one dot-free name part: the host name, then a hash of it.
+
+    The hash also covers the PID namespace (Linux), so two containers sharing a host name and a directory
+    never take each other's PIDs for their own: a temp file is only ever judged by a process that can see
+    its writer's PID.
+    """
+    global _writer_token_cache
+    if _writer_token_cache is None:
+        import hashlib
+        import socket
+
+        host = socket.gethostname() or "localhost"
+        namespace = ""
+        with contextlib.suppress(OSError):
+            namespace = os.readlink("/proc/self/ns/pid")
+        digest = hashlib.sha1(f"{host}\0{namespace}".encode(errors="replace")).hexdigest()[:8]
+        readable = re.sub(r"[^A-Za-z0-9-]", "-", host)[:32]
+        _writer_token_cache = f"{readable}-{digest}"
+    return _writer_token_cache
+
+
 def _temp_name(name: str) -> str:
-    # Hidden, unique, and short enough that a long checkpoint name still fits the 255-byte limit.
-    return f".{name[:200]}.{uuid.uuid4().hex[:12]}.tmp"
+    """``.<name>.<host>-<hash>.<pid>.<random>.tmp``: hidden, unique, short enough that a long checkpoint name
+    still fits the 255-byte limit, and naming its writer so a later save can remove it once that writer is
+    dead (see :func:`_remove_stale_temps`)."""
+    short = name.encode("utf-8", "surrogateescape")[:150].decode("utf-8", "ignore")
+    return f".{short}.{_writer_token()}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
+
+
+# the writer-token part is dot-free, so the name (which may hold dots) is whatever comes before it
+_TEMP_RE = re.compile(r"\.(?P<name>.+)\.(?P<token>[A-Za-z0-9-]{1,32}-[0-9a-f]{8})\.(?P<pid>[1-9][0-9]{0,9})"
+                      r"\.[0-9a-f]{12}\.tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, OverflowError):
+        return True  # someone else's process (or unknown): treat as alive, never remove its file
+    return True
+
+
+def _remove_stale_temps(directory: str) -> None:
+    """Remove temp files that a killed save left in ``directory``: only names of exactly this module's
+    scheme, written on this host (and PID namespace) by a process that no longer exists. Another live
+    process's temp file (a concurrent save) and every other file are left alone. Best effort: errors are
+    ignored, the save that called this has already succeeded."""
+    if os.name == "nt":
+        return  # os.kill(pid, 0) would terminate the process on Windows
+    token = _writer_token()
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        name = entry.name
+        if not name.endswith(".tmp") or token not in name:
+            continue
+        match = _TEMP_RE.fullmatch(name)
+        if match is None or match["token"] != token:
+            continue
+        pid = int(match["pid"])
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
 
 
 def _fsync_dir(directory: str) -> None:
@@ -297,6 +369,7 @@ def _atomic_write_local(target: str, write: Callable[[IO[bytes]], None]) -> None
             os.unlink(tmp)
         raise
     _fsync_dir(directory)
+    _remove_stale_temps(directory)
 
 
 def _atomic_write_remote(
