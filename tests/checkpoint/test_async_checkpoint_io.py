@@ -1,4 +1,9 @@
-"""Tests for AsyncCheckpointIO: background writes, snapshots, ordering, error reporting."""
+"""Tests for AsyncCheckpointIO: background writes, snapshots, ordering, error reporting.
+
+Every behaviour test runs with both snapshot modes: ``fork`` (a copy-on-write child process writes) and
+``copy`` (the tensors are copied, a thread writes). The test doubles therefore signal through files, which
+work across a fork, instead of threading events.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import collections
 import os
 import pickle
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,28 +25,71 @@ from fulmen.utilities.parsing import AttributeDict
 _WAIT = 30.0  # generous upper bound for events that must happen; never hit when the code is right
 
 
-class _GatedIO(TorchCheckpointIO):
-    """A TorchCheckpointIO whose writes wait for a gate to open, and report when they start and end."""
+MODES = ["fork", "copy"]
+needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
 
-    def __init__(self) -> None:
+
+@pytest.fixture(params=[pytest.param("fork", marks=needs_fork), "copy"])
+def snapshot(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+class _FileEvent:
+    """A threading.Event-like flag stored as a file, so a forked writer process can set it too."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def set(self) -> None:
+        self.path.touch()
+
+    def is_set(self) -> bool:
+        return self.path.exists()
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.is_set():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+
+class _GatedIO(TorchCheckpointIO):
+    """A TorchCheckpointIO whose writes wait for a gate to open, and report (in files) when they start and end,
+    which paths they saved and which process/thread wrote."""
+
+    def __init__(self, root: Path) -> None:
         super().__init__()
-        self.gate = threading.Event()
-        self.started = threading.Event()
-        self.finished = threading.Event()
-        self.saved: list[str] = []
-        self.threads: list[str] = []
+        root.mkdir(parents=True, exist_ok=True)
+        self.gate = _FileEvent(root / "gate")
+        self.started = _FileEvent(root / "started")
+        self.finished = _FileEvent(root / "finished")
+        self._saved = root / "saved.txt"
+        self._writers = root / "writers.txt"
+
+    @property
+    def saved(self) -> list[str]:
+        return self._saved.read_text().splitlines() if self._saved.exists() else []
+
+    @property
+    def writers(self) -> list[tuple[int, str]]:
+        text = self._writers.read_text() if self._writers.exists() else ""
+        return [(int(pid), name) for pid, name in (line.split(" ", 1) for line in text.splitlines())]
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        self.threads.append(threading.current_thread().name)
+        with self._writers.open("a") as f:
+            f.write(f"{os.getpid()} {threading.current_thread().name}\n")
         self.started.set()
         assert self.gate.wait(_WAIT), "test gate never opened"
         super().save_checkpoint(checkpoint, path, storage_options)
-        self.saved.append(os.fspath(path))
+        with self._saved.open("a") as f:
+            f.write(os.fspath(path) + "\n")
         self.finished.set()
 
 
-def test_round_trip(tmp_path: Path) -> None:
-    io = AsyncCheckpointIO()
+def test_round_trip(tmp_path: Path, snapshot: str) -> None:
+    io = AsyncCheckpointIO(snapshot=snapshot)
     assert io.checkpoint_io is None  # left for the Trainer to set, like Lightning
     path = tmp_path / "sub" / "a.ckpt"
     model = torch.nn.Linear(4, 4)
@@ -53,9 +102,9 @@ def test_round_trip(tmp_path: Path) -> None:
     assert os.listdir(path.parent) == ["a.ckpt"]
 
 
-def test_save_returns_before_the_write_completes_and_runs_in_the_background(tmp_path: Path) -> None:
-    inner = _GatedIO()
-    io = AsyncCheckpointIO(inner)
+def test_save_returns_before_the_write_completes_and_runs_in_the_background(tmp_path: Path, snapshot: str) -> None:
+    inner = _GatedIO(tmp_path / "gate")
+    io = AsyncCheckpointIO(inner, snapshot=snapshot)
     path = tmp_path / "a.ckpt"
     io.save_checkpoint({"step": 1}, path)  # would block forever if the write ran on this thread
     assert inner.started.wait(_WAIT)
@@ -64,13 +113,17 @@ def test_save_returns_before_the_write_completes_and_runs_in_the_background(tmp_
     inner.gate.set()
     io.teardown()  # waits
     assert inner.finished.is_set()
-    assert inner.threads == [inner.threads[0]] and inner.threads[0] != threading.current_thread().name
+    [(pid, thread)] = inner.writers
+    if snapshot == "fork":
+        assert pid != os.getpid()  # a child process wrote
+    else:
+        assert pid == os.getpid() and thread != threading.current_thread().name  # a thread of this process wrote
     assert TorchCheckpointIO().load_checkpoint(path) == {"step": 1}
 
 
-def test_in_place_updates_after_save_do_not_reach_the_file(tmp_path: Path) -> None:
-    inner = _GatedIO()
-    io = AsyncCheckpointIO(inner)
+def test_in_place_updates_after_save_do_not_reach_the_file(tmp_path: Path, snapshot: str) -> None:
+    inner = _GatedIO(tmp_path / "gate")
+    io = AsyncCheckpointIO(inner, snapshot=snapshot)
     model = torch.nn.Linear(3, 3)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.9)
     model(torch.randn(2, 3)).sum().backward()
@@ -94,9 +147,9 @@ def test_in_place_updates_after_save_do_not_reach_the_file(tmp_path: Path) -> No
     assert torch.equal(loaded["optimizer_states"][0]["state"][0]["momentum_buffer"], expected_momentum)
 
 
-def test_one_write_in_flight_the_next_save_waits(tmp_path: Path) -> None:
-    inner = _GatedIO()
-    io = AsyncCheckpointIO(inner)
+def test_one_write_in_flight_the_next_save_waits(tmp_path: Path, snapshot: str) -> None:
+    inner = _GatedIO(tmp_path / "gate")
+    io = AsyncCheckpointIO(inner, snapshot=snapshot)
     io.save_checkpoint({"step": 1}, tmp_path / "1.ckpt")
     assert inner.started.wait(_WAIT)
     second_returned = threading.Event()
@@ -128,9 +181,9 @@ class _FailingIO(TorchCheckpointIO):
 
 
 @pytest.mark.parametrize("next_call", ["save", "load", "remove", "teardown"])
-def test_background_error_is_raised_on_the_next_call(tmp_path: Path, next_call: str) -> None:
+def test_background_error_is_raised_on_the_next_call(tmp_path: Path, next_call: str, snapshot: str) -> None:
     inner = _FailingIO()
-    io = AsyncCheckpointIO(inner)
+    io = AsyncCheckpointIO(inner, snapshot=snapshot)
     path = tmp_path / "a.ckpt"
     io.save_checkpoint({"step": 1}, path)
     with pytest.raises(AsyncCheckpointSaveError, match=r"a.ckpt.*OSError.*No space left on device") as info:
@@ -152,10 +205,12 @@ def test_background_error_is_raised_on_the_next_call(tmp_path: Path, next_call: 
     assert TorchCheckpointIO().load_checkpoint(path) == {"step": 3}
 
 
-def test_teardown_waits_and_the_plugin_is_reusable(tmp_path: Path) -> None:
-    inner = _GatedIO()
-    io = AsyncCheckpointIO(inner)
+def test_teardown_waits_and_the_plugin_is_reusable(tmp_path: Path, snapshot: str) -> None:
+    inner = _GatedIO(tmp_path / "gate")
+    io = AsyncCheckpointIO(inner, snapshot=snapshot)
     io.save_checkpoint({"step": 1}, tmp_path / "a.ckpt")
+    writer = io._writer_pid
+    assert (writer is not None) == (snapshot == "fork")
     done = threading.Event()
 
     def teardown() -> None:
@@ -169,14 +224,17 @@ def test_teardown_waits_and_the_plugin_is_reusable(tmp_path: Path) -> None:
     assert done.wait(_WAIT)
     thread.join()
     assert io._executor is None
+    if writer is not None:
+        with pytest.raises(ChildProcessError):  # the writer process was reaped: no zombie left
+            os.waitpid(writer, os.WNOHANG)
     io.save_checkpoint({"step": 2}, tmp_path / "a.ckpt")  # a new fit after teardown
     io.teardown()
     assert TorchCheckpointIO().load_checkpoint(tmp_path / "a.ckpt") == {"step": 2}
 
 
-def test_remove_waits_for_a_pending_write_to_the_same_path(tmp_path: Path) -> None:
-    inner = _GatedIO()
-    io = AsyncCheckpointIO(inner)
+def test_remove_waits_for_a_pending_write_to_the_same_path(tmp_path: Path, snapshot: str) -> None:
+    inner = _GatedIO(tmp_path / "gate")
+    io = AsyncCheckpointIO(inner, snapshot=snapshot)
     path = tmp_path / "a.ckpt"
     io.save_checkpoint({"step": 1}, path)
     inner.gate.set()
@@ -185,8 +243,8 @@ def test_remove_waits_for_a_pending_write_to_the_same_path(tmp_path: Path) -> No
     assert not path.exists()  # the write did not land after the remove
 
 
-def test_bad_input_is_rejected_before_anything_is_queued(tmp_path: Path) -> None:
-    io = AsyncCheckpointIO()
+def test_bad_input_is_rejected_before_anything_is_queued(tmp_path: Path, snapshot: str) -> None:
+    io = AsyncCheckpointIO(snapshot=snapshot)
     with pytest.raises(TypeError, match="expected a dict"):
         io.save_checkpoint([1, 2], tmp_path / "a.ckpt")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="expected a non-empty str or os.PathLike"):
@@ -197,10 +255,11 @@ def test_bad_input_is_rejected_before_anything_is_queued(tmp_path: Path) -> None
     io.teardown()
 
 
-def test_async_io_can_be_pickled(tmp_path: Path) -> None:
-    io = AsyncCheckpointIO()
+def test_async_io_can_be_pickled(tmp_path: Path, snapshot: str) -> None:
+    io = AsyncCheckpointIO(snapshot=snapshot)
     io.save_checkpoint({"step": 1}, tmp_path / "a.ckpt")
     clone = pickle.loads(pickle.dumps(io))
+    assert clone.snapshot == snapshot
     clone.save_checkpoint({"step": 2}, tmp_path / "b.ckpt")
     clone.teardown()
     io.teardown()
