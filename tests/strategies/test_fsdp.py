@@ -229,3 +229,55 @@ def test_fsdp_step_using_an_ungathered_parameter_names_the_fix() -> None:
     trainer = _trainer(max_epochs=1, strategy=FSDPStrategy(start_method="fork", auto_wrap_policy={nn.Linear}))
     with pytest.raises(RankFailedError, match=r"UsesShardedWeight.validation_step used a parameter that FSDP had not"):
         trainer.fit(UsesShardedWeight(), DataLoader(_data(), batch_size=4), DataLoader(_data(), batch_size=4))
+
+
+# ---------------------------------------------------------------- sharded checkpoints and the Trainer
+class SaveAtBatch(L.Callback):
+    """``trainer.save_checkpoint(path)`` once, after the given number of training batches."""
+
+    def __init__(self, path: Path, batches: int) -> None:
+        self.path, self.batches = path, batches
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.run_state.batch_progress.total_completed == self.batches:
+            trainer.save_checkpoint(self.path)
+
+
+def _shuffled() -> DataLoader:
+    return DataLoader(_data(), batch_size=4, shuffle=True)
+
+
+def _strategy(kind: str = "sharded", **kw) -> FSDPStrategy:
+    return FSDPStrategy(start_method="fork", state_dict_type=kind, auto_wrap_policy={nn.Linear}, **kw)
+
+
+@pytest.mark.parametrize(
+    ("kind", "batches", "accumulate"),
+    [("sharded", 6, 1), ("sharded", 5, 2), ("full", 5, 2)],
+    ids=["sharded-mid-epoch", "sharded-inside-accumulation-window", "full-inside-accumulation-window"],
+)
+def test_fsdp_trainer_resumes_exactly(tmp_path: Path, kind: str, batches: int, accumulate: int) -> None:
+    # 32 samples, 2 ranks, batch 4: 4 batches per epoch; the save lands mid-epoch (and inside a window of 2, where
+    # FSDP holds the gradients unreduced and unsharded: the checkpoint gets them reduced and sharded)
+    L.seed_everything(3, verbose=False)
+    full = Regressor()
+    saver = SaveAtBatch(tmp_path / "mid.ckpt", batches)
+    _trainer(max_epochs=3, strategy=_strategy(kind), callbacks=[saver], accumulate_grad_batches=accumulate).fit(
+        full, _shuffled()
+    )
+    ckpt = tmp_path / "mid.ckpt"
+    assert ckpt.is_dir() == (kind == "sharded")
+
+    L.seed_everything(3, verbose=False)  # the same seed: the distributed sampler's shuffle seed comes from it
+    resumed = Regressor()
+    trainer = _trainer(max_epochs=3, strategy=_strategy(kind), accumulate_grad_batches=accumulate)
+    trainer.fit(resumed, _shuffled(), ckpt_path=ckpt)
+    assert trainer.global_step == 12 // accumulate
+    _same(full, resumed)  # equal only if the weights, Adam's moments, data position (and open gradients) came back
+    if kind == "sharded":
+        meta = torch.load(ckpt / "meta.pt", weights_only=True)
+        assert set(meta["sharded_keys"]) >= {"state_dict", "optimizer_states"}
+        assert ("fulmen_sharded_grads" in meta["sharded_keys"]) == (accumulate > 1)
+    else:
+        grads = torch.load(ckpt, weights_only=True)["fulmen"]["run_state"]["grads"]
+        assert grads["net.0.weight"].shape == (8, 4)  # whole, reduced gradients in a full checkpoint

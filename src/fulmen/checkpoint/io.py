@@ -144,12 +144,19 @@ class TorchCheckpointIO(CheckpointIO):
     ) -> dict[str, Any]:
         """Load a checkpoint dict; tensors go to the CPU unless ``map_location`` is given.
 
+        A sharded checkpoint directory (``FSDPStrategy(state_dict_type="sharded")``) is consolidated on the fly
+        into the full checkpoint (every tensor whole, on the CPU), so it loads without FSDP too.
+
         Raises:
             CheckpointNotFoundError: If ``path`` does not exist.
-            CheckpointLoadError: If ``path`` is a directory, empty, truncated, corrupted, or holds
-                something other than a checkpoint dict.
+            CheckpointLoadError: If ``path`` is a directory (other than a sharded checkpoint), empty, truncated,
+                corrupted, or holds something other than a checkpoint dict.
             UnsafeCheckpointError: If safe loading refuses the file (the message says how to opt in).
         """
+        from fulmen.checkpoint.sharded import consolidate_checkpoint, is_sharded_checkpoint
+
+        if is_sharded_checkpoint(path):
+            return consolidate_checkpoint(path, weights_only=weights_only)  # type: ignore[arg-type]
         checkpoint = cloud_io.load(
             path,
             map_location="cpu" if map_location is None else map_location,

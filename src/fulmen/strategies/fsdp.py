@@ -28,13 +28,20 @@ import torch
 from torch import nn
 
 from fulmen.accelerators import Accelerator
+from fulmen.checkpoint.sharded import (
+    META_FILE,
+    SHARDED_GRADS,
+    SHARDED_KEYS,
+    ShardedEntry,
+    check_sharded_folder,
+    is_sharded_checkpoint,
+    read_meta,
+)
 from fulmen.plugins.environments import ClusterEnvironment
 from fulmen.plugins.precision import Precision
 from fulmen.strategies.parallel import ParallelStrategy, forward_redirection
 from fulmen.utilities import distributed as fdist
 from fulmen.utilities.exceptions import MisconfigurationException, NotSupportedYetError
-
-_META = "meta.pt"
 
 
 def _fsdp2() -> Any:
@@ -306,6 +313,67 @@ class FSDPStrategy(ParallelStrategy):
             return module.state_dict()
         return get_model_state_dict(module, options=self._options(self.state_dict_type == "full"))
 
+    def full_module_state_dict(self, module: nn.Module) -> dict[str, Any]:
+        """The whole (gathered, CPU) state dict whatever ``state_dict_type`` is: what a launched run hands back
+        to the caller's model."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+        from torch.distributed.fsdp import FSDPModule
+
+        if not isinstance(module, FSDPModule) or self._broken:
+            return module.state_dict()
+        return get_model_state_dict(module, options=self._options(True))
+
+    def accumulated_gradients(self, module: nn.Module) -> dict[str, Any]:
+        """The gradients of an open accumulation window, for a checkpoint: sharded like the parameters (whole
+        tensors with ``state_dict_type="full"``). With gradient sync off FSDP keeps each rank's unreduced sum
+        unsharded inside; it is reduced here as FSDP's own reduce-scatter would (sum over ranks / their number)
+        and added to the sharded gradient already there. The live gradients are not changed (a collective)."""
+        from torch.distributed.fsdp import FSDPModule
+        from torch.distributed.tensor import DTensor, Partial
+
+        pending: dict[int, torch.Tensor] = {}
+        for sub in module.modules():
+            if not isinstance(sub, FSDPModule):
+                continue
+            for group in sub._get_fsdp_state()._fsdp_param_groups:
+                for fsdp_param in group.fsdp_params:
+                    local = fsdp_param.unsharded_accumulated_grad
+                    if local is None and hasattr(fsdp_param, "_unsharded_param"):
+                        local = fsdp_param._unsharded_param.grad
+                    if local is not None:
+                        pending[id(fsdp_param.sharded_param)] = local
+        out: dict[str, Any] = {}
+        for name, param in module.named_parameters():
+            grad: Any = param.grad.detach().clone() if param.grad is not None else None
+            local = pending.get(id(param))
+            if local is not None and isinstance(param, DTensor):
+                if isinstance(local, DTensor):
+                    local = local.to_local()
+                mesh = param.device_mesh
+                reduced: Any = DTensor.from_local(
+                    local.detach().to(param.dtype),
+                    mesh,
+                    [Partial()] * mesh.ndim,
+                    run_check=False,
+                    shape=param.shape,
+                    stride=param.stride(),
+                ).redistribute(mesh, param.placements)
+                reduced = reduced / mesh.size()
+                grad = reduced if grad is None else grad + reduced
+            if grad is not None:
+                whole = self.state_dict_type == "full" and isinstance(grad, DTensor)
+                out[name] = grad.full_tensor().cpu() if whole else grad
+        return out
+
+    def place_gradient(self, param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """A restored gradient for ``param``: a whole tensor (from a full checkpoint) is cut to this rank's shard."""
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        if isinstance(param, DTensor) and not isinstance(grad, DTensor):
+            local = grad.to(param.to_local().device, param.dtype)
+            return distribute_tensor(local, param.device_mesh, param.placements, src_data_rank=None)
+        return grad.to(param.device)
+
     def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
@@ -349,6 +417,7 @@ class FSDPStrategy(ParallelStrategy):
 
         self.sync_point(f"save_checkpoint {os.path.basename(str(filepath))}")
         path = Path(filepath)
+        checkpoint = _split_sharded_grads(checkpoint)
         tensors = {k: v for k, v in checkpoint.items() if _has_dtensor(v)}
         rest = {k: v for k, v in checkpoint.items() if k not in tensors}
         if self.is_global_zero:
@@ -358,18 +427,92 @@ class FSDPStrategy(ParallelStrategy):
         if self.is_global_zero:
             from fulmen.utilities.cloud_io import atomic_save
 
-            atomic_save({"sharded_keys": sorted(tensors), **rest}, str(path / _META))
+            atomic_save({SHARDED_KEYS: sorted(tensors), **rest}, str(path / META_FILE))
+        self.barrier("fsdp sharded save done")
 
     def load_checkpoint(
         self, path: Any, weights_only: bool | None = None, map_location: Any = None
     ) -> dict[str, Any]:
-        if Path(str(path)).is_dir() and (Path(str(path)) / _META).exists():
-            raise NotSupportedYetError(
-                f"{str(path)!r} is a sharded FSDP checkpoint; loading one needs the sharded model as a template. "
-                "Fix: load it with fabric.load(path, {'model': model, 'optimizer': optimizer}), or save with "
-                "FSDPStrategy(state_dict_type='full') to resume the Trainer."
+        """A sharded directory: its small entries now, each sharded entry as a :class:`ShardedEntry` that
+        :meth:`load_sharded_entries` reads later into the sharded model/optimizers (each rank only its shards,
+        from any world size). A checkpoint file: loaded as usual (full tensors)."""
+        if not is_sharded_checkpoint(path):
+            return super().load_checkpoint(path, weights_only=weights_only, map_location=map_location)
+        folder = check_sharded_folder(path)
+        checkpoint, keys = read_meta(folder, weights_only)
+        for key in keys:
+            if key == SHARDED_GRADS:
+                run_state = (checkpoint.get("fulmen") or {}).get("run_state")
+                if isinstance(run_state, dict):
+                    run_state["grads"] = ShardedEntry(folder, key)
+            else:
+                checkpoint[key] = ShardedEntry(folder, key)
+        return checkpoint
+
+    def load_sharded_entries(
+        self, checkpoint: dict[str, Any], module: nn.Module, optimizers: list[Any] | None, strict: bool = True
+    ) -> None:
+        """Replace the :class:`ShardedEntry` placeholders in ``checkpoint`` by their values, read in place:
+        ``"state_dict"`` is loaded into ``module`` right away (it must be set up, i.e. sharded); with
+        ``optimizers`` (after ``configure_optimizers``), ``"optimizer_states"`` becomes their sharded states and the
+        gradients of an open accumulation window become sharded gradients (restored by the Trainer as usual)."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+            set_model_state_dict,
+        )
+        from torch.distributed.fsdp import FSDPModule
+
+        entry = checkpoint.get("state_dict")
+        if not isinstance(module, FSDPModule):
+            raise MisconfigurationException(
+                f"Loading the sharded checkpoint {getattr(entry, 'path', '')!r} needs the model set up with FSDP first."
             )
-        return super().load_checkpoint(path, weights_only=weights_only, map_location=map_location)
+        template: dict[str, Any] = {}
+        if isinstance(entry, ShardedEntry):
+            template["state_dict"] = get_model_state_dict(module)
+        run_state = (checkpoint.get("fulmen") or {}).get("run_state") if optimizers is not None else None
+        grads = run_state.get("grads") if isinstance(run_state, dict) else None
+        if optimizers is not None:
+            if isinstance(checkpoint.get("optimizer_states"), ShardedEntry):
+                template["optimizer_states"] = [get_optimizer_state_dict(module, o) for o in optimizers]
+            if isinstance(grads, ShardedEntry):
+                template[SHARDED_GRADS] = {n: torch.zeros_like(p) for n, p in module.named_parameters()}
+        if not template:
+            return
+        folder = next(
+            v.path for v in (checkpoint.get("state_dict"), checkpoint.get("optimizer_states"), grads)
+            if isinstance(v, ShardedEntry)
+        )
+        stored = _stored_keys(folder)
+        if SHARDED_GRADS in template:
+            # only the parameters that had a gradient when the checkpoint was written
+            template[SHARDED_GRADS] = {
+                n: g for n, g in template[SHARDED_GRADS].items() if f"{SHARDED_GRADS}.{n}" in stored
+            }
+        if "optimizer_states" in template:
+            saved = {k.split(".")[1] for k in stored if k.startswith("optimizer_states.")}
+            if len(saved) != len(optimizers or []):
+                raise MisconfigurationException(
+                    f"The checkpoint {folder!r} has {len(saved)} optimizer state(s) but configure_optimizers "
+                    f"returned {len(optimizers or [])}. Fix: resume with the same optimizer setup."
+                )
+        if "state_dict" in template:
+            _check_state_dict_keys(folder, stored, template["state_dict"], strict)
+        from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+        dcp.load(  # type: ignore[attr-defined]
+            template, checkpoint_id=folder, planner=DefaultLoadPlanner(allow_partial_load=not strict)
+        )
+        if "state_dict" in template:
+            set_model_state_dict(module, template["state_dict"], options=StateDictOptions(strict=strict))
+            checkpoint["state_dict"] = ShardedEntry(folder, "state_dict (loaded into the sharded model)")
+        if "optimizer_states" in template:
+            checkpoint["optimizer_states"] = template["optimizer_states"]
+        if SHARDED_GRADS in template and isinstance(run_state, dict):
+            run_state["grads"] = template[SHARDED_GRADS]
 
     def load_sharded(self, path: Any, state: dict[str, Any], strict: bool = True) -> dict[str, Any]:
         """``Fabric.load`` of a sharded checkpoint: the objects in ``state`` are filled in place (every rank reads
@@ -383,9 +526,8 @@ class FSDPStrategy(ParallelStrategy):
             set_optimizer_state_dict,
         )
 
-        path = Path(str(path))
-        meta = torch.load(path / _META, map_location="cpu", weights_only=False)
-        sharded = set(meta.pop("sharded_keys"))
+        meta, keys = read_meta(check_sharded_folder(path), weights_only=False)
+        sharded = set(keys)
         modules = {
             k: getattr(v, "module", v)
             for k, v in state.items()
@@ -418,8 +560,7 @@ class FSDPStrategy(ParallelStrategy):
 
     @staticmethod
     def is_sharded_checkpoint(path: Any) -> bool:
-        p = Path(str(path))
-        return p.is_dir() and (p / _META).exists()
+        return is_sharded_checkpoint(path)
 
     def teardown(self) -> None:
         super().teardown()
@@ -471,6 +612,40 @@ def _as_predicate(policy: Any, name: str) -> Callable[[nn.Module], bool] | None:
     raise MisconfigurationException(
         f"FSDPStrategy({name}={policy!r}): expected a set of module classes or a function module -> bool."
     )
+
+
+def _split_sharded_grads(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """Gradients of an open accumulation window are sharded: move them out of ``fulmen.run_state`` (saved in
+    ``meta.pt``) into their own entry saved with the other shards. The caller's dict is not changed."""
+    extra = checkpoint.get("fulmen")
+    run_state = extra.get("run_state") if isinstance(extra, dict) else None
+    grads = run_state.get("grads") if isinstance(run_state, dict) else None
+    if not grads or not _has_dtensor(grads):
+        return checkpoint
+    assert isinstance(extra, dict) and isinstance(run_state, dict)
+    return {
+        **checkpoint,
+        "fulmen": {**extra, "run_state": {**run_state, "grads": None}},
+        SHARDED_GRADS: grads,
+    }
+
+
+def _stored_keys(folder: str) -> set[str]:
+    import torch.distributed.checkpoint as dcp
+
+    return set(dcp.FileSystemReader(folder).read_metadata().state_dict_metadata)
+
+
+def _check_state_dict_keys(folder: str, stored: set[str], template: dict[str, Any], strict: bool) -> None:
+    saved = {k[len("state_dict.") :] for k in stored if k.startswith("state_dict.")}
+    missing = sorted(set(template) - saved)
+    unexpected = sorted(saved - set(template))
+    if strict and (missing or unexpected):
+        raise RuntimeError(
+            f"The sharded checkpoint {folder!r} does not match the model: missing keys {missing[:10]}, unexpected "
+            f"keys {unexpected[:10]}. Fix: build the same model as when it was saved, or set "
+            "`self.strict_loading = False` in the LightningModule to load the matching keys only."
+        )
 
 
 def _has_dtensor(obj: Any) -> bool:

@@ -55,7 +55,9 @@ def run_launched(
     )
     if not getattr(trainer.strategy.launcher, "in_worker", False):
         return result  # the script launcher ran the stage in this very process
-    weights = trainer.strategy.module_state_dict(model)  # collective for sharded strategies
+    # the caller's model gets whole tensors, also when checkpoints are sharded (collective for sharded strategies)
+    gather = getattr(trainer.strategy, "full_module_state_dict", trainer.strategy.module_state_dict)
+    weights = gather(model)
     if trainer.global_rank != 0:
         return None
     return WorkerOutput(

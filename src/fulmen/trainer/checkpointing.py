@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fulmen.__about__ import LIGHTNING_COMPAT_VERSION, __version__
+from fulmen.checkpoint.sharded import ShardedEntry
 from fulmen.core.hparams import to_plain_data
 from fulmen.core.saving import load_state_dict_strictly
 from fulmen.utilities.exceptions import MisconfigurationException
@@ -44,8 +45,13 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, A
             ckpt[type(trainer.strategy.precision).__qualname__] = prec_state
         live = trainer.fit_loop.current_results if trainer.state.fn == "fit" else None
         rs.train_results = live.state_dict() if live is not None else None
+        gather_grads = getattr(trainer.strategy, "accumulated_gradients", None)  # FSDP: reduced + sharded
         rs.grads = (
-            {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
+            (
+                gather_grads(module)
+                if gather_grads is not None
+                else {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
+            )
             if trainer._accumulating
             else None
         )
@@ -80,7 +86,8 @@ def restore_module_and_callbacks(trainer: Trainer, ckpt: dict[str, Any]) -> None
     if dm is not None and type(dm).__qualname__ in ckpt:
         dm.load_state_dict(ckpt[type(dm).__qualname__])
     module.on_load_checkpoint(ckpt)
-    load_state_dict_strictly(module, ckpt["state_dict"], module.strict_loading, trainer.ckpt_path)
+    if not isinstance(ckpt.get("state_dict"), ShardedEntry):  # sharded: read after the model is sharded
+        load_state_dict_strictly(module, ckpt["state_dict"], module.strict_loading, trainer.ckpt_path)
     trainer._dispatcher.callbacks_hook("on_load_checkpoint", ckpt)
     states = ckpt.get("callbacks", {})
     for cb in trainer.callbacks:
@@ -89,9 +96,31 @@ def restore_module_and_callbacks(trainer: Trainer, ckpt: dict[str, Any]) -> None
             cb.load_state_dict(state)
 
 
+def restore_sharded_weights(trainer: Trainer, ckpt: dict[str, Any]) -> None:
+    """After the strategy set the model up: the weights of a sharded checkpoint, each rank reading its shards."""
+    if isinstance(ckpt.get("state_dict"), ShardedEntry):
+        module = trainer.lightning_module
+        _sharded_loader(trainer)(ckpt, module, None, strict=module.strict_loading)
+
+
+def _sharded_loader(trainer: Trainer) -> Any:
+    load = getattr(trainer.strategy, "load_sharded_entries", None)
+    if load is None:
+        raise MisconfigurationException(
+            f"The checkpoint {trainer.ckpt_path!r} is sharded, and {type(trainer.strategy).__name__} cannot read "
+            "shards in place. Fix: resume with strategy=FSDPStrategy(...), or consolidate it first with "
+            "`fulmen fabric consolidate <dir> --output_file <file>.ckpt`."
+        )
+    return load
+
+
 def restore_training_state(trainer: Trainer, ckpt: dict[str, Any]) -> None:
     """After on_fit_start: precision, loops (run state), optimizers, schedulers, RNG."""
     module = trainer.lightning_module
+    run_state = (ckpt.get("fulmen") or {}).get("run_state") or {}
+    if isinstance(ckpt.get("optimizer_states"), ShardedEntry) or isinstance(run_state.get("grads"), ShardedEntry):
+        # a sharded checkpoint: optimizer states (and open-window gradients) read into the sharded optimizers
+        _sharded_loader(trainer)(ckpt, module, trainer.optimizers, strict=module.strict_loading)
     rs = trainer.run_state
     prec = trainer.strategy.precision
     key = type(prec).__qualname__
@@ -109,7 +138,6 @@ def restore_training_state(trainer: Trainer, ckpt: dict[str, Any]) -> None:
     extra = ckpt.get("fulmen")
     if extra is not None:
         rs.load_state_dict(extra["run_state"])
-        _restore_partial_state(trainer, module, rs)
     elif "loops" in ckpt:
         rs.load_lightning_loops(ckpt["loops"], manual=not module.automatic_optimization)
         ep = rs.epoch_progress
@@ -143,6 +171,9 @@ def restore_training_state(trainer: Trainer, ckpt: dict[str, Any]) -> None:
         trainer.strategy.load_optimizer_state(opt, state)
     for cfg_s, state in zip(trainer.lr_scheduler_configs, ckpt.get("lr_schedulers", [])):
         cfg_s.scheduler.load_state_dict(state)
+    if extra is not None:
+        # after the optimizer states: FSDP's optimizer loading may run a zero-gradient step that clears gradients
+        _restore_partial_state(trainer, module, rs)
     if extra is not None and "rng" in extra:
         set_rng_states(_rng_from_plain(extra["rng"]))
 
@@ -184,9 +215,10 @@ def _restore_partial_state(trainer: Trainer, module: Any, rs: Any) -> None:
         trainer.fit_loop.restored_results = results
     if rs.grads:
         params = dict(module.named_parameters())
+        place = getattr(trainer.strategy, "place_gradient", None)  # FSDP: a whole gradient cut to the shard
         for name, grad in rs.grads.items():
             if name in params:
-                params[name].grad = grad.to(params[name].device)
+                params[name].grad = place(params[name], grad) if place else grad.to(params[name].device)
         trainer._accumulating = True
     rs.train_results = rs.grads = None
     _ = ResultCollection

@@ -375,6 +375,27 @@ def run(trainer: Trainer, fn: TrainerFn, model: Any, datamodule: Any, loaders: d
     return _launch.apply_worker_output(trainer, fn, model, datamodule, out)
 
 
+def _sync_logger_versions(trainer: Trainer) -> None:
+    """Give every rank global rank 0's automatic logger version (``version_N``), once per run.
+
+    Each rank resolving ``version_N`` itself by listing ``save_dir/name`` races with rank 0 creating its
+    version folder, so ranks could disagree (and with them ``trainer.log_dir`` and the default checkpoint
+    directory). Rank 0 resolves it (only rank 0 writes logs) and one broadcast sends it to the others; a rank
+    that had already resolved its own number takes rank 0's. Nothing happens on one process or without such
+    a logger; the loggers are built from the same arguments on every rank, so every rank takes part alike.
+    """
+    strategy = trainer.strategy
+    if not getattr(strategy, "is_distributed", False):
+        return
+    auto = [lg for lg in trainer.loggers if getattr(lg, "_auto_version", False)]
+    if not auto:
+        return
+    mine = [lg.version for lg in auto] if strategy.global_rank == 0 else None
+    versions = strategy.broadcast(mine, src=0)
+    for lg, version in zip(auto, versions):
+        lg._version = version
+
+
 def _run(trainer: Trainer, fn: TrainerFn, model: Any, datamodule: Any, loaders: dict[str, Any], ckpt_path: Any,
          weights_only: bool | None, verbose: bool = True, return_predictions: bool = True) -> Any:
     trainer.state.fn = fn
@@ -400,6 +421,7 @@ def _run(trainer: Trainer, fn: TrainerFn, model: Any, datamodule: Any, loaders: 
             instrument_dispatcher(trainer._dispatcher)
         d = trainer._dispatcher
         trainer.strategy.setup_environment()
+        _sync_logger_versions(trainer)
         _prepare_data(trainer, model, d)
         d.callbacks_hook("setup", stage)
         if trainer.datamodule is not None:
@@ -472,7 +494,11 @@ def _configure_callbacks(trainer: Trainer, model: Any) -> None:
 
 def _run_stage(trainer: Trainer, fn: TrainerFn, model: Any, ckpt_path: Any, weights_only: bool | None, verbose: bool,
                return_predictions: bool) -> Any:
-    from fulmen.trainer.checkpointing import restore_module_and_callbacks, restore_training_state
+    from fulmen.trainer.checkpointing import (
+        restore_module_and_callbacks,
+        restore_sharded_weights,
+        restore_training_state,
+    )
 
     d = trainer._dispatcher
     stage = fn.value
@@ -489,6 +515,8 @@ def _run_stage(trainer: Trainer, fn: TrainerFn, model: Any, ckpt_path: Any, weig
         restore_module_and_callbacks(trainer, checkpoint)
     if fn == TrainerFn.FITTING or getattr(strategy, "shards_parameters", False):
         strategy.setup_module(model)  # DDP / FSDP wrapping (a no-op on one device)
+    if checkpoint is not None:
+        restore_sharded_weights(trainer, checkpoint)  # a sharded checkpoint: into the sharded parameters
     trainer._restored_mid_run = False
     if fn == TrainerFn.FITTING:
         trainer.run_state.reset_for_new_fit()
@@ -501,6 +529,10 @@ def _run_stage(trainer: Trainer, fn: TrainerFn, model: Any, ckpt_path: Any, weig
                 f"configure_optimizers returned {len(opts)} optimizers, which needs manual optimization. Fix: set "
                 "self.automatic_optimization = False and step each optimizer in training_step."
             )
+        engine_setup = getattr(strategy, "setup_training_engine", None)
+        if engine_setup is not None:  # DeepSpeed: one engine for the module and its optimizer
+            cfg = trainer.config
+            engine_setup(model, opts, cfg.accumulate_grad_batches, cfg.gradient_clip_val, cfg.gradient_clip_algorithm)
         trainer.optimizers = opts
         trainer._lightning_optimizers = [LightningOptimizer(o) for o in opts]
         trainer.lr_scheduler_configs = scheds
