@@ -486,6 +486,8 @@ class LightningModule(_DeviceDtypeModuleMixin, HyperparametersMixin, ModelHooks,
             )
         opt = optimizer.optimizer if isinstance(optimizer, LightningOptimizer) else optimizer
         if self._trainer is not None:
+            if getattr(self._trainer.fabric.precision, "handles_gradient_clipping", False):
+                return  # DeepSpeed: gradient_clip_val is the engine config's gradient_clipping
             self._trainer.fabric.precision.unscale_gradients(opt)
         params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
         if algo == "norm":

@@ -253,6 +253,26 @@ class Fabric:
         self, module: nn.Module, *optimizers: Optimizer, scheduler: Any = None, move_to_device: bool = True
     ) -> Any:
         """Move ``module`` to the device, apply precision, and wrap optimizers. Returns them in the same order."""
+        joint = getattr(self._strategy, "setup_module_and_optimizers", None)
+        if joint is not None and optimizers:  # DeepSpeed: one engine for the module and its optimizer
+            if isinstance(module, _FabricModule):
+                raise MisconfigurationException(
+                    "This module was already set up. Fix: call fabric.setup() once per module."
+                )
+            self._check_launched()
+            module = self._strategy.precision.convert_module(module)
+            if move_to_device:
+                self._strategy.module_to_device(module)
+            module = self._strategy.setup_module(module)
+            engine, opts_list = joint(module, list(optimizers))
+            if hasattr(module, "_fabric") and hasattr(module, "training_step"):
+                module.fabric = self  # type: ignore[assignment]
+            wrapped_opts = [_FabricOptimizer(o, self._strategy) for o in opts_list]
+            self._fabric_optimizers.extend(wrapped_opts)
+            joint_out: list[Any] = [_FabricModule(engine, self, original_module=module), *wrapped_opts]
+            if scheduler is not None:
+                joint_out.append(scheduler)
+            return tuple(joint_out)
         fabric_module = self.setup_module(module, move_to_device=move_to_device)
         if not optimizers:
             return fabric_module
@@ -319,6 +339,11 @@ class Fabric:
         if (clip_val is None) == (max_norm is None):
             raise MisconfigurationException(
                 f"clip_gradients(clip_val={clip_val}, max_norm={max_norm}): set exactly one. Fix: e.g. max_norm=1.0."
+            )
+        if getattr(self._strategy.precision, "handles_gradient_clipping", False):
+            raise MisconfigurationException(
+                "With strategy='deepspeed' the engine clips gradients. Fix: set 'gradient_clipping' in the DeepSpeed "
+                "config (DeepSpeedStrategy(config={..., 'gradient_clipping': 1.0})) instead of calling clip_gradients."
             )
         opt = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
         self._strategy.precision.unscale_gradients(opt)

@@ -170,6 +170,75 @@ class DoublePrecision(HalfPrecision):
         self._dtype = torch.float64
 
 
+class DeepSpeedPrecision(Precision):
+    """Precision under ``strategy="deepspeed"``: the DeepSpeed engine keeps the fp32 master weights, scales the
+    loss (fp16), clips gradients and steps the optimizer; this plugin maps the precision flag to the engine's
+    config (``fp16`` / ``bf16`` section), casts floating inputs to the engine's dtype and routes
+    ``optimizer.step`` to ``engine.step``. The strategy registers each optimizer's engine in ``_engines``.
+    """
+
+    handles_gradient_clipping = True  # the config's gradient_clipping; clip_gradients is then a no-op
+
+    def __init__(self, precision: Any = "32-true") -> None:
+        name = _ALIASES.get(precision, precision)
+        if name not in ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true"):
+            raise MisconfigurationException(
+                f"DeepSpeedPrecision(precision={precision!r}); expected '32-true', '16-mixed', 'bf16-mixed', "
+                "'16-true' or 'bf16-true'. Fix: e.g. precision='bf16-mixed'."
+            )
+        self.precision = str(name)
+        self._dtype = {"16-mixed": torch.float16, "16-true": torch.float16, "bf16-mixed": torch.bfloat16,
+                       "bf16-true": torch.bfloat16}.get(self.precision, torch.float32)
+        self._engines: dict[int, Any] = {}
+
+    def convert_module(self, module: nn.Module) -> nn.Module:
+        if self.precision.endswith("-true") and self._dtype != torch.float32:
+            return module.to(dtype=self._dtype)
+        return module  # the engine casts the model for its fp16/bf16 section
+
+    @contextmanager
+    def module_init_context(self) -> Generator[None, None, None]:
+        if not (self.precision.endswith("-true") and self._dtype != torch.float32):
+            yield
+            return
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(self._dtype)
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(default)
+
+    def convert_input(self, data: Any) -> Any:
+        if self._dtype == torch.float32:
+            return data
+        from fulmen.utilities.apply_func import apply_to_collection
+
+        dtype = self._dtype
+        return apply_to_collection(data, torch.Tensor, lambda t: t.to(dtype) if t.is_floating_point() else t)
+
+    def backward(self, tensor: torch.Tensor, model: nn.Module | None, *args: Any, **kwargs: Any) -> None:
+        if model is not None and hasattr(model, "backward") and hasattr(model, "set_gradient_accumulation_boundary"):
+            model.backward(tensor, *args, **kwargs)
+        else:
+            tensor.backward(*args, **kwargs)
+
+    def optimizer_step(
+        self, optimizer: Optimizer, closure: Callable[[], Any] | None, after_closure: Callable[[], None] | None = None, **kw: Any
+    ) -> Any:
+        engine = self._engines.get(id(getattr(optimizer, "optimizer", optimizer)))
+        if engine is None:
+            raise MisconfigurationException(
+                f"{type(optimizer).__name__} was not set up with the DeepSpeed engine, which steps it. Fix: in Fabric, "
+                "`model, optimizer = fabric.setup(model, optimizer)`; in the Trainer, return it from "
+                "configure_optimizers."
+            )
+        out = closure() if closure is not None else None
+        if after_closure is not None:
+            after_closure()
+        engine.step()
+        return out
+
+
 PRECISION_REGISTRY: Registry[Precision] = Registry("precision")
 PRECISION_REGISTRY.register("32-true", Precision)
 PRECISION_REGISTRY.register("64-true", DoublePrecision)
@@ -204,4 +273,4 @@ def select_precision(precision: Any, device_type: str) -> Precision:
     return PRECISION_REGISTRY.get(name)
 
 
-__all__ = ["DoublePrecision", "HalfPrecision", "MixedPrecision", "PRECISION_REGISTRY", "Precision"]
+__all__ = ["DeepSpeedPrecision", "DoublePrecision", "HalfPrecision", "MixedPrecision", "PRECISION_REGISTRY", "Precision"]
