@@ -112,7 +112,7 @@ def _fit(
 ) -> list[dict[str, Any]]:
     kw.setdefault("max_epochs", 3)
     kw.setdefault("strategy", "ddp_fork" if devices > 1 else "auto")
-    kw.setdefault("enable_checkpointing", "callbacks" in kw)
+    kw.setdefault("enable_checkpointing", False)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=devices,
@@ -171,6 +171,20 @@ def test_should_stop_on_every_rank_at_once_stops_after_that_batch_as_on_one_proc
     (single,) = _fit(tmp_path / "one", Recorder(tmp_path / "one", stops={(0, 0, 5)}), devices=1)
     assert _batches(rank0, 0) == _batches(single, 0) == list(range(6))
     assert rank0["global_step"] == 6
+
+
+def test_early_stopping_mid_epoch_stops_after_the_same_batch_as_one_process(tmp_path: Path) -> None:
+    from fulmen.callbacks import EarlyStopping
+
+    def stopper() -> EarlyStopping:  # the second in-epoch check (after batch 7) sees no improvement: stop
+        return EarlyStopping(monitor="val_loss", patience=0, min_delta=1e6, check_on_train_epoch_end=False)
+
+    rank0, _ = _fit(tmp_path, Recorder(tmp_path), val_check_interval=4, callbacks=[stopper()])
+    (tmp_path / "one").mkdir()
+    one = Recorder(tmp_path / "one")
+    (single,) = _fit(tmp_path / "one", one, devices=1, val_check_interval=4, callbacks=[stopper()])
+    assert _batches(rank0, 0) == _batches(single, 0) == list(range(8))
+    assert rank0["global_step"] == single["global_step"] == 8
 
 
 def test_min_epochs_keeps_every_rank_training_as_on_one_process(tmp_path: Path) -> None:
@@ -255,7 +269,10 @@ def test_a_checkpoint_written_while_a_stop_is_pending_resumes_exactly(tmp_path: 
         dirpath=dirs["ckpt"], filename="{step}", every_n_train_steps=1, save_top_k=-1
     )
     stopped, _ = _fit(
-        dirs["stopped"], Recorder(dirs["stopped"], stops={at}, slow={at}), callbacks=[every_step]
+        dirs["stopped"],
+        Recorder(dirs["stopped"], stops={at}, slow={at}),
+        callbacks=[every_step],
+        enable_checkpointing=True,
     )
     last = max(int(p.stem.split("=")[1]) for p in dirs["ckpt"].glob("step=*.ckpt"))
     # the last one was written after rank 1 asked, before the ranks acted on it
