@@ -10,6 +10,8 @@ from __future__ import annotations
 import collections
 import os
 import pickle
+import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -102,7 +104,9 @@ def test_round_trip(tmp_path: Path, snapshot: str) -> None:
     assert os.listdir(path.parent) == ["a.ckpt"]
 
 
-def test_save_returns_before_the_write_completes_and_runs_in_the_background(tmp_path: Path, snapshot: str) -> None:
+def test_save_returns_before_the_write_completes_and_runs_in_the_background(
+    tmp_path: Path, snapshot: str
+) -> None:
     inner = _GatedIO(tmp_path / "gate")
     io = AsyncCheckpointIO(inner, snapshot=snapshot)
     path = tmp_path / "a.ckpt"
@@ -117,7 +121,8 @@ def test_save_returns_before_the_write_completes_and_runs_in_the_background(tmp_
     if snapshot == "fork":
         assert pid != os.getpid()  # a child process wrote
     else:
-        assert pid == os.getpid() and thread != threading.current_thread().name  # a thread of this process wrote
+        # a thread of this process wrote
+        assert pid == os.getpid() and thread != threading.current_thread().name
     assert TorchCheckpointIO().load_checkpoint(path) == {"step": 1}
 
 
@@ -319,3 +324,222 @@ def test_snapshot_moves_cuda_tensors_to_cpu(tmp_path: Path) -> None:
     io.save_checkpoint({"w": weight}, tmp_path / "a.ckpt")
     io.teardown()
     assert torch.equal(TorchCheckpointIO().load_checkpoint(tmp_path / "a.ckpt")["w"], torch.full((4,), 2.0))
+
+
+# --------------------------------------------------------------------------------------------------
+# The fork snapshot: what the training loop does after the call never reaches the file
+# --------------------------------------------------------------------------------------------------
+
+
+def _assert_bitwise_equal(a: Any, b: Any, where: str = "checkpoint") -> None:
+    assert type(a) is type(b), f"{where}: {type(a).__name__} != {type(b).__name__}"
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)), where
+    elif isinstance(a, dict):
+        assert list(a) == list(b), where
+        for key in a:
+            _assert_bitwise_equal(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_bitwise_equal(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def _trained() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.BatchNorm1d(128), torch.nn.Linear(128, 8))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    for _ in range(2):
+        model(torch.randn(16, 64)).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model, optimizer
+
+
+def _checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    # state_dict() values alias the live parameters and optimizer state: exactly what a snapshot must protect
+    return {"state_dict": model.state_dict(), "optimizer_states": [optimizer.state_dict()], "global_step": 2}
+
+
+def test_the_file_equals_a_synchronous_save_taken_at_the_call(tmp_path: Path, snapshot: str) -> None:
+    model, optimizer = _trained()
+    TorchCheckpointIO().save_checkpoint(_checkpoint(model, optimizer), tmp_path / "sync.ckpt")
+    inner = _GatedIO(tmp_path / "gate")
+    io = AsyncCheckpointIO(inner, snapshot=snapshot)
+    io.save_checkpoint(_checkpoint(model, optimizer), tmp_path / "async.ckpt")
+    assert inner.started.wait(_WAIT)  # the write is in flight while the loop goes on
+    with torch.no_grad():  # every parameter, buffer and optimizer state tensor changes in place...
+        for tensor in model.state_dict().values():
+            tensor.add_(1) if tensor.is_floating_point() else tensor.add_(7)
+        for state in optimizer.state.values():
+            for value in state.values():
+                value.mul_(3).add_(1)
+    for _ in range(3):  # ...and training continues
+        model(torch.randn(16, 64)).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    inner.gate.set()
+    io.teardown()
+    sync = torch.load(tmp_path / "sync.ckpt", weights_only=True)
+    written = torch.load(tmp_path / "async.ckpt", weights_only=True)
+    assert not torch.equal(model.state_dict()["0.weight"], sync["state_dict"]["0.weight"])  # not vacuous
+    _assert_bitwise_equal(written, sync)
+
+
+def test_a_writer_that_fails_is_reported_with_path_and_cause_and_the_previous_file_is_kept(
+    tmp_path: Path, snapshot: str
+) -> None:
+    path = tmp_path / "a.ckpt"
+    io = AsyncCheckpointIO(snapshot=snapshot)
+    io.save_checkpoint({"step": 1}, path)
+    io.save_checkpoint({"step": 2, "callback": lambda: None}, path)  # cannot be pickled
+    with pytest.raises(
+        AsyncCheckpointSaveError, match=r"a\.ckpt.*TypeError.*checkpoint\['callback'\]"
+    ) as info:
+        io.save_checkpoint({"step": 3}, tmp_path / "b.ckpt")
+    assert info.value.path == str(path) and isinstance(info.value.__cause__, TypeError)
+    assert TorchCheckpointIO().load_checkpoint(path) == {"step": 1}  # the previous file is intact
+    assert not (tmp_path / "b.ckpt").exists()
+    # A target directory that cannot be created (its parent is a file).
+    (tmp_path / "blocker").write_text("a file, not a directory")
+    bad = tmp_path / "blocker" / "sub" / "c.ckpt"
+    io.save_checkpoint({"step": 4}, bad)
+    with pytest.raises(
+        AsyncCheckpointSaveError, match=r"blocker/sub/c\.ckpt.*(NotADirectoryError|FileExistsError)"
+    ):
+        io.teardown()
+    if snapshot == "fork":
+        assert "checkpoint writer process" in "".join(getattr(info.value.__cause__, "__notes__", []))
+    assert sorted(os.listdir(tmp_path)) == ["a.ckpt", "blocker"]  # no temporary files left behind
+
+
+class _UnpicklableError(Exception):
+    def __init__(self) -> None:
+        super().__init__("custom failure in the writer")
+        self.lock = threading.Lock()  # the exception itself cannot be pickled back to the parent
+
+
+class _RaisingIO(TorchCheckpointIO):
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        raise _UnpicklableError()
+
+
+@needs_fork
+def test_an_exception_that_cannot_travel_back_is_described_by_type_and_text(tmp_path: Path) -> None:
+    io = AsyncCheckpointIO(_RaisingIO(), snapshot="fork")
+    io.save_checkpoint({"step": 1}, tmp_path / "a.ckpt")
+    with pytest.raises(
+        AsyncCheckpointSaveError, match=r"_UnpicklableError: custom failure in the writer"
+    ) as info:
+        io.teardown()
+    notes = "".join(info.value.__cause__.__notes__)  # the writer's traceback travels as a note
+    assert "raise _UnpicklableError()" in notes
+
+
+@needs_fork
+def test_a_killed_writer_is_reported_and_the_previous_file_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "a.ckpt"
+    TorchCheckpointIO().save_checkpoint({"step": 1}, path)
+    inner = _GatedIO(tmp_path / "gate")
+    io = AsyncCheckpointIO(inner, snapshot="fork")
+    io.save_checkpoint({"step": 2}, path)
+    assert inner.started.wait(_WAIT)
+    writer = io._writer_pid
+    assert writer is not None
+    os.kill(writer, signal.SIGKILL)
+    with pytest.raises(AsyncCheckpointSaveError, match=r"a\.ckpt.*killed by SIGKILL"):
+        io.save_checkpoint({"step": 3}, tmp_path / "b.ckpt")
+    assert TorchCheckpointIO().load_checkpoint(path) == {"step": 1}
+    with pytest.raises(ChildProcessError):
+        os.waitpid(writer, os.WNOHANG)  # reaped
+
+
+@needs_fork
+def test_the_writer_ignores_preemption_signals_and_never_runs_the_parents_handlers(tmp_path: Path) -> None:
+    ran = tmp_path / "handler-ran"
+
+    def handler(signum: int, frame: Any) -> None:
+        ran.write_text(str(os.getpid()))
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        inner = _GatedIO(tmp_path / "gate")
+        io = AsyncCheckpointIO(inner, snapshot="fork")
+        io.save_checkpoint({"step": 1}, tmp_path / "a.ckpt")
+        assert inner.started.wait(_WAIT)
+        writer = io._writer_pid
+        assert writer is not None
+        # e.g. a scheduler signalling the whole job, or Ctrl-C in the terminal
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+            os.kill(writer, sig)
+        inner.gate.set()
+        io.teardown()  # the write completed: no error
+    finally:
+        for sig, prev in previous.items():
+            signal.signal(sig, prev)
+    assert TorchCheckpointIO().load_checkpoint(tmp_path / "a.ckpt") == {"step": 1}
+    assert not ran.exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Choosing the snapshot
+# --------------------------------------------------------------------------------------------------
+
+
+class _TaggedTensor(torch.Tensor):
+    pass
+
+
+@pytest.mark.parametrize("bad", ["forks", "", None, 1, "FORK"])
+def test_an_invalid_snapshot_value_is_rejected(bad: Any) -> None:
+    with pytest.raises(ValueError, match=r"snapshot=.*expected one of 'auto', 'fork', 'copy'"):
+        AsyncCheckpointIO(snapshot=bad)
+
+
+def test_fork_where_there_is_no_fork_is_rejected_and_auto_copies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delattr(os, "fork", raising=False)
+    with pytest.raises(ValueError, match=r"has no os.fork.*snapshot='auto' or 'copy'"):
+        AsyncCheckpointIO(snapshot="fork")
+    io = AsyncCheckpointIO()
+    io.save_checkpoint({"w": torch.ones(2)}, tmp_path / "a.ckpt")
+    assert io._writer_pid is None
+    io.teardown()
+    assert torch.equal(TorchCheckpointIO().load_checkpoint(tmp_path / "a.ckpt")["w"], torch.ones(2))
+
+
+@needs_fork
+def test_auto_forks_only_where_it_is_safe(tmp_path: Path) -> None:
+    io = AsyncCheckpointIO()
+    assert io.snapshot == "auto"
+    io.save_checkpoint({"w": torch.ones(2), "meta": torch.empty(3, device="meta")}, tmp_path / "a.ckpt")
+    forked = io._writer_pid is not None
+    io.teardown()
+    assert forked == (sys.platform != "darwin")
+    # a tensor subclass (e.g. DTensor) may need a device or a process group to pickle: copied on a thread
+    tagged = torch.ones(2).as_subclass(_TaggedTensor)
+    io.save_checkpoint({"nested": [{"w": tagged}]}, tmp_path / "b.ckpt")
+    assert io._writer_pid is None
+    io.teardown()
+    # an in-process memory:// file written by a child process would never reach this process
+    io.save_checkpoint({"w": torch.ones(2)}, "memory://fulmen-async/c.ckpt")
+    assert io._writer_pid is None
+    io.teardown()
+    assert torch.equal(
+        TorchCheckpointIO().load_checkpoint("memory://fulmen-async/c.ckpt")["w"], torch.ones(2)
+    )
+
+
+@needs_fork
+def test_fork_refuses_what_a_child_process_cannot_write(tmp_path: Path) -> None:
+    io = AsyncCheckpointIO(snapshot="fork")
+    with pytest.raises(ValueError, match=r"memory://.*only in that process.*snapshot='auto' or 'copy'"):
+        io.save_checkpoint({"w": torch.ones(2)}, "memory://fulmen-async/d.ckpt")
+    with pytest.raises(ValueError, match=r"holds a _TaggedTensor.*snapshot='auto'"):
+        io.save_checkpoint({"w": torch.ones(2).as_subclass(_TaggedTensor)}, tmp_path / "d.ckpt")
+    assert io._pending is None
+    io.teardown()
