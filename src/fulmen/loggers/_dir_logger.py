@@ -2,7 +2,9 @@
 
 ``save_dir`` may be a local path or any fsspec URL (``s3://...``, ``memory://...``). The version is
 resolved lazily, on first use, to the next free ``version_N`` under ``save_dir/name``, so that
-constructing a logger has no side effects.
+constructing a logger has no side effects. In a distributed Trainer run every rank must agree on it
+(the checkpoint directory and ``trainer.log_dir`` derive from it), and a directory listing races with
+rank 0 creating its version folder: so the Trainer resolves it on global rank 0 only and broadcasts it.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ class _DirectoryLogger(Logger, ABC):
         self._save_dir = os.path.expanduser(os.path.expandvars(checked))
         self._name = _check_name(owner, name)
         self._version = _check_version(owner, version)
+        # numbered automatically: in a distributed run the Trainer has global rank 0 pick the number and sends
+        # it to the other ranks (see fulmen.trainer.lifecycle._sync_logger_versions)
+        self._auto_version = self._version is None
         fs: AbstractFileSystem
         fs, _ = url_to_fs(self._save_dir)
         self._fs = fs
@@ -73,7 +78,8 @@ class _DirectoryLogger(Logger, ABC):
 
     @property
     def version(self) -> int | str:
-        """The version: the one given, or the next free ``version_N`` under :attr:`root_dir` (resolved once)."""
+        """The version: the one given, or the next free ``version_N`` under :attr:`root_dir` (resolved once; in a
+        distributed Trainer run, by global rank 0, and every rank uses that number)."""
         if self._version is None:
             self._version = self._get_next_version()
         return self._version

@@ -385,7 +385,7 @@ def _sync_logger_versions(trainer: Trainer) -> None:
     a logger; the loggers are built from the same arguments on every rank, so every rank takes part alike.
     """
     strategy = trainer.strategy
-    if not getattr(strategy, "is_distributed", False):
+    if not getattr(strategy, "is_distributed", False) or strategy.world_size <= 1:
         return
     auto = [lg for lg in trainer.loggers if getattr(lg, "_auto_version", False)]
     if not auto:
