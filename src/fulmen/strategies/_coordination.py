@@ -419,7 +419,9 @@ class Agreement:
     3. **Deferred**: once every rank has posted, the agreed step is the largest posted step + 2. The gradient
        all-reduce keeps ranks within one optimizer step of each other, so no rank has passed it, and every
        rank acts at the first batch boundary whose ``global_step`` reaches it: the same batch on every rank
-       (with gradient accumulation too, as the optimizer steps at the same batches everywhere).
+       (with gradient accumulation too, as the optimizer steps at the same batches everywhere). When the
+       epoch ends first (asked near its end, or no optimizer step is taken), the request is dropped on every
+       rank by ``next_generation``; the fit loop still reduces ``should_stop`` across ranks at the epoch end.
     """
 
     def __init__(self, coordinator: Coordinator, prefix: str, parse: Callable[[str], Any] = str) -> None:
