@@ -161,7 +161,9 @@ def _run_no_opt(framework: Any, cls: type, bare_return: bool, tmp_path: Any) -> 
         trainer.fit(model, train_dataloaders=loader(3))
     msgs = [str(w.message) for w in caught if "configure_optimizers" in str(w.message)]
     unchanged = all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    return msgs, model.seen, trainer.global_step, len(trainer.optimizers), unchanged, trainer.lr_scheduler_configs
+    stand_in = trainer.optimizers[0]
+    return (msgs, model.seen, trainer.global_step, len(trainer.optimizers), unchanged, trainer.lr_scheduler_configs,
+            stand_in.param_groups, stand_in.state_dict())  # no param groups (nothing for LearningRateMonitor)
 
 
 @pytest.mark.parametrize("bare_return", [False, True])

@@ -32,10 +32,23 @@ class LRSchedulerConfig:
 
 
 class _MockOptimizer(Optimizer):
-    """Stands in when ``configure_optimizers`` returns None (training without an optimizer)."""
+    """Stands in when ``configure_optimizers`` returns None (training without an optimizer).
+
+    As Lightning's: no parameter groups (so LearningRateMonitor and the like find nothing to report), an empty
+    state (checkpoints hold ``{}`` for it), and a ``step`` that only runs the closure.
+    """
 
     def __init__(self) -> None:
         super().__init__([torch.zeros(1)], {})
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        return None  # keeps param_groups empty, including during Optimizer.__init__
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        return None
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         return closure() if closure is not None else None
