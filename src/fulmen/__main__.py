@@ -16,7 +16,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "validate": ("fulmen.cli", "console_validate", "validate a model with LightningCLI"),
     "test": ("fulmen.cli", "console_test", "test a model with LightningCLI"),
     "predict": ("fulmen.cli", "console_predict", "predict with a model with LightningCLI"),
-    "fabric": ("fulmen.fabric._cli", "main", "run a Fabric script on several devices (`fulmen fabric run --help`)"),
+    "fabric": (
+        "fulmen.fabric._cli",
+        "main",
+        "run a Fabric script on several devices; consolidate a sharded checkpoint (`fulmen fabric --help`)",
+    ),
     "run": (
         "fulmen.compat.run",
         "main",

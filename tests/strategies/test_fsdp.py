@@ -281,3 +281,137 @@ def test_fsdp_trainer_resumes_exactly(tmp_path: Path, kind: str, batches: int, a
     else:
         grads = torch.load(ckpt, weights_only=True)["fulmen"]["run_state"]["grads"]
         assert grads["net.0.weight"].shape == (8, 4)  # whole, reduced gradients in a full checkpoint
+
+
+class ValRegressor(Regressor):
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.mse_loss(self.net(x), y)
+        self.log("val_loss", loss, sync_dist=True)
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("test_loss", nn.functional.mse_loss(self.net(x), y), sync_dist=True)
+
+    def predict_step(self, batch, batch_idx):
+        return self.net(batch[0])
+
+
+def test_sharded_checkpoints_with_model_checkpoint_top_k_and_every_entry_point(tmp_path: Path) -> None:
+    ds = _data()
+    ckpt_cb = ModelCheckpoint(dirpath=tmp_path / "ckpts", monitor="val_loss", save_top_k=1, save_last=True)
+    model = ValRegressor()
+    trainer = _trainer(max_epochs=3, strategy=_strategy(), enable_checkpointing=True, callbacks=[ckpt_cb])
+    trainer.fit(model, DataLoader(ds, batch_size=4), DataLoader(ds, batch_size=4))
+    # top-1 plus last: older best directories were deleted (whole directories), both entries are sharded dirs
+    entries = sorted(p.name for p in (tmp_path / "ckpts").iterdir())
+    assert len(entries) == 2 and "last.ckpt" in entries, entries
+    assert all((tmp_path / "ckpts" / e).is_dir() for e in entries)
+    best = Path(ckpt_cb.best_model_path)
+    assert best.is_dir() and best.name in entries
+
+    # the final weights, and what validate/test/predict get from each checkpoint
+    with torch.no_grad():
+        expected_preds = model.net(ds.tensors[0])
+    last = tmp_path / "ckpts" / "last.ckpt"
+    fresh = ValRegressor()  # different (untrained) weights: only the checkpoint can make the numbers right
+    evaluator = _trainer(strategy=_strategy())
+    val = evaluator.validate(fresh, DataLoader(ds, batch_size=4), ckpt_path=last, verbose=False)[0]["val_loss"]
+    assert val == pytest.approx(trainer.callback_metrics["val_loss"].item(), rel=1e-5)
+    test = evaluator.test(fresh, DataLoader(ds, batch_size=4), ckpt_path=last, verbose=False)[0]["test_loss"]
+    assert test == pytest.approx(val, rel=1e-5)
+    preds = evaluator.predict(fresh, DataLoader(ds, batch_size=4), ckpt_path=last)
+    torch.testing.assert_close(torch.cat(preds), expected_preds[0::2])
+
+    # a non-FSDP Trainer and load_from_checkpoint read a sharded directory too (consolidated on the fly)
+    one = _trainer(devices=1)
+    single = one.validate(ValRegressor(), DataLoader(ds, batch_size=8), ckpt_path=last, verbose=False)[0]["val_loss"]
+    assert single == pytest.approx(val, rel=1e-5)
+    loaded = ValRegressor.load_from_checkpoint(last)
+    _same(model, loaded)
+    # and resumes training from it (optimizer states keyed by parameter name, as in full FSDP checkpoints)
+    resumed = Regressor()
+    _trainer(devices=1, max_epochs=4).fit(resumed, DataLoader(ds, batch_size=8), ckpt_path=last)
+    continued = Regressor()
+    _trainer(max_epochs=4, strategy=_strategy()).fit(continued, DataLoader(ds, batch_size=4), ckpt_path=last)
+    _same(continued, resumed)
+
+
+@pytest.mark.parametrize("devices", [1, 4])
+def test_sharded_checkpoint_resumes_on_another_world_size(tmp_path: Path, devices: int) -> None:
+    ds = _data()
+    L.seed_everything(3, verbose=False)
+    reference = Regressor()
+    _trainer(max_epochs=2, strategy=_strategy()).fit(reference, DataLoader(ds, batch_size=4))
+    first = Regressor()
+    saver = SaveAtBatch(tmp_path / "epoch0.ckpt", 4)  # the last batch of epoch 0
+    _trainer(max_epochs=1, strategy=_strategy(), callbacks=[saver]).fit(first, DataLoader(ds, batch_size=4))
+    # written by 2 ranks, read by `devices` ranks (torch.distributed.checkpoint reshards); same global batch
+    resumed = Regressor()
+    trainer = _trainer(devices=devices, max_epochs=2, strategy=_strategy())
+    trainer.fit(resumed, DataLoader(ds, batch_size=8 // devices), ckpt_path=tmp_path / "epoch0.ckpt")
+    assert trainer.global_step == 8
+    _same(reference, resumed)
+
+
+class Deeper(ValRegressor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1), nn.Linear(1, 1))
+
+
+def test_sharded_checkpoint_that_does_not_match_the_model_names_the_keys(tmp_path: Path) -> None:
+    saver = SaveAtBatch(tmp_path / "a.ckpt", 2)
+    _trainer(max_epochs=1, strategy=_strategy(), callbacks=[saver]).fit(Regressor(), DataLoader(_data(), batch_size=4))
+    trainer = _trainer(strategy=_strategy())
+    with pytest.raises(Exception, match=r"does not match the model: missing keys \['net.3.bias', 'net.3.weight'\]"):
+        trainer.validate(Deeper(), DataLoader(_data(), batch_size=4), ckpt_path=tmp_path / "a.ckpt")
+
+
+def test_fabric_consolidate_turns_a_sharded_checkpoint_into_one_file(tmp_path: Path, capsys) -> None:
+    import subprocess
+    import sys
+
+    from fulmen.fabric._cli import main as fabric_cli
+
+    ds = _data()
+    model = Regressor()
+    saver = SaveAtBatch(tmp_path / "mid.ckpt", 6)
+    _trainer(max_epochs=2, strategy=_strategy(), callbacks=[saver]).fit(model, DataLoader(ds, batch_size=4))
+    folder = tmp_path / "mid.ckpt"
+
+    out = tmp_path / "full.ckpt"
+    assert fabric_cli(["consolidate", str(folder), "--output_file", str(out)]) == 0
+    ckpt = torch.load(out, weights_only=True)  # one ordinary file, safe-loadable
+    assert ckpt["global_step"] == 6 and ckpt["state_dict"]["net.0.weight"].shape == (8, 4)
+    assert ckpt["optimizer_states"][0]["state"]["net.0.weight"]["exp_avg"].shape == (8, 4)
+    assert "sharded_keys" not in ckpt
+    assert ValRegressor.load_from_checkpoint(out).net[0].weight.shape == (8, 4)
+    # a non-distributed resume from the file equals an FSDP resume from the directory
+    from_file, from_dir = Regressor(), Regressor()
+    _trainer(devices=1, max_epochs=2).fit(from_file, DataLoader(ds, batch_size=8), ckpt_path=out)
+    _trainer(max_epochs=2, strategy=_strategy()).fit(from_dir, DataLoader(ds, batch_size=4), ckpt_path=folder)
+    _same(from_dir, from_file)
+
+    # the console command, with the default output name next to the folder
+    done = subprocess.run(
+        [sys.executable, "-m", "fulmen", "fabric", "consolidate", str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert torch.load(tmp_path / "mid.ckpt.consolidated", weights_only=True)["global_step"] == 6
+
+    # bad input: clear errors, nothing written
+    capsys.readouterr()
+    assert fabric_cli(["consolidate", str(tmp_path / "nope"), "--output_file", str(tmp_path / "x.ckpt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert fabric_cli(["consolidate", str(out), "--output_file", str(tmp_path / "x.ckpt")]) == 2
+    assert "is a file, not a sharded checkpoint directory" in capsys.readouterr().err
+    (tmp_path / "plain").mkdir()
+    assert fabric_cli(["consolidate", str(tmp_path / "plain"), "--output_file", str(tmp_path / "x.ckpt")]) == 2
+    assert "is not a sharded checkpoint" in capsys.readouterr().err
+    assert fabric_cli(["consolidate", str(folder), "--output_file", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert not (tmp_path / "x.ckpt").exists()

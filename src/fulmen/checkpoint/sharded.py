@@ -98,17 +98,34 @@ def consolidate_checkpoint(folder: _PATH, weights_only: bool | None = None) -> d
     Runs on one process without a process group; it needs memory for the whole model and optimizer state.
     """
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
 
     p = check_sharded_folder(folder)
     meta, keys = read_meta(p, weights_only)
     shards: dict[str, Any] = {}
-    dcp.load(  # type: ignore[attr-defined]
-        shards,
-        storage_reader=dcp.FileSystemReader(str(p)),
-        planner=_EmptyStateDictLoadPlanner(),
-        no_dist=True,
-    )
+    try:
+        # what torch's dcp_to_torch_save does, without the round trip through a file
+        from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+        from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+    except ImportError:  # pragma: no cover - a torch that moved the private helpers
+        import tempfile
+
+        import torch
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        with tempfile.TemporaryDirectory() as tmp:
+            dcp_to_torch_save(str(p), os.path.join(tmp, "full.pt"))
+            shards = torch.load(os.path.join(tmp, "full.pt"), map_location="cpu", weights_only=True)
+    else:
+        import warnings
+
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.filterwarnings("ignore", message=".*single process.*")
+            _load_state_dict(
+                shards,
+                storage_reader=dcp.FileSystemReader(str(p)),
+                planner=_EmptyStateDictLoadPlanner(),
+                no_dist=True,
+            )
     missing = [k for k in keys if k not in shards]
     if missing:
         raise ValueError(

@@ -1,4 +1,5 @@
-"""``fulmen fabric run script.py --devices 2 ...``: run a Fabric script on several processes with torchrun.
+"""``fulmen fabric run script.py --devices 2 ...``: run a Fabric script on several processes with torchrun;
+``fulmen fabric consolidate <folder> --output_file <file>``: a sharded checkpoint directory into one file.
 
 The flags are exported as Lightning's ``LT_*`` variables, which ``Fabric(...)`` reads as its defaults, and
 the script is started with ``torch.distributed.run`` (torchrun) once per device, so a script written for
@@ -102,22 +103,51 @@ def run(argv: list[str]) -> int:
     return subprocess.call(command, env=env)
 
 
+def consolidate(argv: list[str]) -> int:
+    """``fulmen fabric consolidate <checkpoint_folder> [--output_file FILE]``: turn the directory written with
+    ``FSDPStrategy(state_dict_type="sharded")`` into one regular checkpoint file (one process, no GPU; it needs
+    memory for the whole model and optimizer state)."""
+    p = argparse.ArgumentParser(
+        prog="fulmen fabric consolidate",
+        description="Convert a sharded (FSDP, torch.distributed.checkpoint) checkpoint directory into one "
+        "regular checkpoint file that loads with torch.load(weights_only=True), load_from_checkpoint and as a "
+        "Trainer ckpt_path.",
+    )
+    p.add_argument("checkpoint_folder", help="the sharded checkpoint directory")
+    p.add_argument(
+        "--output_file",
+        "--output-file",
+        dest="output_file",
+        default=None,
+        help="the file to write; must not exist (default: the folder's path with '.consolidated' appended)",
+    )
+    args = p.parse_args(argv)
+    from fulmen.checkpoint.sharded import consolidate_checkpoint_to_file
+
+    folder = os.fspath(args.checkpoint_folder).rstrip("/\\") or args.checkpoint_folder
+    output = args.output_file if args.output_file is not None else folder + ".consolidated"
+    try:
+        out = consolidate_checkpoint_to_file(folder, output)
+    except (OSError, ValueError) as exc:
+        print(f"fulmen fabric consolidate: {exc}", file=sys.stderr)
+        return 2
+    print(f"Consolidated {folder!r} into {str(out)!r}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
-    """``fulmen fabric <command>``: ``run`` (consolidating sharded checkpoints is not supported yet)."""
+    """``fulmen fabric <command>``: ``run`` (a Fabric script on several processes) or ``consolidate`` (a
+    sharded checkpoint directory into one file)."""
     if not argv or argv[0] in ("-h", "--help"):
         print(
-            "usage: fulmen fabric run [options] script.py [script args...]\n\ncommands:\n  run  run a Fabric script "
-            "on several devices/nodes\n\nRun `fulmen fabric run --help` for the options."
+            "usage: fulmen fabric {run,consolidate} ...\n\ncommands:\n  run          run a Fabric script on several "
+            "devices/nodes\n  consolidate  turn a sharded (FSDP) checkpoint directory into one checkpoint file\n\n"
+            "Run `fulmen fabric run --help` or `fulmen fabric consolidate --help` for the options."
         )
         return 0
     if argv[0] == "run":
         return run(argv[1:])
     if argv[0] == "consolidate":
-        print(
-            "fulmen fabric consolidate is not supported yet: load the sharded checkpoint with the same number of "
-            "processes, or save with FSDPStrategy(state_dict_type='full').",
-            file=sys.stderr,
-        )
-        return 2
-    print(f"fulmen fabric: unknown command {argv[0]!r}; expected 'run'.", file=sys.stderr)
+        return consolidate(argv[1:])
+    print(f"fulmen fabric: unknown command {argv[0]!r}; expected 'run' or 'consolidate'.", file=sys.stderr)
     return 2
