@@ -217,16 +217,76 @@ def ddp_reference() -> tuple[Regressor, float]:
 
 
 @needs_deepspeed
-@pytest.mark.parametrize("stage", [1, 2, 3])
-def test_zero_stages_train_like_ddp(stage: int, ddp_reference: tuple[Regressor, float]) -> None:
+@pytest.mark.parametrize(
+    ("stage", "offload"),
+    [(1, {}), (2, {}), (3, {}), (2, {"offload_optimizer": True}),
+     (3, {"offload_optimizer": True, "offload_parameters": True})],
+    ids=["zero1", "zero2", "zero3", "zero2-offload", "zero3-offload"],
+)
+def test_zero_stages_train_like_ddp(stage: int, offload: dict, ddp_reference: tuple[Regressor, float]) -> None:
     reference, val_loss = ddp_reference
     model = Regressor(sgd=True)
-    trainer = _trainer(_ds(stage), accumulate_grad_batches=2, gradient_clip_val=0.8)
+    trainer = _trainer(_ds(stage, **offload), accumulate_grad_batches=2, gradient_clip_val=0.8)
     trainer.fit(model, *_loaders())
     assert trainer.global_step == 8
     _same(reference, model)  # full weights back in the calling process (gathered under ZeRO-3)
     assert float(trainer.callback_metrics["val_loss"]) == pytest.approx(val_loss, rel=1e-5)
     assert not all(torch.equal(p, q) for p, q in zip(_net().parameters(), model.net.parameters()))  # it trained
+
+
+class ManualRegressor(Regressor):
+    def __init__(self) -> None:
+        super().__init__(sgd=True)
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        x, y = batch
+        loss = nn.functional.mse_loss(self(x), y)
+        opt.zero_grad()
+        self.manual_backward(loss)
+        opt.step()
+        return loss
+
+
+@needs_deepspeed
+def test_manual_optimization_steps_through_the_engine() -> None:
+    reference = ManualRegressor()
+    _trainer("ddp_fork", max_epochs=1).fit(reference, *_loaders())
+    model = ManualRegressor()
+    trainer = _trainer(_ds(2), max_epochs=1)
+    trainer.fit(model, *_loaders())
+    assert trainer.global_step == 8
+    _same(reference, model)
+
+
+class CheckDtype(L.Callback):
+    def on_train_end(self, trainer, pl_module):
+        # DeepSpeed's bf16 section: the engine holds the module in bfloat16 (fp32 master weights in the optimizer)
+        assert {p.dtype for p in pl_module.parameters()} == {torch.bfloat16}
+
+
+@needs_deepspeed
+def test_bf16_precision_becomes_the_engine_bf16_section(ddp_reference: tuple[Regressor, float]) -> None:
+    reference, _ = ddp_reference
+    model = Regressor(sgd=True)
+    trainer = _trainer(_ds(2), precision="bf16-mixed", accumulate_grad_batches=2, gradient_clip_val=0.8,
+                       callbacks=[CheckDtype()])
+    trainer.fit(model, *_loaders())
+    assert trainer.global_step == 8
+    for p, q in zip(reference.parameters(), model.parameters()):  # bfloat16 forward/backward: close, not equal
+        torch.testing.assert_close(p.detach(), q.detach().float(), rtol=0.05, atol=0.02)
+
+
+def _fp16_on_cpu(fabric: Fabric) -> None:
+    net = _net()
+    with pytest.raises(MisconfigurationException, match=r"does not support its fp16 mode.*precision='bf16-mixed'"):
+        fabric.setup(net, torch.optim.SGD(net.parameters(), lr=0.1))
+
+
+@needs_deepspeed
+def test_fp16_on_the_cpu_accelerator_is_a_clear_error() -> None:
+    Fabric(accelerator="cpu", devices=2, strategy=_ds(2), precision="16-mixed").launch(_fp16_on_cpu)
 
 
 @needs_deepspeed

@@ -253,6 +253,7 @@ class DeepSpeedStrategy(ParallelStrategy):
         self.zero_allow_untested_optimizer = zero_allow_untested_optimizer
         self.config: dict[str, Any] = {}  # the config given to deepspeed.initialize (filled at setup)
         self._no_sync = False
+        self._patched: list[Any] = []
         self._pending_resume: tuple[str, str] | None = None
         self._module: nn.Module | None = None
 
@@ -435,12 +436,18 @@ class DeepSpeedStrategy(ParallelStrategy):
         optimizer = getattr(optimizers[0], "optimizer", optimizers[0])
         deepspeed = _import_deepspeed(self.root_device.type)
         self.config = self._build_config(accumulate_grad_batches, gradient_clip_val, gradient_clip_algorithm)
+        _check_dtype_supported(self.config, self.root_device)
         engine, _ds_optimizer, _, _ = deepspeed.initialize(
             model=module, optimizer=optimizer, config=copy.deepcopy(self.config), dist_init_required=False
         )
         self.model = engine
         self._module = module
         self.precision._engines[id(optimizer)] = engine
+        # The engine owns the gradients and clears them in engine.step(); the optimizer's own zero_grad (called by
+        # the loop, or by a Fabric user) would drop the engine's gradient buffers (ZeRO-Offload keeps them on the
+        # optimizer's flat parameters). Undone in teardown.
+        optimizer.zero_grad = _engine_owns_gradients  # type: ignore[method-assign]
+        self._patched.append(optimizer)
         return engine, [optimizer]
 
     def setup_training_engine(
@@ -632,15 +639,38 @@ class DeepSpeedStrategy(ParallelStrategy):
         super().teardown()
         self._module = None
         self.precision._engines.clear()
+        for optimizer in self._patched:
+            optimizer.__dict__.pop("zero_grad", None)
+        self._patched.clear()
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state["_module"] = None
+        state["_patched"] = []
         return state
 
     def __repr__(self) -> str:
         return f"DeepSpeedStrategy(stage={self.stage}, offload_optimizer={self.offload_optimizer}, " \
                f"offload_parameters={self.offload_parameters})"
+
+
+def _check_dtype_supported(config: dict[str, Any], device: torch.device) -> None:
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    for section, supported, other in (
+        ("fp16", accelerator.is_fp16_supported, "bf16-mixed"),
+        ("bf16", accelerator.is_bf16_supported, "32-true"),
+    ):
+        if config.get(section, {}).get("enabled") and not supported():
+            raise MisconfigurationException(
+                f"DeepSpeed's {accelerator.device_name()} accelerator does not support its {section} mode (device "
+                f"{device}), which the precision flag or the config asks for. Fix: precision='{other}'."
+            )
+
+
+def _engine_owns_gradients(set_to_none: bool = True) -> None:
+    """``optimizer.zero_grad`` under DeepSpeed: nothing to do, ``engine.step()`` cleared the gradients."""
 
 
 def _gathered_state_dict(module: nn.Module) -> dict[str, Any]:
