@@ -9,8 +9,15 @@ Checkpoints:
 * ``state_dict_type="full"`` (default): the full state dict is gathered (to CPU) and rank 0 writes one
   ordinary checkpoint file, which loads on any number of processes, with or without FSDP.
 * ``state_dict_type="sharded"``: every rank writes its shards with ``torch.distributed.checkpoint`` into a
-  directory (fast, no gather; reload with the same or another world size). Supported by ``Fabric.save`` /
-  ``Fabric.load`` and by ``Trainer.save_checkpoint``; the Trainer resumes only from full checkpoints.
+  directory (fast, no gather; reload with the same or another world size; layout in
+  :mod:`fulmen.checkpoint.sharded`). ``Fabric.load`` and the Trainer's ``ckpt_path`` read it in place: the
+  small entries first, then the weights once the model is sharded and the optimizer states once the
+  optimizers exist, each rank reading only its shards. Without FSDP (or with ``fulmen fabric consolidate``)
+  the directory is consolidated into a full checkpoint on one process.
+
+Steps: ``training_step`` and also ``validation/test/predict_step`` run inside the root module's forward, so a
+step may call submodules directly (``self.encoder(x)``). Inside a gradient-accumulation window FSDP holds each
+rank's gradients unreduced; a checkpoint written there stores them reduced and sharded (exact resume).
 """
 
 from __future__ import annotations

@@ -154,7 +154,12 @@ class TrialSession:
         loop.run(loaders, limits)
 
     def __exit__(self, *exc: object) -> None:
-        from fulmen.trainer.checkpointing import load_state_dict_strictly, restore_training_state
+        from fulmen.checkpoint.sharded import ShardedEntry
+        from fulmen.trainer.checkpointing import (
+            load_state_dict_strictly,
+            restore_sharded_weights,
+            restore_training_state,
+        )
 
         t = self.trainer
         saved = self._saved
@@ -170,7 +175,10 @@ class TrialSession:
             garbage_collection_cuda()
             checkpoint = t.strategy.load_checkpoint(self.ckpt_path, weights_only=self.weights_only)
             module = t.lightning_module
-            load_state_dict_strictly(module, checkpoint["state_dict"], True, self.ckpt_path)
+            if isinstance(checkpoint.get("state_dict"), ShardedEntry):  # FSDP, state_dict_type="sharded"
+                restore_sharded_weights(t, checkpoint)
+            else:
+                load_state_dict_strictly(module, checkpoint["state_dict"], True, self.ckpt_path)
             restore_training_state(t, checkpoint)
             module.zero_grad(set_to_none=True)
         finally:
