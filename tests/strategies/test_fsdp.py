@@ -344,8 +344,11 @@ def test_sharded_checkpoints_with_model_checkpoint_top_k_and_every_entry_point(t
     # and resumes training from it (optimizer states keyed by parameter name, as in full FSDP checkpoints)
     resumed = Regressor()
     _trainer(devices=1, max_epochs=4).fit(resumed, DataLoader(ds, batch_size=8), ckpt_path=last)
-    continued = Regressor()
-    _trainer(max_epochs=4, strategy=_strategy()).fit(continued, DataLoader(ds, batch_size=4), ckpt_path=last)
+    continued = Regressor()  # ckpt_path="last" finds the last.ckpt directory
+    again = ModelCheckpoint(dirpath=tmp_path / "ckpts", save_last=True)
+    _trainer(max_epochs=4, strategy=_strategy(), enable_checkpointing=True, callbacks=[again]).fit(
+        continued, DataLoader(ds, batch_size=4), ckpt_path="last"
+    )
     _same(continued, resumed)
 
 
@@ -378,6 +381,13 @@ def test_sharded_checkpoint_that_does_not_match_the_model_names_the_keys(tmp_pat
     trainer = _trainer(strategy=_strategy())
     with pytest.raises(Exception, match=r"does not match the model: missing keys \['net.3.bias', 'net.3.weight'\]"):
         trainer.validate(Deeper(), DataLoader(_data(), batch_size=4), ckpt_path=tmp_path / "a.ckpt")
+    lenient = Deeper()
+    lenient.strict_loading = False  # the matching keys load, the new layer keeps its initialization
+    assert trainer.validate(lenient, DataLoader(_data(), batch_size=4), ckpt_path=tmp_path / "a.ckpt", verbose=False)
+    from fulmen.checkpoint.sharded import consolidate_checkpoint
+
+    saved = consolidate_checkpoint(tmp_path / "a.ckpt")["state_dict"]
+    torch.testing.assert_close(lenient.net[0].weight.detach(), saved["net.0.weight"])
 
 
 def test_fabric_consolidate_turns_a_sharded_checkpoint_into_one_file(tmp_path: Path, capsys) -> None:
