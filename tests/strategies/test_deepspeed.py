@@ -22,7 +22,7 @@ import fulmen as L
 from fulmen.callbacks import ModelCheckpoint
 from fulmen.fabric import Fabric
 from fulmen.fabric.connector import build_strategy
-from fulmen.utilities.exceptions import MisconfigurationException
+from fulmen.utilities.exceptions import MisconfigurationException, RankFailedError
 
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 needs_deepspeed = pytest.mark.skipif(
@@ -313,6 +313,16 @@ def test_checkpoint_directory_resumes_exactly(stage: int, tmp_path: Path) -> Non
     trainer.fit(resumed, *_loaders(), ckpt_path=last)
     assert trainer.global_step == 16
     _same(straight, resumed)  # weights, AdamW moments, scheduler and run state all came back
+
+    # one ordinary file with the consolidated weights: loads anywhere, without DeepSpeed's engine
+    from fulmen.strategies.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+
+    convert_zero_checkpoint_to_fp32_state_dict(last, tmp_path / "weights.ckpt")
+    _same(first, Regressor.load_from_checkpoint(tmp_path / "weights.ckpt"))
+    with pytest.raises(RankFailedError, match="holds weights only"):  # the launcher names the rank that raised
+        _trainer(_ds(stage)).fit(Regressor(), *_loaders(), ckpt_path=tmp_path / "weights.ckpt")
+    with pytest.raises(MisconfigurationException, match="not a DeepSpeed checkpoint directory"):
+        convert_zero_checkpoint_to_fp32_state_dict(tmp_path, tmp_path / "x.ckpt")
 
 
 def _full_weights(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -749,4 +749,37 @@ def _consolidated_state_dict(path: str, tag: str, stage: int) -> dict[str, Any]:
     return state
 
 
-__all__ = ["DeepSpeedStrategy"]
+def convert_zero_checkpoint_to_fp32_state_dict(
+    checkpoint_dir: str | Path, output_file: str | Path, tag: str | None = None
+) -> dict[str, Any]:
+    """Turn a DeepSpeed checkpoint directory written by fulmen into one ordinary checkpoint file.
+
+    The weights are consolidated from the ZeRO shards in float32 (on the CPU, no process group needed) and stored
+    under the module's key (the Trainer's ``state_dict``) beside fulmen's other entries (hyperparameters, run state,
+    callbacks, ...). The optimizer state is left out (it stays in the directory), so the file loads with
+    ``LightningModule.load_from_checkpoint`` or ``torch.load``, and resuming a fit from it says it holds weights
+    only. Returns the saved dict.
+    """
+    path = Path(str(checkpoint_dir))
+    found = _checkpoint_tag(path)
+    if found is None:
+        raise MisconfigurationException(
+            f"{str(checkpoint_dir)!r} is not a DeepSpeed checkpoint directory (no 'latest' file or tag folder with "
+            "*model_states.pt). Fix: pass the directory that strategy='deepspeed' wrote, e.g. 'checkpoints/last.ckpt'."
+        )
+    tag = tag or found
+    client = _read_client_state(path, tag)
+    meta = client.pop(_META_KEY, {})
+    state_dict = _consolidated_state_dict(str(path), tag, int(meta.get("stage", 2)))
+    for key in meta.get("modules", []) or ["state_dict"]:
+        client[key] = state_dict
+    for key in meta.get("optimizers", []):
+        client.pop(key, None)
+    client.pop("optimizer_states", None)  # placeholders: the optimizer state stays in the directory
+    from fulmen.utilities.cloud_io import atomic_save
+
+    atomic_save(client, str(output_file))
+    return client
+
+
+__all__ = ["DeepSpeedStrategy", "convert_zero_checkpoint_to_fp32_state_dict"]
