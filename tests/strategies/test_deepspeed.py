@@ -98,7 +98,10 @@ def test_names_set_stage_and_offload(name: str) -> None:
 def test_config_argument_dict_and_json_path(tmp_path: Path) -> None:
     from fulmen.strategies import DeepSpeedStrategy
 
-    user = {"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0}, "gradient_clipping": 0.5}
+    user = {
+        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+        "gradient_clipping": 0.5,
+    }
     path = tmp_path / "ds.json"
     path.write_text(json.dumps(user))
     for config in (user, str(path), path):
@@ -107,11 +110,15 @@ def test_config_argument_dict_and_json_path(tmp_path: Path) -> None:
         assert built["zero_optimization"] == user["zero_optimization"]
         assert built["gradient_accumulation_steps"] == 4 and built["train_micro_batch_size_per_gpu"] == 1
         assert built["gradient_clipping"] == 0.5
-    assert user == {"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
-                    "gradient_clipping": 0.5}  # the caller's dict is not changed
+    assert user == {
+        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+        "gradient_clipping": 0.5,
+    }  # the caller's dict is not changed
     s = DeepSpeedStrategy(stage=1)
     assert s._build_config(gradient_clip_val=2.0)["gradient_clipping"] == 2.0
-    assert s._build_config()["gradient_clipping"] == 0.0  # no clipping unless asked (DeepSpeed's default is 1.0)
+    assert (
+        s._build_config()["gradient_clipping"] == 0.0
+    )  # no clipping unless asked (DeepSpeed's default is 1.0)
     with pytest.raises(MisconfigurationException, match="by norm only"):
         s._build_config(gradient_clip_val=1.0, gradient_clip_algorithm="value")
     with pytest.raises(MisconfigurationException, match="set only one"):
@@ -174,7 +181,10 @@ class Regressor(L.LightningModule):
             opt = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
         else:
             opt = torch.optim.AdamW(self.parameters(), lr=0.02, weight_decay=0.01)
-        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)}
+        return {
+            "optimizer": opt,
+            "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5),
+        }
 
 
 def _trainer(strategy, **kw) -> L.Trainer:
@@ -219,11 +229,18 @@ def ddp_reference() -> tuple[Regressor, float]:
 @needs_deepspeed
 @pytest.mark.parametrize(
     ("stage", "offload"),
-    [(1, {}), (2, {}), (3, {}), (2, {"offload_optimizer": True}),
-     (3, {"offload_optimizer": True, "offload_parameters": True})],
+    [
+        (1, {}),
+        (2, {}),
+        (3, {}),
+        (2, {"offload_optimizer": True}),
+        (3, {"offload_optimizer": True, "offload_parameters": True}),
+    ],
     ids=["zero1", "zero2", "zero3", "zero2-offload", "zero3-offload"],
 )
-def test_zero_stages_train_like_ddp(stage: int, offload: dict, ddp_reference: tuple[Regressor, float]) -> None:
+def test_zero_stages_train_like_ddp(
+    stage: int, offload: dict, ddp_reference: tuple[Regressor, float]
+) -> None:
     reference, val_loss = ddp_reference
     model = Regressor(sgd=True)
     trainer = _trainer(_ds(stage, **offload), accumulate_grad_batches=2, gradient_clip_val=0.8)
@@ -231,7 +248,9 @@ def test_zero_stages_train_like_ddp(stage: int, offload: dict, ddp_reference: tu
     assert trainer.global_step == 8
     _same(reference, model)  # full weights back in the calling process (gathered under ZeRO-3)
     assert float(trainer.callback_metrics["val_loss"]) == pytest.approx(val_loss, rel=1e-5)
-    assert not all(torch.equal(p, q) for p, q in zip(_net().parameters(), model.net.parameters()))  # it trained
+    assert not all(
+        torch.equal(p, q) for p, q in zip(_net().parameters(), model.net.parameters())
+    )  # it trained
 
 
 class ManualRegressor(Regressor):
@@ -270,17 +289,26 @@ class CheckDtype(L.Callback):
 def test_bf16_precision_becomes_the_engine_bf16_section(ddp_reference: tuple[Regressor, float]) -> None:
     reference, _ = ddp_reference
     model = Regressor(sgd=True)
-    trainer = _trainer(_ds(2), precision="bf16-mixed", accumulate_grad_batches=2, gradient_clip_val=0.8,
-                       callbacks=[CheckDtype()])
+    trainer = _trainer(
+        _ds(2),
+        precision="bf16-mixed",
+        accumulate_grad_batches=2,
+        gradient_clip_val=0.8,
+        callbacks=[CheckDtype()],
+    )
     trainer.fit(model, *_loaders())
     assert trainer.global_step == 8
-    for p, q in zip(reference.parameters(), model.parameters()):  # bfloat16 forward/backward: close, not equal
+    for p, q in zip(
+        reference.parameters(), model.parameters()
+    ):  # bfloat16 forward/backward: close, not equal
         torch.testing.assert_close(p.detach(), q.detach().float(), rtol=0.05, atol=0.02)
 
 
 def _fp16_on_cpu(fabric: Fabric) -> None:
     net = _net()
-    with pytest.raises(MisconfigurationException, match=r"does not support its fp16 mode.*precision='bf16-mixed'"):
+    with pytest.raises(
+        MisconfigurationException, match=r"does not support its fp16 mode.*precision='bf16-mixed'"
+    ):
         fabric.setup(net, torch.optim.SGD(net.parameters(), lr=0.1))
 
 
@@ -297,7 +325,10 @@ def test_checkpoint_directory_resumes_exactly(stage: int, tmp_path: Path) -> Non
 
     first = Regressor()
     _trainer(
-        _ds(stage), max_epochs=1, enable_checkpointing=True, callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)]
+        _ds(stage),
+        max_epochs=1,
+        enable_checkpointing=True,
+        callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)],
     ).fit(first, *_loaders())
     last = tmp_path / "last.ckpt"
     assert last.is_dir()  # the engine's directory: every rank wrote its shard of the optimizer state
@@ -306,7 +337,12 @@ def test_checkpoint_directory_resumes_exactly(stage: int, tmp_path: Path) -> Non
     client = torch.load(
         next((last / "checkpoint").glob("*rank_0*model_states.pt")), weights_only=False, map_location="cpu"
     )
-    assert client["global_step"] == 8 and client["epoch"] == 0 and "fulmen" in client and "lr_schedulers" in client
+    assert (
+        client["global_step"] == 8
+        and client["epoch"] == 0
+        and "fulmen" in client
+        and "lr_schedulers" in client
+    )
 
     resumed = Regressor()
     trainer = _trainer(_ds(stage))
@@ -319,7 +355,9 @@ def test_checkpoint_directory_resumes_exactly(stage: int, tmp_path: Path) -> Non
 
     convert_zero_checkpoint_to_fp32_state_dict(last, tmp_path / "weights.ckpt")
     _same(first, Regressor.load_from_checkpoint(tmp_path / "weights.ckpt"))
-    with pytest.raises(RankFailedError, match="holds weights only"):  # the launcher names the rank that raised
+    with pytest.raises(
+        RankFailedError, match="holds weights only"
+    ):  # the launcher names the rank that raised
         _trainer(_ds(stage)).fit(Regressor(), *_loaders(), ckpt_path=tmp_path / "weights.ckpt")
     with pytest.raises(MisconfigurationException, match="not a DeepSpeed checkpoint directory"):
         convert_zero_checkpoint_to_fp32_state_dict(tmp_path, tmp_path / "x.ckpt")

@@ -71,9 +71,11 @@ def _import_deepspeed(device_type: str = "cpu") -> Any:
         # DeepSpeed picks its accelerator when first asked; on a CUDA machine running on the CPU it would pick CUDA
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     try:
-        import deepspeed
+        import deepspeed  # type: ignore[import-not-found,unused-ignore]
     except ImportError as exc:  # pragma: no cover - checked in __init__ already
-        raise MisconfigurationException(f"strategy='deepspeed' needs the `deepspeed` package: {exc}. {_INSTALL}") from exc
+        raise MisconfigurationException(
+            f"strategy='deepspeed' needs the `deepspeed` package: {exc}. {_INSTALL}"
+        ) from exc
     return deepspeed
 
 
@@ -199,8 +201,10 @@ class DeepSpeedStrategy(ParallelStrategy):
                 f"DeepSpeedStrategy(offload_parameters=True, stage={stage}): parameter offload needs ZeRO stage 3. "
                 "Fix: stage=3 (strategy='deepspeed_stage_3_offload'), or offload_optimizer=True only."
             )
-        if not (logging_batch_size_per_gpu == "auto" or (isinstance(logging_batch_size_per_gpu, int)
-                                                         and logging_batch_size_per_gpu > 0)):
+        if not (
+            logging_batch_size_per_gpu == "auto"
+            or (isinstance(logging_batch_size_per_gpu, int) and logging_batch_size_per_gpu > 0)
+        ):
             raise MisconfigurationException(
                 f"DeepSpeedStrategy(logging_batch_size_per_gpu={logging_batch_size_per_gpu!r}); expected 'auto' or "
                 "a positive int."
@@ -219,37 +223,37 @@ class DeepSpeedStrategy(ParallelStrategy):
         self.logging_batch_size_per_gpu = logging_batch_size_per_gpu
         self._start_method = start_method
         self._user_config = self._load_config(config)
-        self._zero_settings = dict(
-            offload_optimizer_device=remote_device or offload_optimizer_device,
-            offload_params_device=remote_device or offload_params_device,
-            nvme_path=nvme_path,
-            params_buffer_count=params_buffer_count,
-            params_buffer_size=params_buffer_size,
-            max_in_cpu=max_in_cpu,
-            optimizer_buffer_count=optimizer_buffer_count,
-            pin_memory=pin_memory,
-            sub_group_size=sub_group_size,
-            contiguous_gradients=contiguous_gradients,
-            overlap_comm=overlap_comm,
-            allgather_partitions=allgather_partitions,
-            reduce_scatter=reduce_scatter,
-            allgather_bucket_size=allgather_bucket_size,
-            reduce_bucket_size=reduce_bucket_size,
-        )
-        self._aio = dict(
-            block_size=block_size,
-            queue_depth=queue_depth,
-            single_submit=single_submit,
-            overlap_events=overlap_events,
-            thread_count=thread_count,
-        )
-        self._fp16 = dict(
-            loss_scale=loss_scale,
-            initial_scale_power=initial_scale_power,
-            loss_scale_window=loss_scale_window,
-            hysteresis=hysteresis,
-            min_loss_scale=min_loss_scale,
-        )
+        self._zero_settings = {
+            "offload_optimizer_device": remote_device or offload_optimizer_device,
+            "offload_params_device": remote_device or offload_params_device,
+            "nvme_path": nvme_path,
+            "params_buffer_count": params_buffer_count,
+            "params_buffer_size": params_buffer_size,
+            "max_in_cpu": max_in_cpu,
+            "optimizer_buffer_count": optimizer_buffer_count,
+            "pin_memory": pin_memory,
+            "sub_group_size": sub_group_size,
+            "contiguous_gradients": contiguous_gradients,
+            "overlap_comm": overlap_comm,
+            "allgather_partitions": allgather_partitions,
+            "reduce_scatter": reduce_scatter,
+            "allgather_bucket_size": allgather_bucket_size,
+            "reduce_bucket_size": reduce_bucket_size,
+        }
+        self._aio = {
+            "block_size": block_size,
+            "queue_depth": queue_depth,
+            "single_submit": single_submit,
+            "overlap_events": overlap_events,
+            "thread_count": thread_count,
+        }
+        self._fp16 = {
+            "loss_scale": loss_scale,
+            "initial_scale_power": initial_scale_power,
+            "loss_scale_window": loss_scale_window,
+            "hysteresis": hysteresis,
+            "min_loss_scale": min_loss_scale,
+        }
         self.zero_allow_untested_optimizer = zero_allow_untested_optimizer
         self.config: dict[str, Any] = {}  # the config given to deepspeed.initialize (filled at setup)
         self._no_sync = False
@@ -258,7 +262,7 @@ class DeepSpeedStrategy(ParallelStrategy):
         self._module: nn.Module | None = None
 
     # ------------------------------------------------------------------ precision: always the DeepSpeed plugin
-    @property  # type: ignore[override]
+    @property  # type: ignore[override,unused-ignore]
     def precision(self) -> DeepSpeedPrecision:
         return self._precision_plugin
 
@@ -344,11 +348,17 @@ class DeepSpeedStrategy(ParallelStrategy):
         return config
 
     def _build_config(
-        self, accumulate_grad_batches: int = 1, gradient_clip_val: float | None = None,
+        self,
+        accumulate_grad_batches: int = 1,
+        gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> dict[str, Any]:
         config = copy.deepcopy(self._user_config) if self._user_config is not None else self._default_config()
-        if "gradient_accumulation_steps" in config and self._user_config is not None and accumulate_grad_batches != 1:
+        if (
+            "gradient_accumulation_steps" in config
+            and self._user_config is not None
+            and accumulate_grad_batches != 1
+        ):
             raise MisconfigurationException(
                 "The DeepSpeed config sets gradient_accumulation_steps and the Trainer sets accumulate_grad_batches="
                 f"{accumulate_grad_batches}. Fix: remove gradient_accumulation_steps from the config; fulmen "
@@ -394,7 +404,9 @@ class DeepSpeedStrategy(ParallelStrategy):
         if env.creates_processes_externally:
             self._launcher = None
         elif self._start_method == "popen":
-            self._launcher = SubprocessScriptLauncher(env, self.num_processes, self.num_nodes, self.failure_timeout)
+            self._launcher = SubprocessScriptLauncher(
+                env, self.num_processes, self.num_nodes, self.failure_timeout
+            )
         else:
             self._launcher = MultiProcessingLauncher(self, start_method=self._start_method)
 
@@ -403,7 +415,10 @@ class DeepSpeedStrategy(ParallelStrategy):
         deepspeed = _import_deepspeed(self.root_device.type)
         # DeepSpeed's communication layer over the process group fulmen created
         deepspeed.init_distributed(
-            dist_backend=self.process_group_backend, dist_init_required=False, verbose=False, timeout=self._timeout
+            dist_backend=self.process_group_backend,
+            dist_init_required=False,
+            verbose=False,
+            timeout=self._timeout,
         )
 
     # ------------------------------------------------------------------ the model and optimizer
@@ -417,8 +432,12 @@ class DeepSpeedStrategy(ParallelStrategy):
         return module
 
     def setup_module_and_optimizers(
-        self, module: nn.Module, optimizers: list[Any], accumulate_grad_batches: int = 1,
-        gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None,
+        self,
+        module: nn.Module,
+        optimizers: list[Any],
+        accumulate_grad_batches: int = 1,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
     ) -> tuple[Any, list[Any]]:
         """``deepspeed.initialize`` for ``module`` and its optimizer; returns the engine and the optimizers (the
         user's objects: their ``step`` goes through the engine, their param groups stay the ones schedulers
@@ -446,13 +465,17 @@ class DeepSpeedStrategy(ParallelStrategy):
         # The engine owns the gradients and clears them in engine.step(); the optimizer's own zero_grad (called by
         # the loop, or by a Fabric user) would drop the engine's gradient buffers (ZeRO-Offload keeps them on the
         # optimizer's flat parameters). Undone in teardown.
-        optimizer.zero_grad = _engine_owns_gradients  # type: ignore[method-assign]
+        optimizer.zero_grad = _engine_owns_gradients  # type: ignore[method-assign,unused-ignore]
         self._patched.append(optimizer)
         return engine, [optimizer]
 
     def setup_training_engine(
-        self, module: nn.Module, optimizers: list[Any], accumulate_grad_batches: int = 1,
-        gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None,
+        self,
+        module: nn.Module,
+        optimizers: list[Any],
+        accumulate_grad_batches: int = 1,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
     ) -> None:
         """The Trainer's call after ``configure_optimizers``; also finishes a resume (optimizer state)."""
         if not optimizers:
@@ -466,8 +489,12 @@ class DeepSpeedStrategy(ParallelStrategy):
         if self._pending_resume is not None:
             path, tag = self._pending_resume
             self._pending_resume = None
-            loaded, _ = self.model.load_checkpoint(  # type: ignore[union-attr]
-                path, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False,
+            engine: Any = self.model
+            loaded, _ = engine.load_checkpoint(
+                path,
+                tag=tag,
+                load_optimizer_states=True,
+                load_lr_scheduler_states=False,
                 load_module_strict=getattr(module, "strict_loading", True),
             )
             if loaded is None:
@@ -534,7 +561,9 @@ class DeepSpeedStrategy(ParallelStrategy):
                 "new fit."
             )
 
-    def load_module_state_dict(self, module: nn.Module, state_dict: dict[str, Any], strict: bool = True) -> Any:
+    def load_module_state_dict(
+        self, module: nn.Module, state_dict: dict[str, Any], strict: bool = True
+    ) -> Any:
         if self.model is not None and self.stage == 3:
             raise MisconfigurationException(
                 "Loading a state dict into a ZeRO-3 model after setup is not supported (its parameters are "
@@ -546,7 +575,7 @@ class DeepSpeedStrategy(ParallelStrategy):
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
         """Every rank writes its shards into the directory ``filepath`` (collective)."""
-        engine = self.model
+        engine: Any = self.model
         if engine is None:
             raise MisconfigurationException(
                 "strategy='deepspeed' saves checkpoints through the DeepSpeed engine, which is not set up. Fix: save "
@@ -568,11 +597,17 @@ class DeepSpeedStrategy(ParallelStrategy):
             else:
                 client[key] = value
         client[_META_KEY] = {
-            "modules": modules, "optimizers": optimizers, "stage": self.stage, "client_keys": sorted(client)
+            "modules": modules,
+            "optimizers": optimizers,
+            "stage": self.stage,
+            "client_keys": sorted(client),
         }
         self._progress += 1
         engine.save_checkpoint(
-            str(filepath), tag=_TAG, client_state=client, exclude_frozen_parameters=self.exclude_frozen_parameters
+            str(filepath),
+            tag=_TAG,
+            client_state=client,
+            exclude_frozen_parameters=self.exclude_frozen_parameters,
         )
 
     @staticmethod
@@ -600,7 +635,7 @@ class DeepSpeedStrategy(ParallelStrategy):
     def load_sharded(self, path: Any, state: dict[str, Any], strict: bool = True) -> dict[str, Any]:
         """``Fabric.load`` of a DeepSpeed directory: the engine loads the module (and optimizer) in place; other
         objects in ``state`` are restored from the client state. Returns the checkpoint's other entries."""
-        engine = self.model
+        engine: Any = self.model
         if engine is None:
             raise MisconfigurationException(
                 f"Loading the DeepSpeed checkpoint {str(path)!r} needs the engine. Fix: `model, optimizer = "
@@ -609,7 +644,10 @@ class DeepSpeedStrategy(ParallelStrategy):
         tag = _checkpoint_tag(path)
         has_optimizer = any(_is_optimizer(v) for v in state.values())
         loaded, client = engine.load_checkpoint(
-            str(path), tag=tag, load_optimizer_states=has_optimizer, load_lr_scheduler_states=False,
+            str(path),
+            tag=tag,
+            load_optimizer_states=has_optimizer,
+            load_lr_scheduler_states=False,
             load_module_strict=strict,
         )
         if loaded is None or client is None:
@@ -622,7 +660,9 @@ class DeepSpeedStrategy(ParallelStrategy):
         rest = _client_entries(client)
         missing = [k for k in state if k not in rest and k not in by_engine]
         if missing and strict:
-            raise KeyError(f"Fabric.load: {missing} are not in the checkpoint {str(path)!r}. Fix: pass strict=False.")
+            raise KeyError(
+                f"Fabric.load: {missing} are not in the checkpoint {str(path)!r}. Fix: pass strict=False."
+            )
         for key, obj in list(state.items()):
             if key in by_engine or key not in rest:
                 continue
@@ -650,12 +690,14 @@ class DeepSpeedStrategy(ParallelStrategy):
         return state
 
     def __repr__(self) -> str:
-        return f"DeepSpeedStrategy(stage={self.stage}, offload_optimizer={self.offload_optimizer}, " \
-               f"offload_parameters={self.offload_parameters})"
+        return (
+            f"DeepSpeedStrategy(stage={self.stage}, offload_optimizer={self.offload_optimizer}, "
+            f"offload_parameters={self.offload_parameters})"
+        )
 
 
 def _check_dtype_supported(config: dict[str, Any], device: torch.device) -> None:
-    from deepspeed.accelerator import get_accelerator
+    from deepspeed.accelerator import get_accelerator  # type: ignore[import-not-found,unused-ignore]
 
     accelerator = get_accelerator()
     for section, supported, other in (
@@ -682,10 +724,27 @@ def _gathered_state_dict(module: nn.Module) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- checkpoint files
 _DS_KEYS = {
-    "module", "buffer_names", "optimizer", "param_shapes", "frozen_param_shapes", "shared_params",
-    "frozen_param_fragments", "lr_scheduler", "data_sampler", "random_ltd", "sparse_tensor_module_names",
-    "skipped_steps", "global_steps", "global_samples", "dp_world_size", "mp_world_size", "ds_config", "ds_version",
-    "compiled_autograd", "ds_checkpoint_version", "checkpoint_parallel_dimensions",
+    "module",
+    "buffer_names",
+    "optimizer",
+    "param_shapes",
+    "frozen_param_shapes",
+    "shared_params",
+    "frozen_param_fragments",
+    "lr_scheduler",
+    "data_sampler",
+    "random_ltd",
+    "sparse_tensor_module_names",
+    "skipped_steps",
+    "global_steps",
+    "global_samples",
+    "dp_world_size",
+    "mp_world_size",
+    "ds_config",
+    "ds_version",
+    "compiled_autograd",
+    "ds_checkpoint_version",
+    "checkpoint_parallel_dimensions",
 }
 
 
@@ -743,7 +802,9 @@ def _consolidated_state_dict(path: str, tag: str, stage: int) -> dict[str, Any]:
         )["module"]
         return module
     _import_deepspeed()
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from deepspeed.utils.zero_to_fp32 import (  # type: ignore[import-not-found,unused-ignore]
+        get_fp32_state_dict_from_zero_checkpoint,
+    )
 
     state: dict[str, Any] = get_fp32_state_dict_from_zero_checkpoint(path, tag=tag)
     return state

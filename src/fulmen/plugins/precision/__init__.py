@@ -187,8 +187,12 @@ class DeepSpeedPrecision(Precision):
                 "'16-true' or 'bf16-true'. Fix: e.g. precision='bf16-mixed'."
             )
         self.precision = str(name)
-        self._dtype = {"16-mixed": torch.float16, "16-true": torch.float16, "bf16-mixed": torch.bfloat16,
-                       "bf16-true": torch.bfloat16}.get(self.precision, torch.float32)
+        self._dtype = {
+            "16-mixed": torch.float16,
+            "16-true": torch.float16,
+            "bf16-mixed": torch.bfloat16,
+            "bf16-true": torch.bfloat16,
+        }.get(self.precision, torch.float32)
         self._engines: dict[int, Any] = {}
 
     def convert_module(self, module: nn.Module) -> nn.Module:
@@ -217,13 +221,18 @@ class DeepSpeedPrecision(Precision):
         return apply_to_collection(data, torch.Tensor, lambda t: t.to(dtype) if t.is_floating_point() else t)
 
     def backward(self, tensor: torch.Tensor, model: nn.Module | None, *args: Any, **kwargs: Any) -> None:
-        if model is not None and hasattr(model, "backward") and hasattr(model, "set_gradient_accumulation_boundary"):
-            model.backward(tensor, *args, **kwargs)
+        engine: Any = model
+        if engine is not None and hasattr(engine, "backward") and hasattr(engine, "set_gradient_accumulation_boundary"):
+            engine.backward(tensor, *args, **kwargs)
         else:
             tensor.backward(*args, **kwargs)
 
     def optimizer_step(
-        self, optimizer: Optimizer, closure: Callable[[], Any] | None, after_closure: Callable[[], None] | None = None, **kw: Any
+        self,
+        optimizer: Optimizer,
+        closure: Callable[[], Any] | None,
+        after_closure: Callable[[], None] | None = None,
+        **kw: Any,
     ) -> Any:
         engine = self._engines.get(id(getattr(optimizer, "optimizer", optimizer)))
         if engine is None:
