@@ -10,15 +10,26 @@ one warm-up round is not counted. fulmen's saves are atomic and durable (tempora
 rename, directory fsync); ``torch.save`` and Lightning's are neither, so a second baseline,
 ``torch.save`` followed by an fsync of the file, shows the price of durability alone.
 
-Async: ``Trainer(plugins=[AsyncCheckpointIO()])``; the number is how long ``save_checkpoint``
-blocks the training loop, against the synchronous save.
+Async: ``Trainer(plugins=[AsyncCheckpointIO()])`` (``snapshot="auto"``: a forked copy-on-write writer
+on this CPU machine) and ``AsyncCheckpointIO(snapshot="copy")`` (tensors copied, written on a thread).
+Two numbers each, against the synchronous save:
+
+* *blocking*: how long ``trainer.save_checkpoint`` takes to return;
+* *loop loss*: what the training loop really loses. Right after the call the loop runs ``K`` optimizer
+  steps (forward, backward, Adam) of the same model, long enough to outlast the background write; the
+  loss is the call plus those ``K`` steps minus ``K`` steps without a save in flight (alternating order).
+  It includes what the blocking time does not show: copy-on-write page faults (every parameter and Adam
+  moment the steps update is copied once while the child still shares it) and the CPU the writer takes
+  from the loop (2 cores here). The steps are hand-written on the trainer's module and optimizer.
 """
 
 from __future__ import annotations
 
 import gc
+import math
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from typing import Any
@@ -55,13 +66,14 @@ _MINIMAL = dict(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_
                 enable_progress_bar=False, enable_model_summary=False)
 
 
-def _fitted(framework: str, size_mib: int, async_io: bool, root: str) -> Any:
+def _fitted(framework: str, size_mib: int, async_io: bool | str, root: str) -> Any:
     data = Batches([(torch.randn(8, 2048), torch.zeros(8))])
     if framework == "fulmen":
         import fulmen as L
         from fulmen.checkpoint import AsyncCheckpointIO
 
-        trainer = L.Trainer(default_root_dir=root, plugins=[AsyncCheckpointIO()] if async_io else None, **_MINIMAL)
+        plugin = AsyncCheckpointIO(snapshot=async_io if isinstance(async_io, str) else "auto")
+        trainer = L.Trainer(default_root_dir=root, plugins=[plugin] if async_io else None, **_MINIMAL)
         module = _module_class(L.LightningModule)(_net(size_mib))
     else:
         import logging
@@ -80,6 +92,24 @@ def _wait_async(trainer: Any) -> None:
     trainer.strategy.checkpoint_io.teardown()  # waits for the write in flight
 
 
+def _write_done(trainer: Any) -> bool:
+    pending = trainer.strategy.checkpoint_io._pending
+    return pending is None or pending[1].done()
+
+
+def _stepper(trainer: Any) -> Any:
+    module, opt = trainer.lightning_module, trainer.optimizers[0]
+    batch = torch.randn(8, 2048, generator=torch.Generator().manual_seed(1))
+
+    def steps(k: int) -> None:
+        for _ in range(k):
+            module.net(batch).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=False)
+
+    return steps
+
+
 def run(quick: bool, with_lightning: bool) -> dict[str, Any]:
     import warnings
 
@@ -91,6 +121,7 @@ def run(quick: bool, with_lightning: bool) -> dict[str, Any]:
     try:
         trainers: dict[str, Any] = {"fulmen": _fitted("fulmen", size_mib, False, root)}
         trainers["fulmen_async"] = _fitted("fulmen", size_mib, True, root)
+        trainers["fulmen_async_copy"] = _fitted("fulmen", size_mib, "copy", root)
         if with_lightning:
             trainers["lightning"] = _fitted("lightning", size_mib, False, root)
             trainers["lightning_async"] = _fitted("lightning", size_mib, True, root)
@@ -122,7 +153,7 @@ def run(quick: bool, with_lightning: bool) -> dict[str, Any]:
             loaders["lightning"] = lambda p: trainers["lightning"].strategy.load_checkpoint(p)
 
         save: dict[str, list[float]] = {k: [] for k in savers}
-        async_total: dict[str, list[float]] = {k: [] for k in savers if k.endswith("_async")}
+        async_total: dict[str, list[float]] = {k: [] for k in savers if "_async" in k}
         load: dict[str, list[float]] = {k: [] for k in loaders}
         sizes: dict[str, int] = {}
         order = list(savers)
@@ -155,6 +186,41 @@ def run(quick: bool, with_lightning: bool) -> dict[str, Any]:
                 del ckpt
             for path in paths.values():
                 os.remove(path)
+
+        # What the training loop loses: the call plus K steps after it, minus K steps without a save in flight.
+        loop_loss: dict[str, list[float]] = {k: [] for k in async_total if k.startswith("fulmen")}
+        unfinished = dict.fromkeys(loop_loss, 0)
+        writer_cpu: dict[str, list[float]] = {k: [] for k in loop_loss}  # CPU time of a forked writer  # writes still running after the K steps (loss undercounted)
+        step_of = {k: _stepper(trainers[k]) for k in loop_loss}
+        probe = step_of["fulmen_async"]
+        probe(2)  # warm-up
+        t0 = time.perf_counter()
+        probe(3)
+        step_s = (time.perf_counter() - t0) / 3
+        k_steps = max(3, math.ceil(2.0 * statistics.median(save["fulmen"]) / step_s))
+        for rep in range(-warmup, reps):
+            for key in loop_loss if rep % 2 == 0 else list(loop_loss)[::-1]:
+                steps, trainer = step_of[key], trainers[key]
+                path = os.path.join(root, f"loop-{key}-{rep}.ckpt")
+                timings: dict[str, float] = {}
+                for phase in ("plain", "save") if rep % 2 == 0 else ("save", "plain"):
+                    gc.collect()
+                    os.sync()
+                    t0 = time.perf_counter()
+                    if phase == "save":
+                        trainer.save_checkpoint(path)
+                    steps(k_steps)
+                    timings[phase] = time.perf_counter() - t0
+                    if phase == "save":
+                        if not _write_done(trainer) and rep >= 0:
+                            unfinished[key] += 1
+                        _wait_async(trainer)
+                        cpu = trainer.strategy.checkpoint_io._last_writer_cpu_s
+                        if cpu is not None and rep >= 0:
+                            writer_cpu[key].append(cpu)
+                if rep >= 0:
+                    loop_loss[key].append(timings["save"] - timings["plain"])
+                os.remove(path)
         return {
             "size_mib": size_mib,
             "params": n_params,
@@ -163,6 +229,11 @@ def run(quick: bool, with_lightning: bool) -> dict[str, Any]:
             "file_mb": {k: v / 1e6 for k, v in sizes.items()},
             "save": save,
             "async_total": async_total,
+            "loop_loss": loop_loss,
+            "loop_steps": k_steps,
+            "step_s": step_s,
+            "loop_unfinished": unfinished,
+            "writer_cpu": writer_cpu,
             "load": load,
         }
     finally:

@@ -427,7 +427,8 @@ def _writer_child(
                     continue
                 setattr(sys, name, stream)
             wrapped.save_checkpoint(checkpoint, path, storage_options)
-            record = pickle.dumps(("ok",))
+            times = os.times()
+            record = pickle.dumps(("ok", times.user + times.system))  # the write's CPU time, for diagnostics
             code = 0
         except BaseException as error:  # noqa: BLE001 - every failure is reported to the parent
             record = _error_record(error)
@@ -467,8 +468,11 @@ def _describe_status(status: int | None) -> str:
     return f"it exited with code {os.WEXITSTATUS(status) if os.WIFEXITED(status) else status}"
 
 
-def _reap_writer(pid: int, report_fd: int) -> None:
-    """Wait for the writer child (on the plugin's background thread) and raise what it reported."""
+def _reap_writer(pid: int, report_fd: int) -> float | None:
+    """Wait for the writer child (on the plugin's background thread) and raise what it reported.
+
+    Returns the CPU time (user + system) the child spent, when it succeeded.
+    """
     try:
         try:
             _, status = os.waitpid(pid, 0)
@@ -484,7 +488,7 @@ def _reap_writer(pid: int, report_fd: int) -> None:
         record = None
     succeeded = status is None or (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0)
     if isinstance(record, tuple) and record[:1] == ("ok",) and succeeded:
-        return
+        return float(record[1]) if len(record) > 1 else None
     if isinstance(record, tuple) and len(record) == 5 and record[0] == "error":
         _, name, text, trace, payload = record
         error: BaseException | None = None
@@ -558,8 +562,9 @@ class AsyncCheckpointIO(WrappingCheckpointIO):
         self._lock = threading.Lock()  # guards _pending
         self._save_lock = threading.Lock()  # one save at a time, even when called from several threads
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._pending: tuple[str, concurrent.futures.Future[None]] | None = None
+        self._pending: tuple[str, concurrent.futures.Future[Any]] | None = None
         self._writer_pid: int | None = None  # the forked writer in flight, if any (for tests and diagnostics)
+        self._last_writer_cpu_s: float | None = None  # CPU time of the last forked writer (benchmarks)
 
     def _wait_for_pending(self) -> None:
         """Block until the in-flight write (if any) finishes; raise if it failed."""
@@ -570,7 +575,10 @@ class AsyncCheckpointIO(WrappingCheckpointIO):
         path, future = pending
         error = future.exception()
         self._writer_pid = None
-        if error is not None:
+        if error is None:
+            result = future.result()
+            self._last_writer_cpu_s = result if isinstance(result, float) else None
+        else:
             raise AsyncCheckpointSaveError(
                 f"The background save of checkpoint {path!r} failed with {type(error).__name__}: {error}. "
                 "The file at that path was not replaced, so it still holds its previous checkpoint, if any. "
@@ -649,7 +657,7 @@ class AsyncCheckpointIO(WrappingCheckpointIO):
                 self._executor = concurrent.futures.ThreadPoolExecutor(
                     max_workers=1, thread_name_prefix="fulmen-async-checkpoint"
                 )
-            future: concurrent.futures.Future[None] | None = None
+            future: concurrent.futures.Future[Any] | None = None
             if self._use_fork(checkpoint, path, display):
                 try:
                     pid, report_fd = self._fork_writer(wrapped, checkpoint, path, storage_options)
