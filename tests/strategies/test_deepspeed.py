@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -302,6 +303,44 @@ def test_bf16_precision_becomes_the_engine_bf16_section(ddp_reference: tuple[Reg
         reference.parameters(), model.parameters()
     ):  # bfloat16 forward/backward: close, not equal
         torch.testing.assert_close(p.detach(), q.detach().float(), rtol=0.05, atol=0.02)
+
+
+_ONE_PROCESS = """
+import sys
+sys.path.insert(0, {tests!r})
+import torch
+import fulmen as L
+import test_deepspeed as T
+from fulmen.strategies import DeepSpeedStrategy
+
+def fit(strategy):
+    model = T.Regressor(sgd=True)
+    L.Trainer(accelerator="cpu", devices=1, strategy=strategy, max_epochs=1, logger=False, enable_progress_bar=False,
+              enable_model_summary=False, enable_checkpointing=False, accumulate_grad_batches=2).fit(
+        model, *T._loaders())
+    return model
+
+plain = fit("auto")
+offloaded = fit(DeepSpeedStrategy(stage=2, offload_optimizer=True))
+T._same(plain, offloaded)
+print("SAME")
+"""
+
+
+@needs_deepspeed
+def test_one_process_zero_offload_trains_like_plain_training(tmp_path: Path) -> None:
+    # its own interpreter: a process group made in the pytest process would outlive the test in DeepSpeed's state
+    import subprocess
+    import sys
+
+    script = tmp_path / "one.py"
+    script.write_text(_ONE_PROCESS.format(tests=str(Path(__file__).parent)))
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE")}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(L.__file__).parents[1]), env.get("PYTHONPATH", "")])
+    out = subprocess.run(
+        [sys.executable, str(script)], check=False, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert out.returncode == 0 and "SAME" in out.stdout, out.stdout[-2000:] + out.stderr[-4000:]
 
 
 def _fp16_on_cpu(fabric: Fabric) -> None:

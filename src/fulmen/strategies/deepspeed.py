@@ -412,6 +412,11 @@ class DeepSpeedStrategy(ParallelStrategy):
 
     def setup_environment(self) -> None:
         super().setup_environment()
+        if (
+            "LOCAL_RANK" not in os.environ
+        ):  # DeepSpeed reads it (a one-process run has no launcher that sets it)
+            os.environ["LOCAL_RANK"] = str(self.local_rank)
+            self._set_local_rank = True
         deepspeed = _import_deepspeed(self.root_device.type)
         # DeepSpeed's communication layer over the process group fulmen created
         deepspeed.init_distributed(
@@ -674,6 +679,12 @@ class DeepSpeedStrategy(ParallelStrategy):
         for key in by_engine:
             rest.pop(key, None)
         return rest
+
+    def finalize(self) -> None:
+        super().finalize()
+        if getattr(self, "_set_local_rank", False):
+            os.environ.pop("LOCAL_RANK", None)
+            self._set_local_rank = False
 
     def teardown(self) -> None:
         super().teardown()
