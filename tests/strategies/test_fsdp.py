@@ -321,6 +321,7 @@ def test_sharded_checkpoints_with_model_checkpoint_top_k_and_every_entry_point(t
     assert all((tmp_path / "ckpts" / e).is_dir() for e in entries)
     best = Path(ckpt_cb.best_model_path)
     assert best.is_dir() and best.name in entries
+    assert best.name == "epoch=2-step=12.ckpt"  # val_loss fell every epoch: epoch 0's and 1's dirs were deleted
 
     # the final weights, and what validate/test/predict get from each checkpoint
     with torch.no_grad():
@@ -339,6 +340,9 @@ def test_sharded_checkpoints_with_model_checkpoint_top_k_and_every_entry_point(t
     one = _trainer(devices=1)
     single = one.validate(ValRegressor(), DataLoader(ds, batch_size=8), ckpt_path=last, verbose=False)[0]["val_loss"]
     assert single == pytest.approx(val, rel=1e-5)
+    ddp = _trainer(strategy="ddp_fork")  # each DDP rank consolidates for itself
+    on_ddp = ddp.validate(ValRegressor(), DataLoader(ds, batch_size=4), ckpt_path=last, verbose=False)[0]["val_loss"]
+    assert on_ddp == pytest.approx(val, rel=1e-5)
     loaded = ValRegressor.load_from_checkpoint(last)
     _same(model, loaded)
     # and resumes training from it (optimizer states keyed by parameter name, as in full FSDP checkpoints)
