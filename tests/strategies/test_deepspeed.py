@@ -305,6 +305,31 @@ def test_bf16_precision_becomes_the_engine_bf16_section(ddp_reference: tuple[Reg
         torch.testing.assert_close(p.detach(), q.detach().float(), rtol=0.05, atol=0.02)
 
 
+class SaveInsideWindow(L.Callback):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == 0 and batch_idx == 0:  # the first batch of a 2-batch accumulation window
+            import warnings
+
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                trainer.save_checkpoint(self.path)
+            said = [str(w.message) for w in caught]
+            if trainer.global_rank == 0:
+                assert any("inside a gradient-accumulation window" in m for m in said), said
+
+
+@needs_deepspeed
+def test_checkpoint_inside_an_accumulation_window_warns(tmp_path: Path) -> None:
+    trainer = _trainer(
+        _ds(2), max_epochs=1, accumulate_grad_batches=2, callbacks=[SaveInsideWindow(tmp_path / "w")]
+    )
+    trainer.fit(Regressor(), *_loaders())
+    assert (tmp_path / "w" / "checkpoint").is_dir()
+
+
 _ONE_PROCESS = """
 import sys
 sys.path.insert(0, {tests!r})

@@ -566,6 +566,19 @@ class DeepSpeedStrategy(ParallelStrategy):
                 "new fit."
             )
 
+    def accumulated_gradients(self, module: nn.Module) -> dict[str, Any]:
+        """A checkpoint written inside a gradient-accumulation window (e.g. on preemption): the window's gradients
+        live in the engine's (partitioned) buffers and are not saved; the resumed window steps with the
+        micro-batches it still runs."""
+        from fulmen.utilities.rank_zero import rank_zero_warn
+
+        rank_zero_warn(
+            "strategy='deepspeed': this checkpoint is written inside a gradient-accumulation window; the window's "
+            "gradients so far are not saved (they live in DeepSpeed's buffers), so after a resume that optimizer "
+            "step uses only the window's remaining batches. Checkpoints at optimizer steps resume exactly."
+        )
+        return {}
+
     def load_module_state_dict(
         self, module: nn.Module, state_dict: dict[str, Any], strict: bool = True
     ) -> Any:
