@@ -280,6 +280,20 @@ def test_manual_optimization_steps_through_the_engine() -> None:
     _same(reference, model)
 
 
+@needs_deepspeed
+def test_accumulation_schedule_changes_the_window_per_epoch() -> None:
+    from fulmen.callbacks import GradientAccumulationScheduler
+
+    def fit(strategy):
+        model = Regressor(sgd=True)
+        trainer = _trainer(strategy, callbacks=[GradientAccumulationScheduler({0: 1, 1: 4})])
+        trainer.fit(model, *_loaders())
+        assert trainer.global_step == 8 + 2
+        return model
+
+    _same(fit("ddp_fork"), fit(_ds(2)))
+
+
 class CheckDtype(L.Callback):
     def on_train_end(self, trainer, pl_module):
         # DeepSpeed's bf16 section: the engine holds the module in bfloat16 (fp32 master weights in the optimizer)

@@ -702,6 +702,7 @@ class DeepSpeedStrategy(ParallelStrategy):
     def teardown(self) -> None:
         super().teardown()
         self._module = None
+        self._pending_resume = None  # a checkpoint read by validate/test/predict is not resumed by a later fit
         self.precision._engines.clear()
         for optimizer in self._patched:
             optimizer.__dict__.pop("zero_grad", None)
