@@ -477,3 +477,38 @@ def test_fsdp_bf16_mixed_on_cpu_trains_and_round_trips_a_checkpoint(tmp_path: Pa
     trainer.fit(resumed, DataLoader(ds, batch_size=4, shuffle=True), ckpt_path=tmp_path / "mid.ckpt")
     assert trainer.global_step == 12
     _same(model, resumed)
+
+
+class KeepsAShardedCopy(L.Callback):
+    """A callback whose state holds a sharded tensor (like averaged weights under FSDP)."""
+
+    def __init__(self, expect_load: bool = False) -> None:
+        self.copy = None
+        self.loaded_shape = None
+        self.expect_load = expect_load
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.copy = pl_module.net[0].weight.detach().clone()
+
+    def state_dict(self):
+        return {"copy": self.copy}
+
+    def load_state_dict(self, state) -> None:
+        self.loaded_shape = tuple(state["copy"].shape)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if self.expect_load:
+            assert self.loaded_shape == (8, 4), self.loaded_shape  # read whole (as without FSDP)
+
+
+def test_sharded_callback_state_is_read_whole(tmp_path: Path) -> None:
+    cb = KeepsAShardedCopy()
+    _trainer(max_epochs=1, strategy=_strategy(), callbacks=[cb, SaveAtBatch(tmp_path / "c.ckpt", 2)]).fit(
+        Regressor(), DataLoader(_data(), batch_size=4)
+    )
+    meta = torch.load(tmp_path / "c.ckpt" / "meta.pt", weights_only=True)
+    assert "callbacks" in meta["sharded_keys"]
+    again = KeepsAShardedCopy(expect_load=True)
+    trainer = _trainer(max_epochs=1, strategy=_strategy(), callbacks=[again])
+    trainer.fit(Regressor(), DataLoader(_data(), batch_size=4), ckpt_path=tmp_path / "c.ckpt")
+    assert trainer.global_step == 4

@@ -447,7 +447,16 @@ class FSDPStrategy(ParallelStrategy):
             return super().load_checkpoint(path, weights_only=weights_only, map_location=map_location)
         folder = check_sharded_folder(path)
         checkpoint, keys = read_meta(folder, weights_only)
+        others = [k for k in keys if k not in ("state_dict", "optimizer_states", SHARDED_GRADS)]
+        if others:
+            # e.g. a callback that keeps sharded tensors (averaged weights): read whole, as without FSDP
+            from fulmen.checkpoint.sharded import consolidate_checkpoint
+
+            whole = consolidate_checkpoint(folder, weights_only)
+            checkpoint.update({k: whole[k] for k in others})
         for key in keys:
+            if key in others:
+                continue
             if key == SHARDED_GRADS:
                 run_state = (checkpoint.get("fulmen") or {}).get("run_state")
                 if isinstance(run_state, dict):
