@@ -412,9 +412,8 @@ class DeepSpeedStrategy(ParallelStrategy):
 
     def setup_environment(self) -> None:
         super().setup_environment()
-        if (
-            "LOCAL_RANK" not in os.environ
-        ):  # DeepSpeed reads it (a one-process run has no launcher that sets it)
+        # DeepSpeed reads LOCAL_RANK (a one-process run has no launcher that sets it)
+        if "LOCAL_RANK" not in os.environ:
             os.environ["LOCAL_RANK"] = str(self.local_rank)
             self._set_local_rank = True
         deepspeed = _import_deepspeed(self.root_device.type)
@@ -702,7 +701,8 @@ class DeepSpeedStrategy(ParallelStrategy):
     def teardown(self) -> None:
         super().teardown()
         self._module = None
-        self._pending_resume = None  # a checkpoint read by validate/test/predict is not resumed by a later fit
+        # a checkpoint read by validate/test/predict is not resumed by a later fit
+        self._pending_resume = None
         self.precision._engines.clear()
         for optimizer in self._patched:
             optimizer.__dict__.pop("zero_grad", None)
