@@ -144,7 +144,7 @@ PYTORCH: dict[str, tuple[str, ...] | None] = {
     "utilities.compile": None,
     "utilities.consolidate_checkpoint": None,
     "utilities.data": None,
-    "utilities.deepspeed": None,
+    "utilities.deepspeed": ("fulmen.strategies.deepspeed",),  # convert_zero_checkpoint_to_fp32_state_dict
     "utilities.enums": None,
     "utilities.exceptions": None,
     "utilities.grads": None,
