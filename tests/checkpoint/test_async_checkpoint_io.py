@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -458,7 +459,10 @@ def test_a_killed_writer_is_reported_and_the_previous_file_is_kept(tmp_path: Pat
 
 
 @needs_fork
-def test_the_writer_ignores_preemption_signals_and_never_runs_the_parents_handlers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("from_thread", [False, True], ids=["main_thread", "worker_thread"])
+def test_the_writer_ignores_preemption_signals_and_never_runs_the_parents_handlers(
+    tmp_path: Path, from_thread: bool
+) -> None:
     ran = tmp_path / "handler-ran"
 
     def handler(signum: int, frame: Any) -> None:
@@ -468,7 +472,12 @@ def test_the_writer_ignores_preemption_signals_and_never_runs_the_parents_handle
     try:
         inner = _GatedIO(tmp_path / "gate")
         io = AsyncCheckpointIO(inner, snapshot="fork")
-        io.save_checkpoint({"step": 1}, tmp_path / "a.ckpt")
+        if from_thread:  # the forked child's only thread is then a non-main thread of the parent
+            thread = threading.Thread(target=io.save_checkpoint, args=({"step": 1}, tmp_path / "a.ckpt"))
+            thread.start()
+            thread.join()
+        else:
+            io.save_checkpoint({"step": 1}, tmp_path / "a.ckpt")
         assert inner.started.wait(_WAIT)
         writer = io._writer_pid
         assert writer is not None
@@ -543,3 +552,24 @@ def test_fork_refuses_what_a_child_process_cannot_write(tmp_path: Path) -> None:
         io.save_checkpoint({"w": torch.ones(2).as_subclass(_TaggedTensor)}, tmp_path / "d.ckpt")
     assert io._pending is None
     io.teardown()
+
+
+@needs_fork
+@pytest.mark.skipif(
+    sys.version_info < (3, 12), reason="Python 3.12+ warns on fork in a multi-threaded process"
+)
+def test_no_fork_deprecation_warning_from_a_multi_threaded_process(tmp_path: Path) -> None:
+    stop = threading.Event()
+    busy = threading.Thread(target=stop.wait)  # the process is multi-threaded, as a training process is
+    busy.start()
+    try:
+        io = AsyncCheckpointIO(snapshot="fork")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            io.save_checkpoint({"step": 1}, tmp_path / "a.ckpt")
+        io.teardown()
+    finally:
+        stop.set()
+        busy.join()
+    assert [w for w in caught if "fork" in str(w.message)] == []
+    assert TorchCheckpointIO().load_checkpoint(tmp_path / "a.ckpt") == {"step": 1}
