@@ -435,6 +435,25 @@ def test_rich_disabled_draws_nothing_and_pickles() -> None:
     assert bar2.progress is None
 
 
+def test_rich_train_progress_bar_id_is_the_main_task() -> None:
+    trainer = FakeTrainer()
+    bar, _ = _rich_bar(terminal=True, refresh_rate=1)
+    assert bar.train_progress_bar_id is None
+    bar.setup(trainer, None, "fit")  # type: ignore[arg-type]
+    bar.on_train_start(trainer, None)  # type: ignore[arg-type]
+    bar.on_train_epoch_start(trainer, None)  # type: ignore[arg-type]
+    task = bar.train_progress_bar_id
+    assert bar.progress is not None and task is not None
+    assert [t.description.strip() for t in bar.progress.tasks if t.id == task] == ["Epoch 0/1"]
+    bar.on_train_batch_end(trainer, None, None, None, 0)  # type: ignore[arg-type]
+    assert trainer.metric_reads == 1 and bar.progress.tasks[-1].completed == 1
+    bar.train_progress_bar_id = None  # no main bar: the batch hooks draw and read nothing
+    bar.on_train_batch_end(trainer, None, None, None, 1)  # type: ignore[arg-type]
+    bar.on_train_epoch_end(trainer, None)  # type: ignore[arg-type]
+    assert trainer.metric_reads == 1
+    bar.teardown(trainer, None, "fit")  # type: ignore[arg-type]
+
+
 def test_rich_print_through_console() -> None:
     trainer = FakeTrainer()
     bar, buffer = _rich_bar(terminal=False)

@@ -252,6 +252,211 @@ class ProgressBar(Callback):
         return sys.stdout
 
 
+
+class _StageProgressBar(ProgressBar):
+    """The stage bookkeeping that :class:`TQDMProgressBar` and :class:`RichProgressBar` share.
+
+    It counts batches, keeps the sizes of the running epoch and dataloader, picks the refresh
+    points and names the bars; the subclass draws. It is not part of the public ``ProgressBar``
+    base: a user's ``ProgressBar`` subclass implements its own hooks, so the base keeps none.
+
+    The main bar counts the epoch's training batches plus the validation batches run inside it
+    (``_main_n`` of ``_train_total + total_val_batches``). Between refresh points a batch hook
+    only bumps integers: the training hook reads one attribute, ``_train_progress_bar``.
+
+    A subclass provides:
+
+    - ``_train_progress_bar``: the main bar's handle (a tqdm bar, a rich task id), ``None``
+      while no main bar is drawn;
+    - ``_open_main_bar(trainer, total)``: show the main bar for a new epoch;
+    - ``_refresh_main(trainer, pl_module, with_metrics)``: redraw it at ``_main_n``;
+    - ``_end_epoch_bar()``: after the epoch's last redraw;
+    - ``_eval_bar(trainer, stage)``: the handle of the evaluation bar of ``stage``
+      (``"validate"`` also covers the sanity check);
+    - ``_reset_eval_bar(trainer, stage, dataloader_idx)``: show that bar for a new dataloader
+      of ``_eval_total`` batches (named by :meth:`_eval_bar_description`);
+    - ``_draw(handle, n)``: redraw a bar at ``n``.
+    """
+
+    _train_progress_bar: Any
+
+    def __init__(self, owner: str, refresh_rate: int, leave: bool) -> None:
+        super().__init__()
+        self._refresh_rate = _validate_non_negative_int(
+            owner, "refresh_rate", refresh_rate, "batches between redraws; 0 disables the bar"
+        )
+        self._leave = bool(leave)
+        self._train_progress_bar = None
+        self._fitting = False  # between on_train_start and on_train_end: validation also feeds the main bar
+        self._main_n = 0  # batches the main bar has counted this epoch (training + in-epoch validation)
+        self._train_total: int | float = 0
+        self._eval_total: int | float = 0  # batches of the evaluation dataloader being run
+
+    @property
+    def refresh_rate(self) -> int:
+        return self._refresh_rate
+
+    @property
+    @override
+    def is_enabled(self) -> bool:
+        return self._enabled and self._refresh_rate > 0
+
+    # ----------------------------------------------------------------------------------------------
+    # drawing (the subclass)
+    # ----------------------------------------------------------------------------------------------
+    def _open_main_bar(self, trainer: Trainer, total: float) -> None:
+        raise NotImplementedError
+
+    def _refresh_main(self, trainer: Trainer, pl_module: LightningModule, with_metrics: bool) -> None:
+        raise NotImplementedError
+
+    def _end_epoch_bar(self) -> None:
+        raise NotImplementedError
+
+    def _eval_bar(self, trainer: Trainer, stage: str) -> Any:
+        raise NotImplementedError
+
+    def _reset_eval_bar(self, trainer: Trainer, stage: str, dataloader_idx: int) -> None:
+        raise NotImplementedError
+
+    def _draw(self, bar: Any, n: int) -> None:
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------------------------------
+    # descriptions
+    # ----------------------------------------------------------------------------------------------
+    def _eval_description(self, base: str, sizes: Any, dataloader_idx: int) -> str:
+        many = isinstance(sizes, (list, tuple)) and len(sizes) > 1
+        return f"{base} DataLoader {dataloader_idx}" if many else base
+
+    def _eval_bar_description(self, trainer: Trainer, stage: str, dataloader_idx: int) -> str:
+        """The evaluation bar's name: ``Validation``, ``Sanity Checking``, ``Testing`` or ``Predicting``.
+
+        With several dataloaders, ``... DataLoader i``.
+        """
+        if stage == "validate":
+            if trainer.sanity_checking:
+                base, sizes = self.sanity_check_description, trainer.num_sanity_val_batches
+            else:
+                base, sizes = self.validation_description, trainer.num_val_batches
+        elif stage == "test":
+            base, sizes = self.test_description, trainer.num_test_batches
+        else:
+            base, sizes = self.predict_description, trainer.num_predict_batches
+        return self._eval_description(base, sizes, dataloader_idx)
+
+    # ----------------------------------------------------------------------------------------------
+    # training
+    # ----------------------------------------------------------------------------------------------
+    @override
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.train_batch_idx = 0
+        self._main_n = 0
+        if self.is_disabled:
+            return
+        self._train_total = self.total_train_batches
+        self._open_main_bar(trainer, self._train_total + self.total_val_batches)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.train_batch_idx = batch_idx + 1
+        self._main_n += 1
+        if self._train_progress_bar is not None and self._is_refresh_point(
+            self.train_batch_idx, self._train_total, self._refresh_rate or 1
+        ):
+            self._refresh_main(trainer, pl_module, with_metrics=True)
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._train_progress_bar is None:
+            return
+        self._refresh_main(trainer, pl_module, with_metrics=True)
+        self._end_epoch_bar()
+
+    # ----------------------------------------------------------------------------------------------
+    # evaluation batches (validation, sanity check, test, predict)
+    # ----------------------------------------------------------------------------------------------
+    @override
+    def on_validation_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if self.has_dataloader_changed(dataloader_idx):
+            self._eval_total = self.total_val_batches_current_dataloader
+            self._reset_eval_bar(trainer, "validate", dataloader_idx)
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self.val_batch_idx = batch_idx + 1
+        in_epoch = self._fitting and not trainer.sanity_checking
+        if in_epoch:
+            self._main_n += 1
+        if self.is_disabled or not self._is_refresh_point(
+            self.val_batch_idx, self._eval_total, self._refresh_rate
+        ):
+            return
+        self._draw(self._eval_bar(trainer, "validate"), self.val_batch_idx)
+        if in_epoch:
+            self._refresh_main(trainer, pl_module, with_metrics=False)
+
+    @override
+    def on_test_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if self.has_dataloader_changed(dataloader_idx):
+            self._eval_total = self.total_test_batches_current_dataloader
+            self._reset_eval_bar(trainer, "test", dataloader_idx)
+
+    @override
+    def on_test_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self.test_batch_idx = batch_idx + 1
+        if self.is_enabled and self._is_refresh_point(
+            self.test_batch_idx, self._eval_total, self._refresh_rate
+        ):
+            self._draw(self._eval_bar(trainer, "test"), self.test_batch_idx)
+
+    @override
+    def on_predict_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if self.has_dataloader_changed(dataloader_idx):
+            self._eval_total = self.total_predict_batches_current_dataloader
+            self._reset_eval_bar(trainer, "predict", dataloader_idx)
+
+    @override
+    def on_predict_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self.predict_batch_idx = batch_idx + 1
+        if self.is_enabled and self._is_refresh_point(
+            self.predict_batch_idx, self._eval_total, self._refresh_rate
+        ):
+            self._draw(self._eval_bar(trainer, "predict"), self.predict_batch_idx)
+
+
 def _size_at(sizes: Any, idx: int | None) -> int | float:
     """The entry ``idx`` of a per-dataloader size list (a bare number is accepted too)."""
     if isinstance(sizes, (int, float)):

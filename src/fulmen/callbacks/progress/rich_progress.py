@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from typing_extensions import override
 
-from fulmen.callbacks.progress.progress_bar import ProgressBar, _validate_non_negative_int
+from fulmen.callbacks.progress.progress_bar import _StageProgressBar
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -122,7 +122,7 @@ def _columns(theme: RichProgressBarTheme) -> list[ProgressColumn]:
     ]
 
 
-class RichProgressBar(ProgressBar):
+class RichProgressBar(_StageProgressBar):
     """Progress bars with rich formatting (requires the ``fulmen[rich]`` extra).
 
     Args:
@@ -150,24 +150,16 @@ class RichProgressBar(ProgressBar):
         console_kwargs: dict[str, Any] | None = None,
     ) -> None:
         _require_rich("RichProgressBar")
-        super().__init__()
-        self._refresh_rate = _validate_non_negative_int(
-            "RichProgressBar", "refresh_rate", refresh_rate, "batches between redraws; 0 disables the bar"
-        )
-        self._leave = bool(leave)
+        super().__init__("RichProgressBar", refresh_rate, leave)
         self.theme = theme if theme is not None else RichProgressBarTheme()
         self._console_kwargs = dict(console_kwargs or {})
         self._console: Console | None = None
         self.progress: Progress | None = None
-        self.train_progress_bar_id: TaskID | None = None
+        self._train_progress_bar: TaskID | None = None  # the main bar's task (`train_progress_bar_id`)
         self.val_sanity_progress_bar_id: TaskID | None = None
         self.val_progress_bar_id: TaskID | None = None
         self.test_progress_bar_id: TaskID | None = None
         self.predict_progress_bar_id: TaskID | None = None
-        self._fitting = False
-        self._main_n = 0
-        self._train_total: int | float = 0
-        self._eval_total: int | float = 0
 
     def __getstate__(self) -> dict[str, Any]:
         # the console and the live display hold locks and threads: drop them when pickled (spawn)
@@ -180,13 +172,14 @@ class RichProgressBar(ProgressBar):
     # configuration
     # ----------------------------------------------------------------------------------------------
     @property
-    def refresh_rate(self) -> int:
-        return self._refresh_rate
+    def train_progress_bar_id(self) -> TaskID | None:
+        """The rich task of the main (training) bar; ``None`` while it is not shown."""
+        task: TaskID | None = self._train_progress_bar
+        return task
 
-    @property
-    @override
-    def is_enabled(self) -> bool:
-        return self._enabled and self._refresh_rate > 0
+    @train_progress_bar_id.setter
+    def train_progress_bar_id(self, task: TaskID | None) -> None:
+        self._train_progress_bar = task
 
     @property
     def console(self) -> Console | None:
@@ -230,7 +223,7 @@ class RichProgressBar(ProgressBar):
                     console.quiet = False
             else:
                 progress.stop()
-        self.train_progress_bar_id = None
+        self._train_progress_bar = None
         self.val_sanity_progress_bar_id = None
         self.val_progress_bar_id = None
         self.test_progress_bar_id = None
@@ -261,7 +254,7 @@ class RichProgressBar(ProgressBar):
             progress.remove_task(old)
         return progress.add_task(description, total=None if total == float("inf") else total, metrics="")
 
-    def _print_finished(self, task_id: TaskID) -> None:
+    def _print_finished(self, task_id: TaskID | None) -> None:
         """On a non-terminal console, print a task as a line before it leaves the display."""
         task = self._task(task_id)
         if self.progress is None or self._console is None or self._on_terminal():
@@ -273,17 +266,18 @@ class RichProgressBar(ProgressBar):
         if self.progress is not None and task is not None:
             self.progress.remove_task(task)
 
-    def _draw(self, task: TaskID | None, completed: int, **fields: Any) -> None:
+    @override
+    def _draw(self, bar: TaskID | None, n: int, **fields: Any) -> None:
         progress = self.progress
-        if progress is None or task is None:
+        if progress is None or bar is None:
             return
-        found = self._task(task)
-        grown = found is not None and found.total is not None and completed > found.total
+        found = self._task(bar)
+        grown = found is not None and found.total is not None and n > found.total
         # `total=None` leaves the total alone; grow it when validation ran more often than scheduled
-        progress.update(task, completed=completed, total=completed if grown else None, **fields)
+        progress.update(bar, completed=n, total=n if grown else None, **fields)
         progress.refresh()
 
-    def _task(self, task_id: TaskID) -> Task | None:
+    def _task(self, task_id: TaskID | None) -> Task | None:
         if self.progress is None:
             return None
         return next((task for task in self.progress.tasks if task.id == task_id), None)
@@ -296,11 +290,12 @@ class RichProgressBar(ProgressBar):
             parts.append(f"{name}: {shown}")
         return self.theme.metrics_text_delimiter.join(parts)
 
+    @override
     def _refresh_main(self, trainer: Trainer, pl_module: LightningModule, with_metrics: bool) -> None:
-        if self.is_disabled or self.train_progress_bar_id is None:
+        if self.is_disabled or self._train_progress_bar is None:
             return
         fields = {"metrics": self._metrics_text(trainer, pl_module)} if with_metrics else {}
-        self._draw(self.train_progress_bar_id, self._main_n, **fields)
+        self._draw(self._train_progress_bar, self._main_n, **fields)
 
     def _train_description(self, trainer: Trainer) -> str:
         description = f"Epoch {trainer.current_epoch}"
@@ -310,9 +305,44 @@ class RichProgressBar(ProgressBar):
         # pad to the validation label's width so the bars do not jump when it appears
         return description.ljust(len(self.validation_description))
 
-    def _eval_description(self, base: str, sizes: Any, dataloader_idx: int) -> str:
-        many = isinstance(sizes, (list, tuple)) and len(sizes) > 1
-        return f"{base} DataLoader {dataloader_idx}" if many else base
+    @override
+    def _open_main_bar(self, trainer: Trainer, total: float) -> None:
+        self._start(trainer)
+        description = self._train_description(trainer)
+        self._train_progress_bar = self._new_task(self._train_progress_bar, description, total)
+        self.refresh()
+
+    @override
+    def _end_epoch_bar(self) -> None:
+        if not self._on_terminal():
+            # no in-place redraws: print the finished epoch as one line, and drop it from the live display
+            self._print_finished(self._train_progress_bar)
+            self._remove_task(self._train_progress_bar)
+            self._train_progress_bar = None
+        elif self._leave:
+            self._stop()  # the finished bar stays on screen; the next epoch starts a new display
+
+    @override
+    def _eval_bar(self, trainer: Trainer, stage: str) -> TaskID | None:
+        if stage == "validate":
+            return self.val_sanity_progress_bar_id if trainer.sanity_checking else self.val_progress_bar_id
+        return self.test_progress_bar_id if stage == "test" else self.predict_progress_bar_id
+
+    @override
+    def _reset_eval_bar(self, trainer: Trainer, stage: str, dataloader_idx: int) -> None:
+        if self.progress is None:
+            return
+        description = self._eval_bar_description(trainer, stage, dataloader_idx)
+        old, total = self._eval_bar(trainer, stage), self._eval_total
+        if stage == "validate" and trainer.sanity_checking:
+            self.val_sanity_progress_bar_id = self._new_task(old, description, total)
+        elif stage == "validate":
+            self.val_progress_bar_id = self._new_task(old, description, total, keep_old=not self._fitting)
+        elif stage == "test":
+            self.test_progress_bar_id = self._new_task(old, description, total, keep_old=True)
+        else:
+            self.predict_progress_bar_id = self._new_task(old, description, total, keep_old=True)
+        self.refresh()
 
     # ----------------------------------------------------------------------------------------------
     # sanity check
@@ -337,41 +367,9 @@ class RichProgressBar(ProgressBar):
         self._start(trainer)
 
     @override
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.train_batch_idx = 0
-        self._main_n = 0
-        if self._start(trainer) is None:
-            return
-        self._train_total = self.total_train_batches
-        total = self._train_total + self.total_val_batches
-        self.train_progress_bar_id = self._new_task(
-            self.train_progress_bar_id, self._train_description(trainer), total
-        )
-        self.refresh()
-
-    @override
-    def on_train_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        self.train_batch_idx = batch_idx + 1
-        self._main_n += 1
-        if self.train_progress_bar_id is not None and self._is_refresh_point(
-            self.train_batch_idx, self._train_total, self._refresh_rate or 1
-        ):
-            self._refresh_main(trainer, pl_module, with_metrics=True)
-
-    @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.train_progress_bar_id is None or self.progress is None:
-            return
-        self._refresh_main(trainer, pl_module, with_metrics=True)
-        if not self._on_terminal():
-            # no in-place redraws: print the finished epoch as one line, and drop it from the live display
-            self._print_finished(self.train_progress_bar_id)
-            self._remove_task(self.train_progress_bar_id)
-            self.train_progress_bar_id = None
-        elif self._leave:
-            self._stop()  # the finished bar stays on screen; the next epoch starts a new display
+        if self.progress is not None:
+            super().on_train_epoch_end(trainer, pl_module)
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -383,59 +381,6 @@ class RichProgressBar(ProgressBar):
     @override
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start(trainer)
-
-    @override
-    def on_validation_batch_start(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        if not self.has_dataloader_changed(dataloader_idx):
-            return
-        self._eval_total = self.total_val_batches_current_dataloader
-        if self.progress is None:
-            return
-        if trainer.sanity_checking:
-            description = self._eval_description(
-                self.sanity_check_description, trainer.num_sanity_val_batches, dataloader_idx
-            )
-            self.val_sanity_progress_bar_id = self._new_task(
-                self.val_sanity_progress_bar_id, description, self._eval_total
-            )
-        else:
-            description = self._eval_description(
-                self.validation_description, trainer.num_val_batches, dataloader_idx
-            )
-            self.val_progress_bar_id = self._new_task(
-                self.val_progress_bar_id, description, self._eval_total, keep_old=not self._fitting
-            )
-        self.refresh()
-
-    @override
-    def on_validation_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self.val_batch_idx = batch_idx + 1
-        in_epoch = self._fitting and not trainer.sanity_checking
-        if in_epoch:
-            self._main_n += 1
-        if self.is_disabled or not self._is_refresh_point(
-            self.val_batch_idx, self._eval_total, self._refresh_rate
-        ):
-            return
-        task = self.val_sanity_progress_bar_id if trainer.sanity_checking else self.val_progress_bar_id
-        self._draw(task, self.val_batch_idx)
-        if in_epoch:
-            self._refresh_main(trainer, pl_module, with_metrics=False)
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -455,86 +400,12 @@ class RichProgressBar(ProgressBar):
         self._start(trainer)
 
     @override
-    def on_test_batch_start(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        if not self.has_dataloader_changed(dataloader_idx):
-            return
-        self._eval_total = self.total_test_batches_current_dataloader
-        if self.progress is not None:
-            description = self._eval_description(
-                self.test_description, trainer.num_test_batches, dataloader_idx
-            )
-            self.test_progress_bar_id = self._new_task(
-                self.test_progress_bar_id, description, self._eval_total, keep_old=True
-            )
-            self.refresh()
-
-    @override
-    def on_test_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self.test_batch_idx = batch_idx + 1
-        if self.is_enabled and self._is_refresh_point(
-            self.test_batch_idx, self._eval_total, self._refresh_rate
-        ):
-            self._draw(self.test_progress_bar_id, self.test_batch_idx)
-
-    @override
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.reset_dataloader_idx_tracker()
 
     @override
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start(trainer)
-
-    @override
-    def on_predict_batch_start(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        if not self.has_dataloader_changed(dataloader_idx):
-            return
-        self._eval_total = self.total_predict_batches_current_dataloader
-        if self.progress is not None:
-            description = self._eval_description(
-                self.predict_description, trainer.num_predict_batches, dataloader_idx
-            )
-            self.predict_progress_bar_id = self._new_task(
-                self.predict_progress_bar_id, description, self._eval_total, keep_old=True
-            )
-            self.refresh()
-
-    @override
-    def on_predict_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self.predict_batch_idx = batch_idx + 1
-        if self.is_enabled and self._is_refresh_point(
-            self.predict_batch_idx, self._eval_total, self._refresh_rate
-        ):
-            self._draw(self.predict_progress_bar_id, self.predict_batch_idx)
 
     @override
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -31,7 +31,7 @@ from tqdm.utils import disp_len as _disp_len  # type: ignore[import-untyped,unus
 from tqdm.utils import disp_trim as _disp_trim  # type: ignore[import-untyped,unused-ignore]
 from typing_extensions import override
 
-from fulmen.callbacks.progress.progress_bar import ProgressBar, _validate_non_negative_int
+from fulmen.callbacks.progress.progress_bar import _StageProgressBar, _validate_non_negative_int
 
 if TYPE_CHECKING:
     from fulmen.core.module import LightningModule
@@ -218,7 +218,25 @@ def _total_or_none(total: float) -> int | None:
     return None if total == float("inf") else int(total)
 
 
-class TQDMProgressBar(ProgressBar):
+_BARS = ("_train_progress_bar", "_val_progress_bar", "_test_progress_bar", "_predict_progress_bar")
+# the bar of each evaluation stage (`validate` includes the sanity check)
+_EVAL_BARS = {"validate": _BARS[1], "test": _BARS[2], "predict": _BARS[3]}
+
+
+def _bar_property(name: str) -> Any:
+    """The settable ``<name>_progress_bar`` property: the bar while its stage runs, else a clear error."""
+    attr = f"_{name}_progress_bar"
+
+    def get(self: TQDMProgressBar) -> Tqdm:
+        return _require_bar(getattr(self, attr), name)
+
+    def set_(self: TQDMProgressBar, bar: Tqdm | None) -> None:
+        setattr(self, attr, bar)
+
+    return property(get, set_)
+
+
+class TQDMProgressBar(_StageProgressBar):
     """The default text progress bar, drawn with tqdm.
 
     Args:
@@ -241,32 +259,19 @@ class TQDMProgressBar(ProgressBar):
     BAR_FORMAT = _BAR_FORMAT
 
     def __init__(self, refresh_rate: int = 1, process_position: int = 0, leave: bool = False) -> None:
-        super().__init__()
-        self._refresh_rate = _validate_non_negative_int(
-            "TQDMProgressBar", "refresh_rate", refresh_rate, "batches between redraws; 0 disables the bar"
-        )
+        super().__init__("TQDMProgressBar", refresh_rate, leave)
         self._process_position = _validate_non_negative_int(
             "TQDMProgressBar", "process_position", process_position, "which pair of lines the bars use"
         )
-        self._leave = bool(leave)
         self._train_progress_bar: Tqdm | None = None
         self._val_progress_bar: Tqdm | None = None
         self._test_progress_bar: Tqdm | None = None
         self._predict_progress_bar: Tqdm | None = None
-        self._fitting = False  # between on_train_start and on_train_end: validation also feeds the main bar
-        self._main_n = 0  # batches the main bar has counted this epoch (training + in-epoch validation)
-        self._train_total: int | float = 0
-        self._eval_total: int | float = 0  # batches of the evaluation dataloader being run
 
     def __getstate__(self) -> dict[str, Any]:
         # tqdm objects hold locks and file handles: drop them when the callback is pickled (spawn)
         state = self.__dict__.copy()
-        for key in (
-            "_train_progress_bar",
-            "_val_progress_bar",
-            "_test_progress_bar",
-            "_predict_progress_bar",
-        ):
+        for key in _BARS:
             state[key] = None
         return state
 
@@ -274,49 +279,13 @@ class TQDMProgressBar(ProgressBar):
     # configuration
     # ----------------------------------------------------------------------------------------------
     @property
-    def refresh_rate(self) -> int:
-        return self._refresh_rate
-
-    @property
     def process_position(self) -> int:
         return self._process_position
 
-    @property
-    @override
-    def is_enabled(self) -> bool:
-        return self._enabled and self._refresh_rate > 0
-
-    @property
-    def train_progress_bar(self) -> Tqdm:
-        return _require_bar(self._train_progress_bar, "train")
-
-    @train_progress_bar.setter
-    def train_progress_bar(self, bar: Tqdm | None) -> None:
-        self._train_progress_bar = bar
-
-    @property
-    def val_progress_bar(self) -> Tqdm:
-        return _require_bar(self._val_progress_bar, "val")
-
-    @val_progress_bar.setter
-    def val_progress_bar(self, bar: Tqdm | None) -> None:
-        self._val_progress_bar = bar
-
-    @property
-    def test_progress_bar(self) -> Tqdm:
-        return _require_bar(self._test_progress_bar, "test")
-
-    @test_progress_bar.setter
-    def test_progress_bar(self, bar: Tqdm | None) -> None:
-        self._test_progress_bar = bar
-
-    @property
-    def predict_progress_bar(self) -> Tqdm:
-        return _require_bar(self._predict_progress_bar, "predict")
-
-    @predict_progress_bar.setter
-    def predict_progress_bar(self, bar: Tqdm | None) -> None:
-        self._predict_progress_bar = bar
+    train_progress_bar = _bar_property("train")
+    val_progress_bar = _bar_property("val")
+    test_progress_bar = _bar_property("test")
+    predict_progress_bar = _bar_property("predict")
 
     # ----------------------------------------------------------------------------------------------
     # bar factories (override to customize)
@@ -367,6 +336,7 @@ class TQDMProgressBar(ProgressBar):
     # ----------------------------------------------------------------------------------------------
     # drawing helpers
     # ----------------------------------------------------------------------------------------------
+    @override
     def _refresh_main(self, trainer: Trainer, pl_module: LightningModule, with_metrics: bool) -> None:
         bar = self._train_progress_bar
         if bar is None or bar.disable:
@@ -385,6 +355,7 @@ class TQDMProgressBar(ProgressBar):
         bar.reset(total=bar.total)  # also redraws at 0
 
     @staticmethod
+    @override
     def _draw(bar: Tqdm | None, n: int) -> None:
         if bar is not None and not bar.disable:
             if bar.total is not None and n > bar.total:
@@ -392,9 +363,28 @@ class TQDMProgressBar(ProgressBar):
             bar.n = n
             bar.refresh()
 
-    def _eval_description(self, base: str, sizes: Any, dataloader_idx: int) -> str:
-        many = isinstance(sizes, (list, tuple)) and len(sizes) > 1
-        return f"{base} DataLoader {dataloader_idx}" if many else base
+    @override
+    def _open_main_bar(self, trainer: Trainer, total: float) -> None:
+        if self._train_progress_bar is None:  # closed at the previous epoch's end (leave=True)
+            self._train_progress_bar = self.init_train_tqdm()
+        self._reset_bar(self._train_progress_bar, total, f"Epoch {trainer.current_epoch}")
+
+    @override
+    def _end_epoch_bar(self) -> None:
+        if self._leave:
+            self._close(self._train_progress_bar)
+            self._train_progress_bar = None
+
+    @override
+    def _eval_bar(self, trainer: Trainer, stage: str) -> Tqdm | None:
+        bar: Tqdm | None = getattr(self, _EVAL_BARS[stage])
+        return bar
+
+    @override
+    def _reset_eval_bar(self, trainer: Trainer, stage: str, dataloader_idx: int) -> None:
+        bar = self._eval_bar(trainer, stage)
+        if bar is not None and not bar.disable:
+            self._reset_bar(bar, self._eval_total, self._eval_bar_description(trainer, stage, dataloader_idx))
 
     @staticmethod
     def _close(bar: Tqdm | None) -> None:
@@ -425,38 +415,6 @@ class TQDMProgressBar(ProgressBar):
             self._train_progress_bar = self.init_train_tqdm()
 
     @override
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.train_batch_idx = 0
-        self._main_n = 0
-        if self.is_disabled:
-            return
-        self._train_total = self.total_train_batches
-        if self._train_progress_bar is None:  # closed at the previous epoch's end (leave=True)
-            self._train_progress_bar = self.init_train_tqdm()
-        total = self._train_total + self.total_val_batches
-        self._reset_bar(self._train_progress_bar, total, f"Epoch {trainer.current_epoch}")
-
-    @override
-    def on_train_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        self.train_batch_idx = batch_idx + 1
-        self._main_n += 1
-        if self._train_progress_bar is not None and self._is_refresh_point(
-            self.train_batch_idx, self._train_total, self._refresh_rate or 1
-        ):
-            self._refresh_main(trainer, pl_module, with_metrics=True)
-
-    @override
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._train_progress_bar is None:
-            return
-        self._refresh_main(trainer, pl_module, with_metrics=True)
-        if self._leave:
-            self._train_progress_bar.close()
-            self._train_progress_bar = None
-
-    @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._fitting = False
         self._close(self._train_progress_bar)
@@ -473,49 +431,6 @@ class TQDMProgressBar(ProgressBar):
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.is_enabled and not trainer.sanity_checking and self._show_nested_val_bar():
             self._val_progress_bar = self.init_validation_tqdm()
-
-    @override
-    def on_validation_batch_start(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        if not self.has_dataloader_changed(dataloader_idx):
-            return
-        self._eval_total = self.total_val_batches_current_dataloader
-        if self._val_progress_bar is not None and not self._val_progress_bar.disable:
-            if trainer.sanity_checking:
-                base, sizes = self.sanity_check_description, trainer.num_sanity_val_batches
-            else:
-                base, sizes = self.validation_description, trainer.num_val_batches
-            self._reset_bar(
-                self._val_progress_bar, self._eval_total, self._eval_description(base, sizes, dataloader_idx)
-            )
-
-    @override
-    def on_validation_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self.val_batch_idx = batch_idx + 1
-        in_epoch = self._fitting and not trainer.sanity_checking
-        if in_epoch:
-            self._main_n += 1
-        if self.is_disabled or not self._is_refresh_point(
-            self.val_batch_idx, self._eval_total, self._refresh_rate
-        ):
-            return
-        self._draw(self._val_progress_bar, self.val_batch_idx)
-        if in_epoch:
-            self._refresh_main(trainer, pl_module, with_metrics=False)
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -536,38 +451,6 @@ class TQDMProgressBar(ProgressBar):
             self._test_progress_bar = self.init_test_tqdm()
 
     @override
-    def on_test_batch_start(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        if not self.has_dataloader_changed(dataloader_idx):
-            return
-        self._eval_total = self.total_test_batches_current_dataloader
-        if self._test_progress_bar is not None and not self._test_progress_bar.disable:
-            desc = self._eval_description(self.test_description, trainer.num_test_batches, dataloader_idx)
-            self._reset_bar(self._test_progress_bar, self._eval_total, desc)
-
-    @override
-    def on_test_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self.test_batch_idx = batch_idx + 1
-        if self.is_enabled and self._is_refresh_point(
-            self.test_batch_idx, self._eval_total, self._refresh_rate
-        ):
-            self._draw(self._test_progress_bar, self.test_batch_idx)
-
-    @override
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._close(self._test_progress_bar)
         self._test_progress_bar = None
@@ -579,40 +462,6 @@ class TQDMProgressBar(ProgressBar):
             self._predict_progress_bar = self.init_predict_tqdm()
 
     @override
-    def on_predict_batch_start(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        if not self.has_dataloader_changed(dataloader_idx):
-            return
-        self._eval_total = self.total_predict_batches_current_dataloader
-        if self._predict_progress_bar is not None and not self._predict_progress_bar.disable:
-            desc = self._eval_description(
-                self.predict_description, trainer.num_predict_batches, dataloader_idx
-            )
-            self._reset_bar(self._predict_progress_bar, self._eval_total, desc)
-
-    @override
-    def on_predict_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self.predict_batch_idx = batch_idx + 1
-        if self.is_enabled and self._is_refresh_point(
-            self.predict_batch_idx, self._eval_total, self._refresh_rate
-        ):
-            self._draw(self._predict_progress_bar, self.predict_batch_idx)
-
-    @override
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._close(self._predict_progress_bar)
         self._predict_progress_bar = None
@@ -622,12 +471,7 @@ class TQDMProgressBar(ProgressBar):
     # teardown and printing
     # ----------------------------------------------------------------------------------------------
     def _close_all(self) -> None:
-        for name in (
-            "_val_progress_bar",
-            "_test_progress_bar",
-            "_predict_progress_bar",
-            "_train_progress_bar",
-        ):
+        for name in (*_BARS[1:], _BARS[0]):  # the main bar last
             self._close(getattr(self, name))
             setattr(self, name, None)
         self._fitting = False
@@ -644,19 +488,8 @@ class TQDMProgressBar(ProgressBar):
     @override
     def print(self, *args: Any, sep: str = " ", **kwargs: Any) -> None:
         """Print a line above the bars without breaking them (``tqdm.write``)."""
-        active = next(
-            (
-                bar
-                for bar in (
-                    self._train_progress_bar,
-                    self._val_progress_bar,
-                    self._test_progress_bar,
-                    self._predict_progress_bar,
-                )
-                if bar is not None and not bar.disable
-            ),
-            None,
-        )
+        bars = (getattr(self, name) for name in _BARS)
+        active = next((bar for bar in bars if bar is not None and not bar.disable), None)
         if active is None:
             print(*args, sep=sep, **kwargs)
             return
