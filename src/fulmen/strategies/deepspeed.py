@@ -594,10 +594,11 @@ class DeepSpeedStrategy(ParallelStrategy):
         """Every rank writes its shards into the directory ``filepath`` (collective)."""
         engine: Any = self.model
         if engine is None:
-            raise MisconfigurationException(
-                "strategy='deepspeed' saves checkpoints through the DeepSpeed engine, which is not set up. Fix: save "
-                "during or after fit (Fabric: after fabric.setup(model, optimizer))."
-            )
+            # no engine (after fit, or before Fabric's setup): one ordinary file with the full weights and fulmen's
+            # entries; the optimizer state lived in the engine, so resuming from this file says it holds weights only
+            checkpoint = {k: v for k, v in checkpoint.items() if k != "optimizer_states"}
+            super().save_checkpoint(checkpoint, filepath, storage_options)
+            return
         if storage_options is not None:
             raise MisconfigurationException(
                 "strategy='deepspeed' writes checkpoint directories itself; storage_options are not supported."
