@@ -21,6 +21,7 @@ from fulmen.loggers.utilities import (
     _checkpoint_aliases,
     _convert_params,
     _flatten_dict,
+    _LogsCheckpoints,
     _metric_to_float,
     _sanitize_callable_params,
     _sanitize_params,
@@ -241,3 +242,53 @@ def test_scan_checkpoints(checkpoint_callback: CheckpointCallbackRecord) -> None
     assert [Path(r.path).name for r in _scan_checkpoints(checkpoint_callback, logged)] == ["epoch=1.ckpt"]
     assert _checkpoint_aliases(checkpoint_callback, second) == ["latest", "best"]
     assert _checkpoint_aliases(checkpoint_callback, first) == ["latest"]
+
+
+class _Uploader(_LogsCheckpoints):
+    """A checkpoint-logging logger's upload step: records the files, failing on the names in ``fail``."""
+
+    def __init__(self, log_model: Any) -> None:
+        self._init_log_model("Uploader", log_model)
+        self.uploaded: list[str] = []
+        self.fail: set[str] = set()
+
+    def _scan_and_log_checkpoints(self, checkpoint_callback: Any) -> None:
+        for record in self._new_checkpoints(checkpoint_callback):
+            if Path(record.path).name in self.fail:
+                raise OSError("upload failed")
+            self.uploaded.append(Path(record.path).name)
+
+
+def test_logs_checkpoints_when_saved_and_retries_a_failed_upload(
+    checkpoint_callback: CheckpointCallbackRecord,
+) -> None:
+    uploader = _Uploader("all")
+    first = checkpoint_callback.save("epoch=0.ckpt", score=0.5)
+    os.utime(first, (time.time() - 100, time.time() - 100))
+    uploader.after_save_checkpoint(checkpoint_callback)
+    checkpoint_callback.save("epoch=1.ckpt", score=0.25)
+    uploader.fail = {"epoch=1.ckpt"}
+    with pytest.raises(OSError, match="upload failed"):
+        uploader.after_save_checkpoint(checkpoint_callback)
+    uploader.fail = set()
+    uploader.after_save_checkpoint(checkpoint_callback)  # only the file whose upload failed, again
+    uploader.after_save_checkpoint(checkpoint_callback)  # nothing new
+    assert uploader.uploaded == ["epoch=0.ckpt", "epoch=1.ckpt"]
+
+
+def test_log_model_true_defers_to_finalize_unless_every_checkpoint_is_kept(
+    checkpoint_callback: CheckpointCallbackRecord,
+) -> None:
+    checkpoint_callback.save("epoch=0.ckpt", score=0.5)
+    deferred = _Uploader(True)
+    deferred.after_save_checkpoint(checkpoint_callback)
+    assert deferred.uploaded == [] and deferred._checkpoint_callback is checkpoint_callback
+    checkpoint_callback.save_top_k = -1
+    immediate = _Uploader(True)
+    immediate.after_save_checkpoint(checkpoint_callback)
+    assert immediate.uploaded == ["epoch=0.ckpt"] and immediate._checkpoint_callback is None
+    off = _Uploader(False)
+    off.after_save_checkpoint(checkpoint_callback)
+    assert off.uploaded == [] and off._checkpoint_callback is None
+    with pytest.raises(MisconfigurationException, match=r"Uploader\(log_model=...\): got 'best'"):
+        _Uploader("best")

@@ -41,12 +41,11 @@ from fulmen.loggers.utilities import (
     _checkpoint_metadata,
     _convert_params,
     _flatten_dict,
+    _LogsCheckpoints,
     _makedirs,
     _metric_to_float,
     _require,
-    _scan_checkpoints,
     _to_plain,
-    _validate_log_model,
 )
 from fulmen.utilities.exceptions import MisconfigurationException, misconfig
 from fulmen.utilities.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
@@ -95,7 +94,7 @@ def _local_path_of(uri: str) -> str | None:
     return uri[len(LOCAL_FILE_URI_PREFIX) :].removeprefix("//")
 
 
-class MLFlowLogger(Logger):
+class MLFlowLogger(_LogsCheckpoints, Logger):
     """Log to MLflow: params, metrics, tags and (with ``log_model``) checkpoints as artifacts.
 
     Example:
@@ -175,14 +174,12 @@ class MLFlowLogger(Logger):
         self._experiment_name = experiment_name
         self._run_name = run_name
         self.tags: dict[str, Any] | None = dict(tags) if tags is not None else None
-        self._log_model = _validate_log_model(owner, log_model)
+        self._init_log_model(owner, log_model)
         self._prefix = _check_prefix(owner, prefix)
         self._artifact_location = artifact_location
         self._run_id = run_id
         self._experiment_id: str | None = None
         self._log_batch_kwargs: dict[str, Any] = {} if synchronous is None else {"synchronous": synchronous}
-        self._logged_model_time: dict[str, float] = {}
-        self._checkpoint_callback: Any = None
         self._logged_params: dict[str, str] = {}
         self._metric_names: dict[str, str] = {}
         self._client: MlflowClient | None = None
@@ -429,21 +426,11 @@ class MLFlowLogger(Logger):
             self._scan_and_log_checkpoints(self._checkpoint_callback)
         self.experiment.set_terminated(self._active_run_id(), mlflow_status)
 
-    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
-        """Log the new checkpoint files now (``log_model="all"``, or ``True`` with ``save_top_k == -1``),
-        or remember the callback to log its checkpoints at :meth:`finalize` (``log_model=True``)."""
-        if self._log_model == "all" or (
-            self._log_model is True and getattr(checkpoint_callback, "save_top_k", None) == -1
-        ):
-            self._scan_and_log_checkpoints(checkpoint_callback)
-        elif self._log_model is True:
-            self._checkpoint_callback = checkpoint_callback
-
     @rank_zero_only
     def _scan_and_log_checkpoints(self, checkpoint_callback: Any) -> None:
         """Upload each new checkpoint under ``<file stem>/`` with ``metadata.yaml`` and ``aliases.txt``."""
         run_id = self._active_run_id()
-        for record in _scan_checkpoints(checkpoint_callback, self._logged_model_time):
+        for record in self._new_checkpoints(checkpoint_callback):
             artifact_path = Path(record.path).stem
             self.experiment.log_artifact(run_id, record.path, artifact_path)
             with tempfile.TemporaryDirectory(prefix="fulmen-mlflow-") as tmp:
@@ -454,7 +441,6 @@ class MLFlowLogger(Logger):
                 aliases = _checkpoint_aliases(checkpoint_callback, record.path)
                 Path(tmp, "aliases.txt").write_text("\n".join(aliases) + "\n", encoding="utf-8")
                 self.experiment.log_artifacts(run_id, tmp, artifact_path)
-            self._logged_model_time[record.path] = record.mtime
 
     # ------------------------------------------------------------------------------------------
     # properties

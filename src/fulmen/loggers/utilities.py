@@ -24,7 +24,7 @@ import numbers
 import os
 import pathlib
 from argparse import Namespace
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
@@ -393,6 +393,43 @@ def _checkpoint_aliases(checkpoint_callback: Any, path: str) -> list[str]:
     """``["latest", "best"]`` for the callback's best checkpoint, ``["latest"]`` otherwise."""
     best = getattr(checkpoint_callback, "best_model_path", None)
     return ["latest", "best"] if best and str(best) == path else ["latest"]
+
+
+class _LogsCheckpoints:
+    """``log_model`` for a logger that uploads the checkpoints of a ``ModelCheckpoint`` (MLflow, W&B).
+
+    The logger calls :meth:`_init_log_model` in its ``__init__`` and implements
+    ``_scan_and_log_checkpoints(checkpoint_callback)``, looping over :meth:`_new_checkpoints`; at
+    ``finalize`` it logs the checkpoints of ``_checkpoint_callback`` when one is set.
+    """
+
+    def _init_log_model(self, owner: str, log_model: Any) -> None:
+        self._log_model = _validate_log_model(owner, log_model)
+        self._logged_model_time: dict[str, float] = {}  # path -> the file's mtime when it was logged
+        self._checkpoint_callback: Any = None  # `log_model=True`: log its checkpoints at `finalize`
+
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        """Log the new checkpoint files now (``log_model="all"``, or ``True`` with ``save_top_k == -1``),
+        or remember the callback to log its checkpoints at :meth:`finalize` (``log_model=True``)."""
+        if self._log_model == "all" or (
+            self._log_model is True and getattr(checkpoint_callback, "save_top_k", None) == -1
+        ):
+            self._scan_and_log_checkpoints(checkpoint_callback)
+        elif self._log_model is True:
+            self._checkpoint_callback = checkpoint_callback
+
+    def _scan_and_log_checkpoints(self, checkpoint_callback: Any) -> None:
+        raise NotImplementedError
+
+    def _new_checkpoints(self, checkpoint_callback: Any) -> Iterator[_CheckpointRecord]:
+        """The checkpoints not logged since their last write, oldest first (see :func:`_scan_checkpoints`).
+
+        A checkpoint counts as logged once the loop body that received it finishes: if its upload
+        raises, it is tried again next time.
+        """
+        for record in _scan_checkpoints(checkpoint_callback, self._logged_model_time):
+            yield record
+            self._logged_model_time[record.path] = record.mtime
 
 
 def _validate_log_model(owner: str, log_model: Any) -> bool | str:

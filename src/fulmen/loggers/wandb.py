@@ -31,13 +31,12 @@ from fulmen.loggers.utilities import (
     _checkpoint_aliases,
     _checkpoint_metadata,
     _convert_params,
+    _LogsCheckpoints,
     _makedirs,
     _require,
     _sanitize_callable_params,
     _scalar_or_none,
-    _scan_checkpoints,
     _to_plain,
-    _validate_log_model,
 )
 from fulmen.utilities.exceptions import misconfig
 from fulmen.utilities.rank_zero import rank_zero_only, rank_zero_warn
@@ -48,7 +47,7 @@ if TYPE_CHECKING:
 _STEP_METRIC = "trainer/global_step"
 
 
-class WandbLogger(Logger):
+class WandbLogger(_LogsCheckpoints, Logger):
     r"""Log to Weights & Biases.
 
     Example:
@@ -144,11 +143,9 @@ class WandbLogger(Logger):
         elif dir_str is not None:
             save_dir_str = dir_str
         self._offline = offline
-        self._log_model = _validate_log_model(owner, log_model)
+        self._init_log_model(owner, log_model)
         self._prefix = _check_prefix(owner, prefix)
         self._experiment = experiment
-        self._logged_model_time: dict[str, float] = {}
-        self._checkpoint_callback: Any = None
         self._checkpoint_name = checkpoint_name
         self._add_file_policy = add_file_policy
 
@@ -321,16 +318,6 @@ class WandbLogger(Logger):
         """The run id (known once the run started, or when given as ``version``/``id``)."""
         return self._experiment.id if self._experiment is not None else self._id
 
-    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
-        """Log the new checkpoint files now (``log_model="all"``, or ``True`` with ``save_top_k == -1``),
-        or remember the callback to log its checkpoints at :meth:`finalize` (``log_model=True``)."""
-        if self._log_model == "all" or (
-            self._log_model is True and getattr(checkpoint_callback, "save_top_k", None) == -1
-        ):
-            self._scan_and_log_checkpoints(checkpoint_callback)
-        elif self._log_model is True:
-            self._checkpoint_callback = checkpoint_callback
-
     @rank_zero_only
     def finalize(self, status: str) -> None:
         """Log pending checkpoints (``log_model=True``) if the run succeeded.
@@ -349,7 +336,7 @@ class WandbLogger(Logger):
         import wandb
 
         add_file_takes_policy = "policy" in inspect.signature(wandb.Artifact.add_file).parameters
-        for record in _scan_checkpoints(checkpoint_callback, self._logged_model_time):
+        for record in self._new_checkpoints(checkpoint_callback):
             if not self._checkpoint_name:
                 self._checkpoint_name = f"model-{self.experiment.id}"
             metadata = _to_plain(_checkpoint_metadata(checkpoint_callback, record))
@@ -361,7 +348,6 @@ class WandbLogger(Logger):
             self.experiment.log_artifact(
                 artifact, aliases=_checkpoint_aliases(checkpoint_callback, record.path)
             )
-            self._logged_model_time[record.path] = record.mtime
 
     def use_artifact(self, artifact: str, artifact_type: str | None = None) -> Any:
         """Declare that this run uses ``artifact`` (e.g. ``"user/project/model-abc:best"``) and return it."""
