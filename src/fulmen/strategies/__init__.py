@@ -166,6 +166,11 @@ class Strategy:
     def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
         return decision
 
+    def _all_gather_object(self, obj: Any) -> list[Any] | None:
+        """Every rank's ``obj`` (a small picklable object), in rank order; None when the ranks can no longer talk
+        (a rank failed). Collective; the Trainer uses it once per checkpoint save, never per step."""
+        return [obj]
+
     @property
     def metric_reduce(self) -> Any:
         """A ``(tensor, reduce_fx) -> tensor`` function for logging's sync_dist, or None on one process."""

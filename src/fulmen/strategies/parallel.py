@@ -354,6 +354,12 @@ class ParallelStrategy(Strategy):
         device = self.root_device if self.process_group_backend == "nccl" else None
         return fdist.reduce_boolean_decision(decision, all=all, device=device)
 
+    def _all_gather_object(self, obj: Any) -> list[Any] | None:
+        if self._broken:
+            return None
+        self._progress += 1
+        return fdist.all_gather_object(obj)
+
     @property
     def metric_reduce(self) -> Any:
         if self.world_size == 1:

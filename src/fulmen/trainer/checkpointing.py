@@ -55,7 +55,8 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, A
             if trainer._accumulating
             else None
         )
-        ckpt["fulmen"] = {"run_state": rs.state_dict(), "rng": _rng_to_plain(collect_rng_states())}
+        rng = _rng_to_plain(collect_rng_states())
+        ckpt["fulmen"] = {"run_state": rs.state_dict(), "rng": rng, **_per_rank_rng(trainer, rng)}
         rs.train_results = rs.grads = None
     if module.hparams:
         ckpt[module.CHECKPOINT_HYPER_PARAMS_NAME] = None
@@ -174,7 +175,48 @@ def restore_training_state(trainer: Trainer, ckpt: dict[str, Any]) -> None:
     if extra is not None:
         # after the optimizer states: FSDP's optimizer loading may run a zero-gradient step that clears gradients
         _restore_partial_state(trainer, module, rs)
-    if extra is not None and "rng" in extra:
+    if extra is not None:
+        _restore_rng(trainer, extra, rs)
+
+
+def _per_rank_rng(trainer: Trainer, rng: dict[str, Any]) -> dict[str, Any]:
+    """Every rank's RNG states (``rng_per_rank``) and the states its current epoch's data order was drawn from
+    (``epoch_rng_per_rank``), gathered once per save: ranks that seed or draw differently (``seed + rank``, a
+    rank-dependent number of random calls) each resume their own streams. Collective, like the save itself."""
+    strategy = trainer.strategy
+    epoch_rng = trainer.run_state.epoch_rng_state
+    if trainer.world_size == 1:
+        return {"rng_per_rank": [rng], "epoch_rng_per_rank": [epoch_rng]}
+    sync_point = getattr(strategy, "sync_point", None)
+    if sync_point is not None:
+        # before the gather: a save called on some ranks only fails with the "save is collective" error, not a hang
+        sync_point("save_checkpoint (gathering every rank's RNG states)")
+    gathered = strategy._all_gather_object((rng, epoch_rng))
+    if gathered is None:  # a rank failed (a checkpoint written on exception): rank 0's states only
+        return {}
+    return {"rng_per_rank": [g[0] for g in gathered], "epoch_rng_per_rank": [g[1] for g in gathered]}
+
+
+def _restore_rng(trainer: Trainer, extra: dict[str, Any], rs: Any) -> None:
+    """Each rank its own RNG states when the checkpoint has them for this world size; else rank 0's on every rank
+    (checkpoints from before per-rank states, or a resume on another number of processes)."""
+    per_rank = extra.get("rng_per_rank")
+    world_size, rank = trainer.world_size, trainer.global_rank
+    if per_rank is not None and len(per_rank) == world_size:
+        set_rng_states(_rng_from_plain(per_rank[rank]))
+        epoch_per_rank = extra.get("epoch_rng_per_rank")
+        if epoch_per_rank is not None and len(epoch_per_rank) == world_size:
+            rs.epoch_rng_state = epoch_per_rank[rank]
+        return
+    if per_rank is not None:
+        from fulmen.utilities.rank_zero import rank_zero_info
+
+        rank_zero_info(
+            f"The checkpoint {trainer.ckpt_path!r} holds the RNG states of {len(per_rank)} process(es) but this run "
+            f"has {world_size}: every process resumes with rank 0's RNG states (per-rank random streams, such as "
+            "dropout seeded per rank, do not continue exactly)."
+        )
+    if "rng" in extra:
         set_rng_states(_rng_from_plain(extra["rng"]))
 
 
