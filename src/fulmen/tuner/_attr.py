@@ -22,9 +22,29 @@ def _holders(trainer: Any, model: Any, name: str) -> list[Any]:
     return found
 
 
+def _model_holders(model: Any, name: str, trainer: Any) -> list[Any]:
+    """:func:`_holders` with the model's own trainer when ``trainer`` is not given."""
+    return _holders(trainer if trainer is not None else getattr(model, "_trainer", None), model, name)
+
+
+def _existing_holders(model: Any, name: str, trainer: Any) -> list[Any]:
+    """:func:`_model_holders`, which must find at least one.
+
+    Raises:
+        AttributeError: If no object holds ``name``.
+    """
+    holders = _model_holders(model, name, trainer)
+    if not holders:
+        raise AttributeError(
+            f"{name!r} is neither an attribute nor an hparam of the model, nor of the datamodule. Fix: store it on "
+            f"the model (self.{name} = ...) or save it with self.save_hyperparameters()."
+        )
+    return holders
+
+
 def lightning_hasattr(model: Any, name: str, trainer: Any = None) -> bool:
     """Whether ``name`` is an attribute or hparam of the model or of the trainer's datamodule."""
-    return bool(_holders(trainer if trainer is not None else getattr(model, "_trainer", None), model, name))
+    return bool(_model_holders(model, name, trainer))
 
 
 def lightning_getattr(model: Any, name: str, trainer: Any = None) -> Any:
@@ -33,12 +53,7 @@ def lightning_getattr(model: Any, name: str, trainer: Any = None) -> Any:
     Raises:
         AttributeError: If no object holds ``name``.
     """
-    holders = _holders(trainer if trainer is not None else getattr(model, "_trainer", None), model, name)
-    if not holders:
-        raise AttributeError(
-            f"{name!r} is neither an attribute nor an hparam of the model, nor of the datamodule. Fix: store it on "
-            f"the model (self.{name} = ...) or save it with self.save_hyperparameters()."
-        )
+    holders = _existing_holders(model, name, trainer)
     first = holders[0]
     return first[name] if isinstance(first, dict) else getattr(first, name)
 
@@ -49,12 +64,7 @@ def lightning_setattr(model: Any, name: str, value: Any, trainer: Any = None) ->
     Raises:
         AttributeError: If no object holds ``name``.
     """
-    holders = _holders(trainer if trainer is not None else getattr(model, "_trainer", None), model, name)
-    if not holders:
-        raise AttributeError(
-            f"{name!r} is neither an attribute nor an hparam of the model, nor of the datamodule. Fix: store it on "
-            f"the model (self.{name} = ...) or save it with self.save_hyperparameters()."
-        )
+    holders = _existing_holders(model, name, trainer)
     for holder in holders:
         if isinstance(holder, dict):
             holder[name] = value

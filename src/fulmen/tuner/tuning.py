@@ -39,6 +39,14 @@ class Tuner:
     def __init__(self, trainer: Trainer) -> None:
         self._trainer = trainer
 
+    def _check_no_callback(self, callback_type: type, tuner_method: str) -> None:
+        """The Tuner adds its own ``callback_type`` for the trial: the Trainer must not have one already."""
+        if any(isinstance(cb, callback_type) for cb in self._trainer.callbacks):
+            raise MisconfigurationException(
+                f"The Trainer already has a {callback_type.__name__} callback. Fix: remove it to use "
+                f"Tuner.{tuner_method}, or use only the callback."
+            )
+
     def _run(
         self,
         callback: Any,
@@ -96,11 +104,7 @@ class Tuner:
         from fulmen.callbacks.batch_size_finder import BatchSizeFinder
 
         _check_configuration(train_dataloaders, val_dataloaders, dataloaders, method)
-        if any(isinstance(cb, BatchSizeFinder) for cb in self._trainer.callbacks):
-            raise MisconfigurationException(
-                "The Trainer already has a BatchSizeFinder callback. Fix: remove it to use Tuner.scale_batch_size, "
-                "or use only the callback."
-            )
+        self._check_no_callback(BatchSizeFinder, "scale_batch_size")
         finder = BatchSizeFinder(
             mode=mode,
             steps_per_trial=steps_per_trial,
@@ -147,11 +151,7 @@ class Tuner:
         if method != "fit":
             raise MisconfigurationException("Tuner.lr_find: method='fit' is the only valid configuration.")
         _check_configuration(train_dataloaders, val_dataloaders, dataloaders, method)
-        if any(isinstance(cb, LearningRateFinder) for cb in self._trainer.callbacks):
-            raise MisconfigurationException(
-                "The Trainer already has a LearningRateFinder callback. Fix: remove it to use Tuner.lr_find, or use "
-                "only the callback."
-            )
+        self._check_no_callback(LearningRateFinder, "lr_find")
         finder = LearningRateFinder(
             min_lr=min_lr,
             max_lr=max_lr,
