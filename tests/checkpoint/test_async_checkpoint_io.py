@@ -534,6 +534,13 @@ def test_auto_forks_only_where_it_is_safe(tmp_path: Path) -> None:
     io.save_checkpoint({"nested": [{"w": tagged}]}, tmp_path / "b.ckpt")
     assert io._writer_pid is None
     io.teardown()
+    # shared memory is not copied on write: an update after the call would reach a forked writer
+    shared = torch.ones(2).share_memory_()
+    io.save_checkpoint({"w": shared}, tmp_path / "s.ckpt")
+    assert io._writer_pid is None
+    shared.add_(1)
+    io.teardown()
+    assert torch.equal(TorchCheckpointIO().load_checkpoint(tmp_path / "s.ckpt")["w"], torch.ones(2))
     # an in-process memory:// file written by a child process would never reach this process
     io.save_checkpoint({"w": torch.ones(2)}, "memory://fulmen-async/c.ckpt")
     assert io._writer_pid is None
@@ -550,6 +557,8 @@ def test_fork_refuses_what_a_child_process_cannot_write(tmp_path: Path) -> None:
         io.save_checkpoint({"w": torch.ones(2)}, "memory://fulmen-async/d.ckpt")
     with pytest.raises(ValueError, match=r"holds a _TaggedTensor.*snapshot='auto'"):
         io.save_checkpoint({"w": torch.ones(2).as_subclass(_TaggedTensor)}, tmp_path / "d.ckpt")
+    with pytest.raises(ValueError, match=r"holds a tensor in shared memory.*snapshot='auto'"):
+        io.save_checkpoint({"w": [torch.ones(2).share_memory_()]}, tmp_path / "d.ckpt")
     assert io._pending is None
     io.teardown()
 
