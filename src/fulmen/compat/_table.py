@@ -13,6 +13,12 @@ Only the modules listed here are importable under ``fulmen run``; private module
 
 from __future__ import annotations
 
+# The precision plugin modules that lightning.pytorch and lightning.fabric both have: all are fulmen's one module.
+_PRECISION_MODULES: dict[str, tuple[str, ...] | None] = {
+    f"plugins.precision.{name}": ("fulmen.plugins.precision",)
+    for name in ("amp", "bitsandbytes", "deepspeed", "double", "fsdp", "half", "precision", "transformer_engine", "xla")
+}
+
 # The names of Lightning's public modules come from the Lightning 2.6 package layout; the values are fulmen's.
 PYTORCH: dict[str, tuple[str, ...] | None] = {
     "": ("fulmen",),
@@ -94,15 +100,7 @@ PYTORCH: dict[str, tuple[str, ...] | None] = {
     "plugins.io.xla_plugin": ("fulmen.checkpoint",),
     "plugins.layer_sync": ("fulmen.plugins.layer_sync",),
     "plugins.precision": ("fulmen.plugins.precision",),
-    "plugins.precision.amp": ("fulmen.plugins.precision",),
-    "plugins.precision.bitsandbytes": ("fulmen.plugins.precision",),
-    "plugins.precision.deepspeed": ("fulmen.plugins.precision",),
-    "plugins.precision.double": ("fulmen.plugins.precision",),
-    "plugins.precision.fsdp": ("fulmen.plugins.precision",),
-    "plugins.precision.half": ("fulmen.plugins.precision",),
-    "plugins.precision.precision": ("fulmen.plugins.precision",),
-    "plugins.precision.transformer_engine": ("fulmen.plugins.precision",),
-    "plugins.precision.xla": ("fulmen.plugins.precision",),
+    **_PRECISION_MODULES,
     # profilers
     "profilers": ("fulmen.profilers",),
     "profilers.advanced": None,
@@ -192,16 +190,8 @@ FABRIC: dict[str, tuple[str, ...] | None] = {
     "plugins.io.torch_io": ("fulmen.checkpoint",),
     "plugins.io.xla": ("fulmen.checkpoint",),
     "plugins.precision": ("fulmen.plugins.precision",),
-    "plugins.precision.amp": ("fulmen.plugins.precision",),
-    "plugins.precision.bitsandbytes": ("fulmen.plugins.precision",),
-    "plugins.precision.deepspeed": ("fulmen.plugins.precision",),
-    "plugins.precision.double": ("fulmen.plugins.precision",),
-    "plugins.precision.fsdp": ("fulmen.plugins.precision",),
-    "plugins.precision.half": ("fulmen.plugins.precision",),
-    "plugins.precision.precision": ("fulmen.plugins.precision",),
-    "plugins.precision.transformer_engine": ("fulmen.plugins.precision",),
+    **_PRECISION_MODULES,
     "plugins.precision.utils": ("fulmen.plugins.precision",),
-    "plugins.precision.xla": ("fulmen.plugins.precision",),
     # strategies
     "strategies": ("fulmen.strategies",),
     "strategies.ddp": None,

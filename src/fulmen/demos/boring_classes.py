@@ -145,65 +145,57 @@ class ManualOptimBoringModel(BoringModel):
         return loss
 
 
-class BoringDataModule(LightningDataModule):
+class _StageDataModule(LightningDataModule):
+    """One dataset per stage, made in ``setup`` (``random_train``, ``random_val``, ``random_test``,
+    ``random_predict``) by the subclass's ``_dataset(split)``; each dataloader wraps its dataset."""
+
+    def _dataset(self, split: str) -> Dataset[Tensor]:
+        raise NotImplementedError
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.random_train = self._dataset("train")
+        if stage in ("fit", "validate"):
+            self.random_val = self._dataset("val")
+        if stage == "test":
+            self.random_test = self._dataset("test")
+        if stage == "predict":
+            self.random_predict = self._dataset("predict")
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        return DataLoader(self.random_train)
+
+    def val_dataloader(self) -> DataLoader[Any]:
+        return DataLoader(self.random_val)
+
+    def test_dataloader(self) -> DataLoader[Any]:
+        return DataLoader(self.random_test)
+
+    def predict_dataloader(self) -> DataLoader[Any]:
+        return DataLoader(self.random_predict)
+
+
+class BoringDataModule(_StageDataModule):
     """256 random 32-vectors split into four disjoint blocks of 64: train, val, test, predict."""
+
+    _BLOCKS: ClassVar[dict[str, int]] = {"train": 0, "val": 1, "test": 2, "predict": 3}
 
     def __init__(self) -> None:
         super().__init__()
         self.random_full = RandomDataset(32, 64 * 4)
 
-    def _block(self, index: int) -> Subset[Tensor]:
+    def _dataset(self, split: str) -> Subset[Tensor]:
+        index = self._BLOCKS[split]
         return Subset(self.random_full, indices=range(64 * index, 64 * (index + 1)))
 
-    def setup(self, stage: str) -> None:
-        if stage == "fit":
-            self.random_train = self._block(0)
-        if stage in ("fit", "validate"):
-            self.random_val = self._block(1)
-        if stage == "test":
-            self.random_test = self._block(2)
-        if stage == "predict":
-            self.random_predict = self._block(3)
 
-    def train_dataloader(self) -> DataLoader[Any]:
-        return DataLoader(self.random_train)
-
-    def val_dataloader(self) -> DataLoader[Any]:
-        return DataLoader(self.random_val)
-
-    def test_dataloader(self) -> DataLoader[Any]:
-        return DataLoader(self.random_test)
-
-    def predict_dataloader(self) -> DataLoader[Any]:
-        return DataLoader(self.random_predict)
-
-
-class BoringDataModuleNoLen(LightningDataModule):
+class BoringDataModuleNoLen(_StageDataModule):
     """Iterable random data without ``__len__``: 512 train, 128 val, 256 test, 64 predict samples."""
 
     _SIZES: ClassVar[dict[str, int]] = {"train": 512, "val": 128, "test": 256, "predict": 64}
 
-    def setup(self, stage: str) -> None:
-        if stage == "fit":
-            self.random_train = RandomIterableDataset(32, self._SIZES["train"])
-        if stage in ("fit", "validate"):
-            self.random_val = RandomIterableDataset(32, self._SIZES["val"])
-        if stage == "test":
-            self.random_test = RandomIterableDataset(32, self._SIZES["test"])
-        if stage == "predict":
-            self.random_predict = RandomIterableDataset(32, self._SIZES["predict"])
-
-    def train_dataloader(self) -> DataLoader[Any]:
-        return DataLoader(self.random_train)
-
-    def val_dataloader(self) -> DataLoader[Any]:
-        return DataLoader(self.random_val)
-
-    def test_dataloader(self) -> DataLoader[Any]:
-        return DataLoader(self.random_test)
-
-    def predict_dataloader(self) -> DataLoader[Any]:
-        return DataLoader(self.random_predict)
+    def _dataset(self, split: str) -> RandomIterableDataset:
+        return RandomIterableDataset(32, self._SIZES[split])
 
 
 class IterableBoringDataModule(LightningDataModule):
