@@ -23,7 +23,9 @@ from torch.utils.data import DataLoader, TensorDataset
 import fulmen as L
 from fulmen.strategies import FSDPStrategy
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available(), reason="torch.distributed is not available"
+)
 
 SEED = 11
 TOTAL_STEPS = 10
@@ -33,6 +35,15 @@ SAVE_AT = 5  # 32 samples, batch 4, 2 ranks (distributed sampler): 4 batches an 
 def _data(n: int = 32) -> TensorDataset:
     g = torch.Generator().manual_seed(0)
     return TensorDataset(torch.randn(n, 4, generator=g), torch.randn(n, 1, generator=g))
+
+
+class Augmented(TensorDataset):
+    """Worker-side randomness: noise drawn in ``__getitem__`` from the worker's torch RNG, whose seed the worker
+    gets from its rank's torch RNG when the epoch's iterator is made."""
+
+    def __getitem__(self, i):
+        x, y = super().__getitem__(i)
+        return x + 0.1 * torch.rand(x.shape), y
 
 
 class PerRankRandom(L.LightningModule):
@@ -60,7 +71,9 @@ class PerRankRandom(L.LightningModule):
     def on_train_end(self) -> None:
         rank = self.global_rank
         (self.out / f"draws_r{rank}.json").write_text(json.dumps(self.draws))
-        local = {k: getattr(v, "to_local", lambda v=v: v)() for k, v in self.net.state_dict().items()}  # FSDP: shards
+        local = {
+            k: getattr(v, "to_local", lambda v=v: v)() for k, v in self.net.state_dict().items()
+        }  # FSDP: shards
         torch.save({k: v.detach().cpu() for k, v in local.items()}, self.out / f"weights_r{rank}.pt")
 
     def configure_optimizers(self):
@@ -84,7 +97,15 @@ def _strategy(kind: str, devices: int):
     return "ddp_fork"
 
 
-def _fit(out: Path, kind: str = "ddp", devices: int = 2, ckpt=None, save: Path | None = None, **kw) -> L.Trainer:
+def _fit(
+    out: Path,
+    kind: str = "ddp",
+    devices: int = 2,
+    ckpt=None,
+    save: Path | None = None,
+    workers: int = 0,
+    **kw,
+) -> L.Trainer:
     out.mkdir(parents=True, exist_ok=True)
     trainer = L.Trainer(
         accelerator="cpu",
@@ -99,7 +120,9 @@ def _fit(out: Path, kind: str = "ddp", devices: int = 2, ckpt=None, save: Path |
         callbacks=[SaveAtStep(save, SAVE_AT)] if save is not None else None,
         **kw,
     )
-    trainer.fit(PerRankRandom(out), DataLoader(_data(), batch_size=4, shuffle=True), ckpt_path=ckpt)
+    data = Augmented(*_data().tensors) if workers else _data()
+    loader = DataLoader(data, batch_size=4, shuffle=True, num_workers=workers)
+    trainer.fit(PerRankRandom(out), loader, ckpt_path=ckpt)
     return trainer
 
 
@@ -112,23 +135,29 @@ def _weights(out: Path, rank: int) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize(
-    ("kind", "use_distributed_sampler"),
-    [("ddp", True), ("ddp", False), ("fsdp", True)],
-    ids=["ddp", "ddp-per-rank-shuffle", "fsdp-sharded"],
+    ("kind", "use_distributed_sampler", "workers"),
+    [("ddp", True, 0), ("ddp", False, 0), ("ddp", True, 1), ("fsdp", True, 0)],
+    ids=["ddp", "ddp-per-rank-shuffle", "ddp-worker-augmentation", "fsdp-sharded"],
 )
-def test_every_rank_resumes_its_own_random_streams(tmp_path: Path, kind: str, use_distributed_sampler: bool) -> None:
+def test_every_rank_resumes_its_own_random_streams(
+    tmp_path: Path, kind: str, use_distributed_sampler: bool, workers: int
+) -> None:
     # use_distributed_sampler=False: each rank shuffles the whole data set with its own global torch RNG, so the
-    # resumed epoch's batch order is per rank too (the epoch-start states are per rank in the checkpoint)
+    # resumed epoch's batch order is per rank too; with a worker, the worker's seed comes from the rank's torch RNG
+    # when the epoch starts (the epoch-start states are per rank in the checkpoint)
     ckpt = tmp_path / ("mid" if kind == "fsdp" else "mid.ckpt")
-    _fit(tmp_path / "full", kind, save=ckpt, use_distributed_sampler=use_distributed_sampler)
-    resumed = _fit(tmp_path / "resumed", kind, ckpt=ckpt, use_distributed_sampler=use_distributed_sampler)
+    kw = {"use_distributed_sampler": use_distributed_sampler, "workers": workers}
+    _fit(tmp_path / "full", kind, save=ckpt, **kw)
+    resumed = _fit(tmp_path / "resumed", kind, ckpt=ckpt, **kw)
     assert resumed.global_step == TOTAL_STEPS
 
     full = {r: _draws(tmp_path / "full", r) for r in (0, 1)}
     assert full[0][0][1:] != full[1][0][1:]  # the ranks' streams do differ
     for rank in (0, 1):
         after_save = [d for d in full[rank] if d[0] >= SAVE_AT]
-        assert _draws(tmp_path / "resumed", rank) == after_save, f"rank {rank}'s random draws differ after resume"
+        assert _draws(tmp_path / "resumed", rank) == after_save, (
+            f"rank {rank}'s random draws differ after resume"
+        )
         expected, got = _weights(tmp_path / "full", rank), _weights(tmp_path / "resumed", rank)
         for name in expected:
             assert torch.equal(expected[name], got[name]), f"rank {rank}: {name} differs after resume"
