@@ -13,10 +13,20 @@ Only the modules listed here are importable under ``fulmen run``; private module
 
 from __future__ import annotations
 
-# The precision plugin modules that lightning.pytorch and lightning.fabric both have: all are fulmen's one module.
+# The precision plugin modules lightning.pytorch and lightning.fabric both have; fulmen has them all in one.
 _PRECISION_MODULES: dict[str, tuple[str, ...] | None] = {
     f"plugins.precision.{name}": ("fulmen.plugins.precision",)
-    for name in ("amp", "bitsandbytes", "deepspeed", "double", "fsdp", "half", "precision", "transformer_engine", "xla")
+    for name in (
+        "amp",
+        "bitsandbytes",
+        "deepspeed",
+        "double",
+        "fsdp",
+        "half",
+        "precision",
+        "transformer_engine",
+        "xla",
+    )
 }
 
 # The names of Lightning's public modules come from the Lightning 2.6 package layout; the values are fulmen's.

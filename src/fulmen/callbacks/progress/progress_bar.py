@@ -252,7 +252,6 @@ class ProgressBar(Callback):
         return sys.stdout
 
 
-
 class _StageProgressBar(ProgressBar):
     """The stage bookkeeping that :class:`TQDMProgressBar` and :class:`RichProgressBar` share.
 
@@ -380,7 +379,12 @@ class _StageProgressBar(ProgressBar):
     # ----------------------------------------------------------------------------------------------
     @override
     def on_validation_batch_start(
-        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         if self.has_dataloader_changed(dataloader_idx):
             self._eval_total = self.total_val_batches_current_dataloader
@@ -410,7 +414,12 @@ class _StageProgressBar(ProgressBar):
 
     @override
     def on_test_batch_start(
-        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         if self.has_dataloader_changed(dataloader_idx):
             self._eval_total = self.total_test_batches_current_dataloader
@@ -434,7 +443,12 @@ class _StageProgressBar(ProgressBar):
 
     @override
     def on_predict_batch_start(
-        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         if self.has_dataloader_changed(dataloader_idx):
             self._eval_total = self.total_predict_batches_current_dataloader
