@@ -582,3 +582,19 @@ def test_no_fork_deprecation_warning_from_a_multi_threaded_process(tmp_path: Pat
         busy.join()
     assert [w for w in caught if "fork" in str(w.message)] == []
     assert TorchCheckpointIO().load_checkpoint(tmp_path / "a.ckpt") == {"step": 1}
+
+
+@needs_fork
+def test_a_process_that_ignores_sigchld_still_gets_the_writers_result(tmp_path: Path) -> None:
+    # With SIGCHLD ignored the kernel reaps children itself and waitpid cannot report their status:
+    # the writer's report on the pipe decides.
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        io = AsyncCheckpointIO(snapshot="fork")
+        io.save_checkpoint({"step": 1}, tmp_path / "a.ckpt")
+        io.save_checkpoint({"step": 2, "bad": lambda: None}, tmp_path / "a.ckpt")  # waits for the first write
+        with pytest.raises(AsyncCheckpointSaveError, match=r"a\.ckpt.*TypeError.*checkpoint\['bad'\]"):
+            io.teardown()
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+    assert TorchCheckpointIO().load_checkpoint(tmp_path / "a.ckpt") == {"step": 1}
