@@ -321,10 +321,17 @@ def test_snapshot_moves_cuda_tensors_to_cpu(tmp_path: Path) -> None:
     snap = _snapshot({"w": weight}, {})
     weight.add_(1)
     assert snap["w"].device.type == "cpu" and torch.equal(snap["w"], torch.ones(4))
-    io = AsyncCheckpointIO()
+    io = AsyncCheckpointIO()  # auto: a CUDA tensor cannot be read in a forked child, so it is copied
     io.save_checkpoint({"w": weight}, tmp_path / "a.ckpt")
+    assert io._writer_pid is None
     io.teardown()
     assert torch.equal(TorchCheckpointIO().load_checkpoint(tmp_path / "a.ckpt")["w"], torch.full((4,), 2.0))
+    pinned = torch.ones(4).pin_memory()  # page-locked host memory belongs to the driver: copied too
+    io.save_checkpoint({"w": pinned}, tmp_path / "b.ckpt")
+    assert io._writer_pid is None
+    io.teardown()
+    with pytest.raises(ValueError, match="holds a tensor on cuda"):
+        AsyncCheckpointIO(snapshot="fork").save_checkpoint({"w": weight}, tmp_path / "c.ckpt")
 
 
 # --------------------------------------------------------------------------------------------------

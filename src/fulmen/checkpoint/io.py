@@ -334,8 +334,9 @@ def _fork_blocker(obj: Any) -> str | None:
     Containers (dict, list, tuple, set) are walked; other objects are opaque (pickled as they are). A tensor on
     an accelerator, or a tensor subclass (DTensor, ...) whose pickling may need the device or a process group,
     is written through the copy snapshot instead: CUDA cannot be used in a forked child. So is a tensor in shared
-    memory, which a fork does not copy on write.
+    memory, which a fork does not copy on write, and one in CUDA-pinned host memory.
     """
+    cuda_initialized = torch.cuda.is_initialized()  # pinned memory needs a CUDA context; do not create one
     stack = [obj]
     seen: set[int] = set()
     while stack:
@@ -350,6 +351,9 @@ def _fork_blocker(obj: Any) -> str | None:
                 return f"a {type(item).__name__} (tensor subclass)"
             if item.device.type not in ("cpu", "meta"):
                 return f"a tensor on {item.device}"
+            if item.device.type == "cpu" and cuda_initialized and item.is_pinned():
+                # page-locked host memory belongs to the CUDA driver, which may keep it out of a forked child
+                return "a tensor in pinned (page-locked) memory"
             if item.device.type == "cpu" and item.untyped_storage().is_shared():
                 # shared memory (share_memory_(), a shared file mapping) is not copied on write: the training
                 # process's in-place updates after the fork would reach the writer
