@@ -136,7 +136,7 @@ def test_fit_with_top_k_and_last_then_resume_is_exact_and_leaves_no_writer_behin
     for _, writer, _ in written:  # every writer was reaped: no zombie, no process left
         with pytest.raises(ChildProcessError):
             os.waitpid(writer, os.WNOHANG)
-    assert _zombie_children() == []
+    assert not set(_zombie_children()) & {writer for _, writer, _ in written}
     files = sorted(p.name for p in ckpt_dir.iterdir())
     assert len(files) == 3 and "last.ckpt" in files, files  # top 2 + last; the removed one is gone
     for name in files:
