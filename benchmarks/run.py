@@ -263,7 +263,7 @@ def bench_checkpoint(args: argparse.Namespace, log: Any) -> tuple[list[str], lis
         f"`save_checkpoint` takes to return. *Loop loss*: the call plus the {r['loop_steps']} Adam steps that follow "
         f"it ({r['step_s']:.3f} s each without a save), minus the same steps without a save in flight: it adds the "
         "copy-on-write page faults and the CPU the writer takes from the loop (*writer CPU*: user + system time of "
-        "the forked writer process).",
+        "the forked writer process). 100% means the loop loses as much as with a synchronous save.",
         "",
         "| snapshot | blocking | % of sync save | loop loss | % of sync save | write done after the call | writer CPU |",
         "|---|---:|---:|---:|---:|---:|---:|",
