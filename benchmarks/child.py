@@ -89,6 +89,10 @@ def main() -> None:
         import checkpoint_bench
 
         out = checkpoint_bench.run(quick, with_lightning="--no-lightning" not in args)
+    elif mode == "checkpoint_async":
+        import checkpoint_bench
+
+        out = checkpoint_bench.run_async(quick, args[0])
     elif mode == "ddp":
         import ddp_bench
 
