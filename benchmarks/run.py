@@ -69,6 +69,16 @@ def _q(values: list[float], q: float) -> float:
     return values[lo] + (values[hi] - values[lo]) * (pos - lo)
 
 
+def _short_title(title: str) -> str:
+    """The workload's title up to its first comma outside parentheses ("Digits CNN (sklearn ..., 1437 ...)")."""
+    depth = 0
+    for i, ch in enumerate(title):
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            return title[:i]
+    return title
+
+
 def _verdict(value: float, goal: float) -> str:
     return f"met (goal <= {goal:g})" if value <= goal else f"**missed** (goal <= {goal:g}, over by {value - goal:.3g})"
 
@@ -130,7 +140,7 @@ def bench_loops(args: argparse.Namespace, log: Any) -> tuple[list[str], list[tup
             goal = LOOP_GOALS.get((c.key, key))
             verdict = _verdict(ratio, goal) if goal else ""
             if goal:
-                goals.append((f"{workload.title.split(',')[0]}: {c.label}", ratio, goal))
+                goals.append((f"{_short_title(workload.title)}: {c.label}", ratio, goal))
             per_step = median([x.wall for x in rs]) / workload.steps * 1e6
             lines.append(
                 f"| {c.label} | {per_step:,.1f} us | {ratio:.3f}x | {_q(wall_ratios, .25):.3f}-{_q(wall_ratios, .75):.3f} "
