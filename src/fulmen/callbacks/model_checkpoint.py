@@ -196,10 +196,12 @@ def should_save_on_train_epoch_end(
     An explicit ``save_on_train_epoch_end`` wins. Otherwise: validation not every epoch -> after
     validation; no validation batches -> train-epoch end; validation once per epoch at its end
     (``val_check_interval == 1.0``) -> train-epoch end (the val metrics exist by then); validation
-    several times per epoch -> after each validation.
+    several times per epoch or time-based -> after each validation.
     """
     if save_on_train_epoch_end is not None:
         return save_on_train_epoch_end
+    if isinstance(val_check_interval, timedelta):  # time-based validation: save after each validation
+        return False
     if check_val_every_n_epoch != 1:
         return False
     total = sum(num_val_batches) if isinstance(num_val_batches, (list, tuple)) else num_val_batches

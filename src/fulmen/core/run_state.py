@@ -100,6 +100,9 @@ class RunState:
     resume_point: str = ""
     last_batch_stepped: bool = False
     last_batch_done: bool = False
+    # Time-based val_check_interval: seconds of training since the last validation when the checkpoint was
+    # written, so a resumed run validates when the uninterrupted one would have (Lightning restarts the timer).
+    val_time_elapsed: float = 0.0
     # The training epoch's logged-metric accumulators (so epoch means continue across a resume).
     train_results: dict[str, Any] | None = None
     # Gradients accumulated so far inside an open accumulation window.
@@ -123,6 +126,7 @@ class RunState:
         "resume_point",
         "last_batch_stepped",
         "last_batch_done",
+        "val_time_elapsed",
         "train_results",
         "grads",
     )

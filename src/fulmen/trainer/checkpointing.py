@@ -44,6 +44,7 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, A
         if prec_state:
             ckpt[type(trainer.strategy.precision).__qualname__] = prec_state
         live = trainer.fit_loop.current_results if trainer.state.fn == "fit" else None
+        rs.val_time_elapsed = trainer.fit_loop.val_time_elapsed() if trainer.state.fn == "fit" else 0.0
         rs.train_results = live.state_dict() if live is not None else None
         gather_grads = getattr(trainer.strategy, "accumulated_gradients", None)  # FSDP: reduced + sharded
         rs.grads = (

@@ -6,7 +6,7 @@ import datetime as _dt
 from dataclasses import dataclass
 from typing import Any
 
-from fulmen.utilities.exceptions import MisconfigurationException, NotSupportedYetError
+from fulmen.utilities.exceptions import MisconfigurationException
 
 
 def _err(arg: str, given: Any, expected: str, fix: str) -> MisconfigurationException:
@@ -71,7 +71,8 @@ class TrainerConfig:
     limit_test_batches: int | float
     limit_predict_batches: int | float
     overfit_batches: int | float
-    val_check_interval: int | float
+    # a float fraction of the epoch, an int number of batches, or a timedelta (time-based validation)
+    val_check_interval: int | float | _dt.timedelta
     check_val_every_n_epoch: int | None
     num_sanity_val_steps: int
     log_every_n_steps: int
@@ -122,10 +123,14 @@ class TrainerConfig:
         if vci is None:
             vci = 1.0
         elif isinstance(vci, (str, dict, _dt.timedelta)):
-            raise NotSupportedYetError(
-                f"Trainer(val_check_interval={vci!r}): time-based validation intervals are not supported yet. "
-                "Fix: pass a fraction (float) or a number of batches (int)."
-            )
+            # time-based (Lightning 2.6): validate once this much wall-clock time has passed since the last one
+            vci = parse_time(vci, "val_check_interval")
+            assert vci is not None
+            if vci.total_seconds() < 0:
+                raise _err(
+                    "val_check_interval", kw["val_check_interval"], "a non-negative duration",
+                    "e.g. val_check_interval='00:01:00:00' (validate every hour)",
+                )
         elif isinstance(vci, bool) or not isinstance(vci, (int, float)):
             raise _err("val_check_interval", vci, "a float in (0, 1] or a positive int", "e.g. val_check_interval=0.5")
         elif isinstance(vci, float) and not 0.0 < vci <= 1.0:

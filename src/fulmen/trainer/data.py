@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -10,7 +11,7 @@ from torch.utils.data import DataLoader, SequentialSampler
 
 from fulmen.utilities.combined_loader import CombinedLoader
 from fulmen.utilities.data import has_len
-from fulmen.utilities.exceptions import MisconfigurationException
+from fulmen.utilities.exceptions import MisconfigurationException, NotSupportedYetError
 
 _HOOK = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dataloader", "predict": "predict_dataloader"}
 
@@ -115,7 +116,10 @@ class DataManager:
         self.num_test_batches: list[int | float] = []
         self.predict_loaders: list[Any] = []
         self.num_predict_batches: list[int | float] = []
-        self.val_check_batch: int | float = math.inf
+        # None when val_check_interval is time-based (Lightning's value too): the fit loop reads a clock instead
+        self.val_check_batch: int | float | None = math.inf
+        # seconds of the time-based val_check_interval, else None
+        self.val_check_seconds: float | None = None
         self._train_loaded_epoch = -1
         # per dataloader: the logger step of the next evaluation batch's on_step values (as in Lightning, it
         # counts the batches seen since the evaluation loaders were last loaded, so it runs on across the
@@ -156,22 +160,38 @@ class DataManager:
         self._compute_val_check_batch()
         self._train_loaded_epoch = t.run_state.epoch
 
-    def maybe_reload_train(self, epoch: int) -> None:
-        """Start of an epoch: reload the loaders if asked to, and give distributed samplers the epoch."""
+    def maybe_reload_train(self, epoch: int) -> bool:
+        """Start of an epoch: reload the loaders if asked to, and give distributed samplers the epoch.
+
+        Returns whether the loaders were reloaded."""
         n = self.trainer.config.reload_dataloaders_every_n_epochs
+        reloaded = False
         if n and epoch != self._train_loaded_epoch and epoch % n == 0:
             self.load_train()
             self.load_val()
+            reloaded = True
         if self.trainer.strategy.is_distributed:
             from fulmen.utilities.distributed import set_sampler_epoch
 
             set_sampler_epoch(self.train_loader, epoch)  # a new, rank-consistent shuffle each epoch (before hooks)
+        return reloaded
 
     def _compute_val_check_batch(self) -> None:
         cfg = self.trainer.config
         vci = cfg.val_check_interval
         n = self.num_training_batches
-        if isinstance(vci, int):
+        self.val_check_seconds = None
+        if isinstance(vci, _dt.timedelta):
+            if self.trainer.strategy.is_distributed:
+                raise NotSupportedYetError(
+                    f"Trainer(val_check_interval={vci!r}): a time-based validation interval with several "
+                    "processes is not supported yet: each process reads its own clock, so they could disagree "
+                    "on whether to validate after a batch and hang. Fix: pass an int number of batches or a "
+                    "float fraction of the epoch."
+                )
+            self.val_check_batch = None
+            self.val_check_seconds = vci.total_seconds()
+        elif isinstance(vci, int):
             if cfg.check_val_every_n_epoch is not None and n != math.inf and vci > n:
                 raise MisconfigurationException(
                     f"Trainer(val_check_interval={vci}) is larger than the number of training batches per epoch "

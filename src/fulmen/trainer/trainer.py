@@ -8,6 +8,7 @@ every hook through one :class:`~fulmen.core.dispatch.Dispatcher`.
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
 import os
 from collections.abc import Generator
@@ -60,7 +61,7 @@ class Trainer:
         limit_test_batches: int | float | None = None,
         limit_predict_batches: int | float | None = None,
         overfit_batches: int | float = 0.0,
-        val_check_interval: int | float | None = None,
+        val_check_interval: int | float | str | _dt.timedelta | dict[str, int] | None = None,
         check_val_every_n_epoch: int | None = 1,
         num_sanity_val_steps: int | None = None,
         log_every_n_steps: int | None = None,
@@ -304,11 +305,13 @@ class Trainer:
         return self.config.min_steps
 
     @property
-    def val_check_interval(self) -> int | float:
+    def val_check_interval(self) -> int | float | _dt.timedelta:
+        """The validation interval: a float fraction, an int number of batches, or a timedelta (time-based)."""
         return self.config.val_check_interval
 
     @property
-    def val_check_batch(self) -> int | float:
+    def val_check_batch(self) -> int | float | None:
+        """Batches between in-epoch validations; None when ``val_check_interval`` is time-based."""
         return self._data.val_check_batch
 
     @property

@@ -8,6 +8,7 @@ overridden hooks is: transfer, training_step, zero_grad, backward, optimizer.ste
 from __future__ import annotations
 
 import math
+import time
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -22,6 +23,9 @@ from fulmen.utilities.seed import isolate_rng
 if TYPE_CHECKING:
     from fulmen.trainer.trainer import Trainer
 
+# the clock of a time-based ``val_check_interval`` (read once per batch, only in that mode); tests replace it
+_clock = time.monotonic
+
 
 class FitLoop:
     def __init__(self, trainer: Trainer) -> None:
@@ -35,6 +39,10 @@ class FitLoop:
         # Checked at each batch boundary, as ``should_stop`` is; acted on where every rank agrees.
         self._end_request = False
         self._skip_asked = False
+        # time-based val_check_interval: when the time since the last validation started counting (as in
+        # Lightning: at the start of fit, after each validation and when the train loader is reloaded);
+        # None outside a fit's training
+        self._last_val_time: float | None = None
 
     # ------------------------------------------------------------------ the run
     def run(self) -> None:
@@ -46,6 +54,8 @@ class FitLoop:
         with isolate_rng():
             sanity_checked = self._sanity_check()
         t._data.load_train()
+        # a resumed run carries on with the time already spent since the last validation
+        self._last_val_time = _clock() - rs.val_time_elapsed
         if not sanity_checked:
             t._data.load_val()
         # values logged in on_train_start belong to the first epoch's results (as in Lightning)
@@ -56,10 +66,21 @@ class FitLoop:
             agreement.callbacks[:] = [self._on_peer_request]
         d.both("on_train_start")
         while not self._done():
-            t._data.maybe_reload_train(rs.epoch)
+            if t._data.maybe_reload_train(rs.epoch):
+                self._last_val_time = _clock()
             self._run_epoch()
         t._optimization._last_loss = None  # the last step's graph (see Optimization.setup)
         d.both("on_train_end")
+        self._last_val_time = None
+
+    def val_time_elapsed(self) -> float:
+        """Time-based val_check_interval: seconds since the last validation (for a checkpoint), else 0."""
+        t = self.trainer
+        if t._data.val_check_seconds is None or self._last_val_time is None:
+            return 0.0
+        if t.run_state.resume_point == "after_val":  # written inside a validation: the timer restarts after it
+            return 0.0
+        return _clock() - self._last_val_time
 
     def _sanity_check(self) -> bool:
         """Run the sanity check if it applies; returns whether it ran (and so loaded the val dataloaders)."""
@@ -294,7 +315,8 @@ class FitLoop:
         if results.metrics:
             results.reset_step()
         rs.resume_point = "val"
-        if check_val and self._val_due(batch_idx, is_last, val_batch):
+        # time-based: a checkpoint written inside this batch's validation (resume point "val") resumes into it
+        if check_val and (skip_logging and val_batch is None or self._val_due(batch_idx, is_last, val_batch)):
             # logged at the step of this batch, which was already counted in batches_that_stepped
             with t._metrics.logging_step_offset(-1 if stepped else 0):
                 self._run_validation()
@@ -346,8 +368,12 @@ class FitLoop:
         results.reduce = self.trainer.strategy.metric_reduce
         return results
 
-    def _val_due(self, batch_idx: int, is_last: bool, val_batch: int | float) -> bool:
+    def _val_due(self, batch_idx: int, is_last: bool, val_batch: int | float | None) -> bool:
         t = self.trainer
+        if val_batch is None:  # time-based: due once the interval has passed since the last validation
+            if is_last and t._data.num_training_batches == math.inf:
+                return True
+            return _clock() - self._last_val_time >= t._data.val_check_seconds  # type: ignore[operator]
         if val_batch == math.inf:
             return is_last
         if t.config.check_val_every_n_epoch is None:
@@ -359,6 +385,7 @@ class FitLoop:
         t.run_state.val_checks_in_epoch += 1
         t._val_loop.run(t._data.val_loaders, t._data.num_val_batches, in_fit=True)
         t.state.stage = RunningStage.TRAINING
+        self._last_val_time = _clock()
 
 
 class Optimization:
