@@ -21,6 +21,25 @@ if TYPE_CHECKING:
 
 
 def build_loggers(trainer: Trainer, logger: Any) -> list[Any]:
+    loggers = _build_loggers(trainer, logger)
+    n = trainer.config.fast_dev_run
+    if n:
+        from fulmen.utilities.rank_zero import rank_zero_info
+
+        rank_zero_info(
+            f"Running in `fast_dev_run` mode: will run the requested loop using {n} batch(es). "
+            "Logging and checkpointing is suppressed."
+        )
+    if n and loggers:
+        # as Lightning: a fast_dev_run logs nothing anywhere (no log files, no experiment runs); the loggers are
+        # replaced by one DummyLogger, so code that reads trainer.logger still finds a logger
+        from fulmen.loggers.logger import DummyLogger
+
+        return [DummyLogger()]
+    return loggers
+
+
+def _build_loggers(trainer: Trainer, logger: Any) -> list[Any]:
     if logger is None:
         logger = not trainer.config.barebones
     if logger is True:
@@ -73,7 +92,8 @@ def build_callbacks(trainer: Trainer, callbacks: Any, max_time: Any) -> list[Cal
 
             raise NotSupportedYetError("Trainer(max_time=...) needs the Timer callback, which is not available yet.")
         cbs.append(timer(duration=max_time, interval="step"))
-    if cfg.enable_checkpointing and "Checkpoint" not in names and not cfg.fast_dev_run:
+    # as Lightning, fast_dev_run keeps the default ModelCheckpoint (which saves nothing under fast_dev_run)
+    if cfg.enable_checkpointing and "Checkpoint" not in names:
         mc = _optional("fulmen.callbacks.model_checkpoint", "ModelCheckpoint")
         if mc is not None:
             cbs.append(mc())
@@ -274,6 +294,12 @@ def _resolve_ckpt_path(trainer: Trainer, ckpt_path: Any, fn: TrainerFn) -> str |
         else:
             return None
     if ckpt_path == "best":
+        if trainer.config.fast_dev_run:
+            raise MisconfigurationException(
+                f'Trainer.{fn.value}(ckpt_path="best") with Trainer(fast_dev_run={trainer.fast_dev_run!r}): a '
+                "fast_dev_run saves no checkpoints, so there is no best one. Fix: pass an exact checkpoint path, "
+                "or leave ckpt_path=None to use the current weights."
+            )
         cb = trainer.checkpoint_callback
         best = getattr(cb, "best_model_path", None)
         if not best:

@@ -286,7 +286,9 @@ class Trainer:
 
     @property
     def fast_dev_run(self) -> int | bool:
-        return self.config.fast_dev_run
+        """``True`` for a one-batch run (``fast_dev_run=True`` or ``1``), else the number of batches (0: off)."""
+        n = self.config.fast_dev_run
+        return True if n == 1 else n
 
     @property
     def max_epochs(self) -> int:
