@@ -236,8 +236,11 @@ class ResultCollection:
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """(callback, logger, progress bar) step values, with Lightning's ``_step`` naming.
 
-        With ``dataloader_idx``, only the values logged for that evaluation dataloader."""
+        With ``dataloader_idx``, only the values logged for that evaluation dataloader. As in Lightning, only a
+        training collection gives step values to ``callback_metrics``: a validation/test run's callback values
+        are its epoch-level ones alone (no ``*_step`` keys, no ``on_step``-only names)."""
         cb: dict[str, torch.Tensor] = {}
+        to_callbacks = self.training
         lg: dict[str, torch.Tensor] = {}
         pb: dict[str, torch.Tensor] = {}
         for m in self.metrics.values():
@@ -250,7 +253,7 @@ class ResultCollection:
             if value is None:
                 continue
             forked = meta.step_key
-            if not meta.rank_zero_only:
+            if to_callbacks and not meta.rank_zero_only:
                 cb[forked] = value
                 cb[meta.name] = value
             if meta.logger:
