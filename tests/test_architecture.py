@@ -39,6 +39,9 @@ ALLOWED: dict[tuple[str, str], str] = {
     # the LR-finder/batch-size-finder callbacks are thin wrappers over the tuner's functions, as in Lightning
     ("fulmen.callbacks.lr_finder", "tuner"): "callback wraps tuner function",
     ("fulmen.callbacks.batch_size_finder", "tuner"): "callback wraps tuner function",
+    # a checkpoint written by LightningCLI(load_from_checkpoint_support=True) is rebuilt by the CLI's parser
+    # (nested class specs, under the import allowlist), as Lightning's load_from_checkpoint calls its CLI's
+    ("fulmen.core.saving", "cli"): "load_from_checkpoint rebuilds LightningCLI-saved hyperparameters",
 }
 
 

@@ -60,6 +60,7 @@ __all__ = [
     "ReduceLROnPlateau",
     "SaveConfigCallback",
     "instantiate_class",
+    "instantiate_module",
 ]
 
 _JSONARGPARSE_MIN = (4, 52)
@@ -251,8 +252,10 @@ class LightningCLI:
         run: Add the subcommands and run one; with ``False`` only instantiate (``cli.trainer.fit(cli.model)``).
         auto_configure_optimizers: Add ``--optimizer`` / ``--lr_scheduler`` and build ``configure_optimizers``
             from them when given.
-        load_from_checkpoint_support: Accepted for compatibility (subclass-mode checkpoints are loaded with
-            the subclass's ``load_from_checkpoint``).
+        load_from_checkpoint_support: ``save_hyperparameters()`` in the model/datamodule saves the parsed
+            config (nested class specs included, ``_class_path`` in subclass mode) and the ``_instantiator``
+            that rebuilds it, so ``load_from_checkpoint`` can rebuild objects given as class specs (e.g. a
+            ``backbone: nn.Module`` argument). Rebuilding obeys the same import allowlist as the CLI.
         allowed_import_paths: Dot paths a config may name in addition to the defaults (see the module
             docstring), e.g. ``["mypkg.models", "torch.nn"]``.
 
@@ -468,6 +471,28 @@ class LightningCLI:
         return config.get(str(self.subcommand), config).get(key, default)
 
     # ------------------------------------------------------------------ checkpoint hyperparameters
+    def _instantiators(self) -> list[tuple[Any, type, bool]]:
+        """jsonargparse instantiators that build the model and datamodule with their parsed config given to
+        ``save_hyperparameters`` (``load_from_checkpoint_support``)."""
+        return [
+            (_ConfigInstantiator(self, "model"), _module_type(self._model_class, LightningModule),
+             self.subclass_mode_model),
+            (_ConfigInstantiator(self, "data"), _module_type(self._datamodule_class, LightningDataModule),
+             self.subclass_mode_data),
+        ]
+
+    def _config_dump(self) -> dict[str, Any]:
+        """The parsed config of the subcommand as plain data (what ``config.yaml`` holds)."""
+        import yaml
+
+        if getattr(self, "_config_dump_cache", None) is None:
+            text = self.parser.dump(self.config, skip_link_targets=False, skip_none=False, format="yaml")
+            dump = yaml.safe_load(text) or {}
+            if self.subcommand is not None:
+                dump = dump.get(self.subcommand, {}) or {}
+            self._config_dump_cache = dump
+        return self._config_dump_cache
+
     def _parse_ckpt_path(self, args: Any) -> None:
         """With ``--ckpt_path``, the checkpoint's hyperparameters become the model's defaults (command-line and
         config values still win)."""
@@ -525,7 +550,10 @@ class LightningCLI:
 
     def instantiate_classes(self) -> None:
         """Build the model, the datamodule and the Trainer from ``self.config``."""
-        self.config_init = self.parser.instantiate(self.config)
+        kwargs: dict[str, Any] = {}
+        if self.load_from_checkpoint_support:
+            kwargs["instantiators"] = self._instantiators()
+        self.config_init = self.parser.instantiate(self.config, **kwargs)
         self.datamodule = self._get(self.config_init, "data")
         self.model = self._get(self.config_init, "model")
         self._add_configure_optimizers_method_to_model(self.subcommand)
@@ -680,6 +708,106 @@ def _add_class_path(class_type: type) -> Callable[[Any], Any]:
         return _with_class_path(class_type, _spec_dict(value))
 
     return add
+
+
+#: The instantiator a LightningCLI checkpoint names; Lightning's names map to it (see core/saving.py).
+INSTANTIATOR = "fulmen.cli.instantiate_module"
+
+
+def _module_type(value: Any, default: type) -> type:
+    """The class a model/datamodule argument builds (a function's return annotation for a factory)."""
+    if isinstance(value, type):
+        return value
+    ret = inspect.signature(value).return_annotation if callable(value) else None
+    return ret if isinstance(ret, type) else default
+
+
+def _set_nested(target: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for key in parents:
+        target = target.setdefault(key, {})
+    target[last] = value
+
+
+class _ConfigInstantiator:
+    """Builds the model (or datamodule) while ``save_hyperparameters`` is given its parsed config."""
+
+    def __init__(self, cli: LightningCLI, key: str) -> None:
+        self.cli, self.key = cli, key
+
+    def __call__(self, class_type: type, *args: Any, applied_instantiation_links: dict[str, Any], **kwargs: Any) -> Any:
+        from fulmen.core.hparams import given_hyperparameters, to_plain_data
+
+        try:
+            hparams = dict(self.cli._config_dump().get(self.key) or {})
+        except Exception as err:  # noqa: BLE001 - a config jsonargparse cannot dump: save the __init__ arguments
+            rank_zero_warn(
+                f"LightningCLI(load_from_checkpoint_support=True): the config could not be dumped ({err}), so "
+                f"save_hyperparameters in {class_type.__name__} saves its __init__ arguments instead."
+            )
+            return class_type(*args, **kwargs)
+        if "class_path" in hparams:  # subclass mode: the arguments directly, the class under `_class_path`
+            hparams = {
+                "_class_path": hparams["class_path"],
+                **(hparams.get("init_args") or {}),
+                **(hparams.get("dict_kwargs") or {}),
+            }
+        for key, value in applied_instantiation_links.items():  # values linked in at instantiation
+            if key.startswith(f"{self.key}."):
+                key = key[len(self.key) + 1 :].removeprefix("init_args.")
+                _set_nested(hparams, key, to_plain_data(value))
+        with given_hyperparameters(class_type, hparams, INSTANTIATOR):
+            return class_type(*args, **kwargs)
+
+
+def instantiate_module(class_type: type, config: dict[str, Any]) -> Any:
+    """Rebuild a model/datamodule from the hyperparameters ``LightningCLI(load_from_checkpoint_support=True)``
+    saved (``load_from_checkpoint`` calls this): the config is parsed and instantiated again, nested class specs
+    included, under the CLI's import allowlist.
+
+    Only the classes a config may name are imported (``class_type`` and its imported subclasses, fulmen's
+    components, optimizers, paths allowed by a ``LightningCLI`` of this process or by ``FULMEN_CLI_ALLOWED_IMPORTS``):
+    a checkpoint cannot make this import arbitrary code.
+
+    Raises:
+        MisconfigurationException: If the config names a class that is not allowed, or does not fit ``class_type``.
+    """
+    _require_jsonargparse()
+    from jsonargparse import ArgumentError
+
+    from fulmen._cli_parser import LightningArgumentParser
+
+    parser = LightningArgumentParser(exit_on_error=False, allowed_import_paths=_SESSION_ALLOWED)
+    parser.allowed_base_classes.add(class_type)
+    config = dict(config)
+    saved = {k: v for k, v in config.items() if k != "_instantiator"}
+
+    def rebuild(cls: type, *args: Any, **kwargs: Any) -> Any:
+        # the rebuilt object saves the same hyperparameters, so it can be saved and loaded again
+        from fulmen.core.hparams import given_hyperparameters
+
+        with given_hyperparameters(cls, saved, INSTANTIATOR):
+            return cls(*args, **kwargs)
+
+    if "_class_path" in config:
+        parser.add_subclass_arguments(class_type, "module", fail_untyped=False)
+        config = {
+            "class_path": config.pop("_class_path"),
+            "dict_kwargs": config,
+        }
+    else:
+        parser.add_class_arguments(class_type, "module", fail_untyped=False)
+    try:
+        cfg = parser.parse_object({"module": config})
+        parser.check_class_paths(cfg)
+        return parser.instantiate(cfg, instantiators=[(rebuild, class_type, True)]).module
+    except (ArgumentError, SystemExit) as err:
+        raise MisconfigurationException(
+            f"{class_type.__name__}.load_from_checkpoint: the checkpoint's hyperparameters (saved by LightningCLI with "
+            f"load_from_checkpoint_support) could not be rebuilt: {err}. Fix: if a class they name is trusted, allow "
+            "its module (FULMEN_CLI_ALLOWED_IMPORTS=mypkg.models, or LightningCLI(allowed_import_paths=[...]) in this "
+            "process); or pass the objects as keyword arguments to load_from_checkpoint."
+        ) from err
 
 
 def _init_parameters(cls: Any) -> set[str]:

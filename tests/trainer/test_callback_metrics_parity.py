@@ -77,7 +77,7 @@ def _loader() -> DataLoader:
 def _keys(lib: Any, val_check_interval: float, two_val_loaders: bool) -> dict[str, Any]:
     Net, Spy = _classes(lib)
     spy = Spy()
-    kw = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    kw = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}
     trainer = lib.Trainer(max_epochs=1, num_sanity_val_steps=0, val_check_interval=val_check_interval,
                           callbacks=[spy], **kw)
     model = Net(two_val_loaders)

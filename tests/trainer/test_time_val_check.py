@@ -19,10 +19,10 @@ from fulmen.callbacks import Callback
 from fulmen.trainer.loops import fit as fit_loop
 from fulmen.utilities.exceptions import MisconfigurationException
 
-QUIET = dict(
-    logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-    num_sanity_val_steps=0,
-)
+QUIET = {
+    "logger": False, "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False,
+    "num_sanity_val_steps": 0,
+}
 
 
 class Clock:
@@ -97,7 +97,7 @@ def test_validates_after_the_batches_where_the_interval_passed(monkeypatch, inte
 
 
 def test_same_batches_as_lightning(monkeypatch) -> None:
-    kw = dict(max_epochs=2, val_check_interval="00:00:00:04")
+    kw = {"max_epochs": 2, "val_check_interval": "00:00:00:04"}
     ours, _ = run_fulmen(monkeypatch, **kw)
     assert ours == run_lightning(monkeypatch, **kw)
 
@@ -105,7 +105,7 @@ def test_same_batches_as_lightning(monkeypatch) -> None:
 def test_with_check_val_every_n_epoch_same_as_lightning(monkeypatch) -> None:
     # epochs that are not multiples of 2 never validate; in a multiple-of-2 epoch the first batch after the
     # interval passed validates (here the first batch of the epoch)
-    kw = dict(max_epochs=4, val_check_interval="00:00:00:03", check_val_every_n_epoch=2)
+    kw = {"max_epochs": 4, "val_check_interval": "00:00:00:03", "check_val_every_n_epoch": 2}
     ours, _ = run_fulmen(monkeypatch, **kw)
     assert ours == [(1, 1), (1, 4), (1, 7), (1, 10), (3, 1), (3, 4), (3, 7), (3, 10)]
     assert ours == run_lightning(monkeypatch, **kw)

@@ -6,13 +6,32 @@ import copy
 import inspect
 import types
 from argparse import Namespace
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from fulmen.utilities.exceptions import MisconfigurationException
 from fulmen.utilities.parsing import AttributeDict, collect_init_args
 
 _PRIMITIVES = (bool, int, float, str, type(None))
+
+# LightningCLI(load_from_checkpoint_support=True) builds the model/datamodule inside this context: the class
+# being built and the hyperparameters ``save_hyperparameters`` records instead of the ``__init__`` arguments
+# (the parsed config, nested class specs included, and the ``_instantiator`` that rebuilds it)
+_given_hyperparameters: ContextVar[tuple[type, dict[str, Any]] | None] = ContextVar(
+    "_given_hyperparameters", default=None
+)
+
+
+@contextmanager
+def given_hyperparameters(class_type: type, hparams: dict[str, Any], instantiator: str) -> Iterator[None]:
+    """While building ``class_type``, its ``save_hyperparameters()`` saves ``hparams`` (plus ``_instantiator``)."""
+    token = _given_hyperparameters.set((class_type, {**hparams, "_instantiator": instantiator}))
+    try:
+        yield
+    finally:
+        _given_hyperparameters.reset(token)
 
 
 class HyperparametersMixin:
@@ -52,12 +71,18 @@ class HyperparametersMixin:
                 )
             self._set_hparams(dict(hp))
             return
-        if frame is None:
-            current = inspect.currentframe()
-            frame = current.f_back if current is not None else None
-        if frame is None:
-            return
-        init_args = collect_init_args(frame)
+        given = _given_hyperparameters.get()
+        if given is not None and type(self) is given[0]:
+            # built by LightningCLI(load_from_checkpoint_support=True): the parsed config, which
+            # load_from_checkpoint can parse again (nested class specs stay specs, not objects)
+            init_args = dict(given[1])
+        else:
+            if frame is None:
+                current = inspect.currentframe()
+                frame = current.f_back if current is not None else None
+            if frame is None:
+                return
+            init_args = collect_init_args(frame)
         if ignore is not None:
             ignore_set = {ignore} if isinstance(ignore, str) else set(ignore)
             init_args = {k: v for k, v in init_args.items() if k not in ignore_set}

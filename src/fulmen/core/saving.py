@@ -19,6 +19,32 @@ def _read_hparams_file(path: Any) -> dict[str, Any]:
     return data
 
 
+# What LightningCLI(load_from_checkpoint_support=True) writes under ``_instantiator`` (fulmen's, and Lightning's
+# names for the same function). Only these are accepted: a checkpoint never chooses code to import.
+_CLI_INSTANTIATORS = frozenset({
+    "fulmen.cli.instantiate_module",
+    "lightning.pytorch.cli.instantiate_module",
+    "pytorch_lightning.cli.instantiate_module",
+})
+
+
+def _instantiator(cls: type, name: Any) -> Any:
+    """The function that rebuilds ``cls`` from hyperparameters saved by the CLI, or None for ``cls(**hparams)``."""
+    if name is None:
+        return None
+    if name not in _CLI_INSTANTIATORS:
+        raise MisconfigurationException(
+            f"{cls.__name__}.load_from_checkpoint: the checkpoint's hyperparameters name the instantiator {name!r}; "
+            f"only LightningCLI's ({sorted(_CLI_INSTANTIATORS)}) is accepted, because a checkpoint must not choose "
+            "code to run. Fix: remove '_instantiator' from checkpoint['hyper_parameters'] and pass the constructor "
+            "arguments as keyword arguments to load_from_checkpoint."
+        )
+    # the CLI's parser rebuilds nested class specs under its import allowlist (a documented layering exception)
+    from fulmen.cli import instantiate_module
+
+    return instantiate_module
+
+
 def load_from_checkpoint(
     cls: type,
     checkpoint_path: Any,
@@ -40,11 +66,12 @@ def load_from_checkpoint(
     if hparams_file is not None:
         hparams.update(_read_hparams_file(hparams_file))
     hparams.update(kwargs)
+    instantiate = _instantiator(cls, hparams.pop("_instantiator", None))
     params = inspect.signature(cls.__init__).parameters
     accepts_var_kw = any(p.kind == p.VAR_KEYWORD for p in params.values())
     init_kwargs = hparams if accepts_var_kw else {k: v for k, v in hparams.items() if k in params}
     try:
-        obj = cls(**init_kwargs)
+        obj = instantiate(cls, init_kwargs) if instantiate is not None else cls(**init_kwargs)
     except TypeError as err:
         raise MisconfigurationException(
             f"{cls.__name__}.load_from_checkpoint could not rebuild the object from the saved hyperparameters "
