@@ -113,6 +113,12 @@ class Strategy:
         batch. None on one process (the loop acts on the spot)."""
         return None
 
+    @property
+    def val_check_agreement(self) -> Any:
+        """Multi-process strategies: how a time-based ``val_check_interval`` that elapsed on one rank's clock makes
+        every rank validate after the same batch. None on one process (the loop reads its own clock)."""
+        return None
+
     def on_exception(self, exception: BaseException) -> BaseException:
         """Called by the Trainer/Fabric when the run raises; returns the exception to raise (a peer's failure
         is reported as :class:`~fulmen.utilities.exceptions.RankFailedError`)."""

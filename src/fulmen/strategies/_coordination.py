@@ -37,6 +37,7 @@ _FAILURE_KEY = "fulmen/failure"
 _ACK_KEY = "fulmen/failure_acks"
 _PREEMPT_KEY = "fulmen/preempt"
 _EPOCH_END_KEY = "fulmen/epoch_end"
+_VAL_CHECK_KEY = "fulmen/val_check"
 _POLL_S = 0.1
 # How long a rank that asks for a decision waits at its batch boundary for the others to ask at the same one (a
 # collective decision: every rank asks at once, and acts at once). A peer that is already past that boundary
@@ -166,6 +167,8 @@ class Coordinator:
         # decisions any rank can ask for mid-epoch, acted on by every rank at the same batch boundary
         self.preemption = Agreement(self, _PREEMPT_KEY, parse=int)
         self.epoch_end = Agreement(self, _EPOCH_END_KEY)
+        # a time-based val_check_interval: a rank whose clock says the interval passed asks to validate
+        self.val_check = Agreement(self, _VAL_CHECK_KEY)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -361,6 +364,7 @@ class Coordinator:
                 try:
                     self.preemption.poll()
                     self.epoch_end.poll()
+                    self.val_check.poll()
                     record = self.read_failure()
                     if record is None:
                         record = self._check_diverged()

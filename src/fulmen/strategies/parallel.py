@@ -287,6 +287,16 @@ class ParallelStrategy(Strategy):
             return None
         return c.epoch_end
 
+    @property
+    def val_check_agreement(self) -> Any:
+        """The agreement through which a time-based ``val_check_interval`` that elapsed on one rank's clock makes
+        every rank validate after the same batch (see ``_coordination.Agreement``); None on one process or once a
+        rank failed."""
+        c = self._coordinator
+        if c is None or c.broken:
+            return None
+        return c.val_check
+
     def finalize(self) -> None:
         """End of this process's part in the run: a last sync point, then the process group goes away."""
         c = self._coordinator

@@ -182,12 +182,15 @@ class DataManager:
         n = self.num_training_batches
         self.val_check_seconds = None
         if isinstance(vci, _dt.timedelta):
-            if self.trainer.strategy.is_distributed:
+            strategy = self.trainer.strategy
+            # several processes: each reads its own clock, and the ranks agree on the batch after which all validate
+            # (strategy.val_check_agreement); a strategy without that agreement could hang in validation
+            if strategy.is_distributed and strategy.val_check_agreement is None:
                 raise NotSupportedYetError(
                     f"Trainer(val_check_interval={vci!r}): a time-based validation interval with several "
-                    "processes is not supported yet: each process reads its own clock, so they could disagree "
-                    "on whether to validate after a batch and hang. Fix: pass an int number of batches or a "
-                    "float fraction of the epoch."
+                    f"processes needs the ranks to agree on when to validate, which {type(strategy).__name__} "
+                    "cannot do here (no rank coordinator). Fix: pass an int number of batches or a float fraction "
+                    "of the epoch."
                 )
             self.val_check_batch = None
             self.val_check_seconds = vci.total_seconds()

@@ -43,6 +43,10 @@ class FitLoop:
         # Lightning: at the start of fit, after each validation and when the train loader is reloaded);
         # None outside a fit's training
         self._last_val_time: float | None = None
+        # ... with several processes: the agreement through which every rank validates after the same batch (None
+        # otherwise), and whether this rank or a peer asked for a validation that has not run yet
+        self._val_agreement: Any = None
+        self._val_request = False
 
     # ------------------------------------------------------------------ the run
     def run(self) -> None:
@@ -64,6 +68,15 @@ class FitLoop:
         agreement = t.strategy.epoch_end_agreement
         if agreement is not None:
             agreement.callbacks[:] = [self._on_peer_request]
+        self._val_request = False
+        self._val_agreement = None
+        val_agreement = t.strategy.val_check_agreement
+        if val_agreement is not None:
+            if t._data.val_check_seconds is not None:
+                self._val_agreement = val_agreement
+                val_agreement.callbacks[:] = [self._on_peer_val_request]
+            else:
+                val_agreement.callbacks[:] = []  # nobody asks: the watchdog does not poll for it
         d.both("on_train_start")
         while not self._done():
             if t._data.maybe_reload_train(rs.epoch):
@@ -72,6 +85,7 @@ class FitLoop:
         t._optimization._last_loss = None  # the last step's graph (see Optimization.setup)
         d.both("on_train_end")
         self._last_val_time = None
+        self._val_agreement = None
 
     def val_time_elapsed(self) -> float:
         """Time-based val_check_interval: seconds since the last validation (for a checkpoint), else 0."""
@@ -207,6 +221,13 @@ class FitLoop:
 
     def _clear_end_request(self) -> None:
         self._end_request = self._skip_asked = False
+
+    def _on_peer_val_request(self, value: object) -> None:
+        """Watchdog thread: a peer's time-based validation interval elapsed; this rank joins at its next boundary."""
+        self._val_request = True
+
+    def _clear_val_request(self) -> None:
+        self._val_request = False
 
     def _agreed_epoch_end(self, agreement: Any) -> bool | None:
         """Multi-process, at a batch boundary where this rank or a peer asked to end the epoch: None to keep
@@ -345,6 +366,8 @@ class FitLoop:
             agreement.next_generation(self._clear_end_request)
         else:
             self._clear_end_request()
+        if self._val_agreement is not None:  # likewise a validation asked for too late to run in this epoch
+            self._val_agreement.next_generation(self._clear_val_request)
         if rs.resume_point != "epoch_end":
             rs.resume_point = "epoch_end" if completed else ""
             t._metrics.epoch_end_reached = True
@@ -373,7 +396,19 @@ class FitLoop:
         if val_batch is None:  # time-based: due once the interval has passed since the last validation
             if is_last and t._data.num_training_batches == math.inf:
                 return True
-            return _clock() - self._last_val_time >= t._data.val_check_seconds  # type: ignore[operator]
+            elapsed = _clock() - self._last_val_time >= t._data.val_check_seconds  # type: ignore[operator]
+            agreement = self._val_agreement
+            if agreement is None:  # one process: its own clock decides
+                return elapsed
+            # several processes: the ranks' clocks may disagree, and validation runs collectives, so every rank
+            # validates after the same batch. The epoch's last batch is one every rank reaches: one reduce there
+            # (once per epoch) also runs a validation that was asked for and not yet agreed on
+            if is_last:
+                return t.strategy.reduce_boolean_decision(elapsed or self._val_request, all=False)
+            if not (elapsed or self._val_request):  # attribute checks: nothing else runs while nobody asks
+                return False
+            self._val_request = True  # asked: look again at every boundary until the agreed one
+            return agreement.agree("val" if elapsed else "", t.run_state.global_step) is not None
         if val_batch == math.inf:
             return is_last
         if t.config.check_val_every_n_epoch is None:
@@ -386,6 +421,8 @@ class FitLoop:
         t._val_loop.run(t._data.val_loaders, t._data.num_val_batches, in_fit=True)
         t.state.stage = RunningStage.TRAINING
         self._last_val_time = _clock()
+        if self._val_agreement is not None:  # every rank, right after the validation they agreed on
+            self._val_agreement.next_generation(self._clear_val_request)
 
 
 class Optimization:
