@@ -23,7 +23,9 @@ from torch.utils.data import DataLoader, TensorDataset
 import fulmen as L
 from fulmen.trainer.loops import fit as fit_loop
 
-pytestmark = [pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")]
+pytestmark = [
+    pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+]
 
 N_BATCHES = 16  # per rank and epoch: 128 samples, batch 4, 2 ranks
 STEP_S = 0.03
@@ -40,7 +42,9 @@ class Clock:
 
 def _loader() -> DataLoader:
     g = torch.Generator().manual_seed(0)
-    return DataLoader(TensorDataset(torch.randn(128, 4, generator=g), torch.randn(128, 1, generator=g)), batch_size=4)
+    return DataLoader(
+        TensorDataset(torch.randn(128, 4, generator=g), torch.randn(128, 1, generator=g)), batch_size=4
+    )
 
 
 class Recorder(L.LightningModule):
@@ -48,7 +52,9 @@ class Recorder(L.LightningModule):
     ``stops``: where this rank sets should_stop; ``slow``: where this rank dawdles in on_train_batch_end (the peer
     goes on into the next batch before this rank asks)."""
 
-    def __init__(self, out: Path, clock: Clock, jumps: Any = (), stops: Any = (), slow: Any = ()) -> None:
+    def __init__(
+        self, out: Path, clock: Clock, jumps: Any = (), stops: Any = (), slow: Any = (), tick: float = 0.0
+    ) -> None:
         super().__init__()
         torch.manual_seed(1)
         self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
@@ -57,12 +63,14 @@ class Recorder(L.LightningModule):
         self.trained: list[list[int]] = []
         self.val_at: list[list[int]] = []  # (epoch, batches trained in the epoch) at each validation's start
         self.done = 0
+        self.tick = tick  # seconds every training batch takes on every rank's clock
 
     def _at(self, batch_idx: int) -> tuple[int, int, int]:
         return (self.global_rank, self.current_epoch, batch_idx)
 
     def training_step(self, batch, batch_idx):
         time.sleep(STEP_S)
+        self.clock.now += self.tick
         if self._at(batch_idx) in self.jumps:
             self.clock.now += HOUR
         self.trained.append([self.current_epoch, batch_idx])
@@ -96,16 +104,31 @@ class Recorder(L.LightningModule):
         (self.out / f"rank{self.global_rank}.json").write_text(json.dumps(record))
 
 
-def _fit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strategy: Any = "ddp_fork", **kw: Any) -> dict[str, Any]:
+def _fit(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    strategy: Any = "ddp_fork",
+    trainer_kw: Any = None,
+    ckpt_path: str | None = None,
+    **kw: Any,
+) -> dict[str, Any]:
     clock = Clock()
     monkeypatch.setattr(fit_loop, "_clock", clock)  # each forked rank gets its own copy of the clock
     module = Recorder(tmp_path, clock, **kw)
+    trainer_kw = {"max_epochs": 2, "enable_checkpointing": False, **(trainer_kw or {})}
     trainer = L.Trainer(
-        accelerator="cpu", devices=2, strategy=strategy, max_epochs=2, val_check_interval="00:01:00:00",
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        devices=2,
+        strategy=strategy,
+        val_check_interval="00:01:00:00",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
         num_sanity_val_steps=0,
+        **trainer_kw,
     )
-    trainer.fit(module, _loader(), _loader())  # returns normally: no rank hung in a validation the other skipped
+    # returns normally: no rank hung in a validation the other skipped
+    trainer.fit(module, _loader(), _loader(), ckpt_path=ckpt_path)
     rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
     assert rank0["trained"] == rank1["trained"], "the ranks trained different batches"
     assert rank0["val_at"] == rank1["val_at"], "the ranks validated after different batches"
@@ -166,3 +189,33 @@ def test_a_validation_and_a_stop_asked_at_the_same_batch_on_one_rank(
     ran = [b for e, b in record["trained"] if e == 0]
     assert 4 <= len(ran) < N_BATCHES and record["epoch"] == 0  # stopped mid-epoch 0
     assert len(record["val_at"]) <= 1 and all(v[1] <= len(ran) for v in record["val_at"])
+
+
+def test_resume_keeps_the_time_since_the_last_validation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fulmen.callbacks import ModelCheckpoint
+
+    for name in ("full", "resumed", "ckpt"):
+        (tmp_path / name).mkdir()
+    # every batch takes 1000 s on both clocks: the hour has passed after every 4th batch
+    every_step = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", filename="{step}", every_n_train_steps=1, save_top_k=-1
+    )
+    full = _fit(
+        tmp_path / "full",
+        monkeypatch,
+        tick=1000.0,
+        trainer_kw={"max_epochs": 1, "callbacks": [every_step], "enable_checkpointing": True},
+    )
+    assert full["val_at"] == [[0, 4], [0, 8], [0, 12], [0, 16]]
+    # resumed from step 6 (2000 s after the validation at batch 4): validates after the same batches as the full run
+    resumed = _fit(
+        tmp_path / "resumed",
+        monkeypatch,
+        tick=1000.0,
+        trainer_kw={"max_epochs": 1},
+        ckpt_path=str(tmp_path / "ckpt" / "step=6.ckpt"),
+    )
+    assert resumed["trained"] == [[0, b] for b in range(6, N_BATCHES)]
+    assert resumed["val_at"] == [[0, 8], [0, 12], [0, 16]]
