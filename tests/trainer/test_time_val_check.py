@@ -186,3 +186,12 @@ def test_resume_is_exact_in_time_mode(monkeypatch, tmp_path, save) -> None:
     assert resumed.val_at == full.val_at[full.val_at_save :]
     for a, b in zip(full.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
+
+
+def test_several_processes_are_refused_clearly() -> None:
+    from fulmen.utilities.exceptions import NotSupportedYetError
+
+    trainer = L.Trainer(val_check_interval="00:00:10:00", **QUIET)
+    trainer.strategy.is_distributed = True  # as on a multi-process strategy: each rank would read its own clock
+    with pytest.raises(NotSupportedYetError, match=r"val_check_interval.*several processes.*Fix:"):
+        trainer._data._compute_val_check_batch()
