@@ -251,7 +251,7 @@ class FitLoop:
 
     def _run_batches(
         self, results: ResultCollection, loader: Any, start: int, n_batches: int | float, auto: bool,
-        check_val: bool, val_batch: int | float,
+        check_val: bool, val_batch: int | float | None,
     ) -> bool:
         """Run the epoch's batches from ``start``; return whether the epoch ran to its end."""
         t = self.trainer
@@ -323,7 +323,7 @@ class FitLoop:
 
     def _after_batch(
         self, results: ResultCollection, batch_idx: int, is_last: bool, stepped: bool, check_val: bool,
-        val_batch: int | float, skip_logging: bool = False,
+        val_batch: int | float | None, skip_logging: bool = False,
     ) -> None:
         """Logging, in-epoch validation and step-interval plateau schedulers after a batch's hooks."""
         t = self.trainer
