@@ -191,6 +191,17 @@ def test_a_validation_and_a_stop_asked_at_the_same_batch_on_one_rank(
     assert len(record["val_at"]) <= 1 and all(v[1] <= len(ran) for v in record["val_at"])
 
 
+def test_a_validation_on_one_rank_and_a_stop_on_the_other_at_the_same_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # rank 1 asks to validate and rank 0 to stop after batch 3: each agreement settles (neither rank waits for the
+    # other at that batch in vain), the ranks act at the same batches, and fit ends normally
+    record = _fit(tmp_path, monkeypatch, jumps={(1, 0, 3)}, stops={(0, 0, 3)})
+    ran = [b for e, b in record["trained"] if e == 0]
+    assert 4 <= len(ran) < N_BATCHES and record["epoch"] == 0  # stopped mid-epoch 0
+    assert len(record["val_at"]) <= 1 and all(v[1] <= len(ran) for v in record["val_at"])
+
+
 def test_resume_keeps_the_time_since_the_last_validation(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -219,3 +230,43 @@ def test_resume_keeps_the_time_since_the_last_validation(
     )
     assert resumed["trained"] == [[0, b] for b in range(6, N_BATCHES)]
     assert resumed["val_at"] == [[0, 8], [0, 12], [0, 16]]
+
+
+def test_a_rank_past_its_decision_point_tells_an_asking_peer_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank-by-rank (two Coordinators on one in-process store): rank 1 went past its validation check at the batch
+    where rank 0 asks, and waits at that same batch elsewhere (its progress does not move): its watchdog records
+    "defer" at once, so rank 0 does not wait for the same-boundary bound (made huge here) and goes on training."""
+    import threading
+
+    from fulmen.strategies import _coordination
+    from fulmen.strategies._coordination import Coordinator
+
+    monkeypatch.setattr(_coordination, "_SAME_BOUNDARY_WAIT_S", 3600.0)
+    store = torch.distributed.HashStore()
+    progress = [7, 7]
+    r0, r1 = (
+        Coordinator(store, r, 2, 5.0, 5.0, progress=lambda r=r: progress[r], unblock=lambda: None)
+        for r in range(2)
+    )
+    notices: list[Any] = []
+    r1.val_check.callbacks.append(notices.append)
+    r1.val_check.poll()
+    assert notices == []  # nobody asked
+    r1.val_check.pass_boundary()  # rank 1's loop at progress 7: its clock has not run out, it does not ask
+    asked = threading.Thread(
+        target=lambda: notices.append(("rank0", r0.val_check.agree("val", 3))), daemon=True
+    )
+    asked.start()
+    while not store.check([r0.val_check._key(0)]):
+        time.sleep(0.001)
+    r1.val_check.poll()  # same progress as rank 0's post, but past its decision point there
+    asked.join(timeout=10)
+    assert not asked.is_alive()
+    assert notices == ["val", ("rank0", None)]
+    # rank 1 joins at its next boundary; both validate at the agreed step (largest post + 2), then start afresh
+    progress[:] = [9, 9]
+    assert r1.val_check.agree("", 4) is None and r0.val_check.agree("val", 4) is None
+    assert r0.val_check.agree("val", 6) == r1.val_check.agree("", 6) == ["val", ""]
+    for r in (r0, r1):
+        r.val_check.next_generation()
+    assert r0.val_check.generation == r1.val_check.generation == 1

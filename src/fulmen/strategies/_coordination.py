@@ -435,6 +435,9 @@ class Agreement:
         self.callbacks: list[Callable[[Any], None]] = []
         self.generation = 0
         self._lock = threading.Lock()
+        # progress at which this rank's loop last went past its decision point without asking (``pass_boundary``);
+        # -1 while the loop does not say so (it then counts as past a boundary only once its progress moved on)
+        self._passed = -1
         self._clear()
 
     def _clear(self) -> None:
@@ -472,6 +475,13 @@ class Agreement:
             self._at = max(p[0] for p in posts) + 2
             self._values = [p[2] for p in posts]
         return self._values if step >= self._at else None
+
+    def pass_boundary(self) -> None:
+        """The loop went past its decision point at this batch boundary without asking (optional, for a loop that
+        checks at every boundary): a peer that asks at this same boundary is told at once (by this rank's
+        watchdog) that acting there at once is impossible, instead of waiting until this rank's progress moves on
+        (which it may not do soon, e.g. while this rank waits at the same boundary in another agreement)."""
+        self._passed = self._c._progress()
 
     def _decide_here(self, step: int, progress: int) -> str:
         """Wait at the posting boundary until the decision is recorded (see the class docstring, 2.)."""
@@ -538,19 +548,18 @@ class Agreement:
                     callback(value)
             if self._posted is not None or self._deferred:
                 return
-            # this rank has not posted: if it already ran past a peer's posting boundary, acting there at once is
-            # impossible; say so, so that the peer does not wait for it
+            # this rank has not posted: if it already ran past a peer's posting boundary (its progress moved on, or
+            # its loop said so), acting there at once is impossible; say so, so that the peer does not wait for it
             progress = c._progress()
+            passed = self._passed
             for r in range(c.world_size):
                 key = self._key(r)
-                if (
-                    r != c.rank
-                    and store.check([key])
-                    and int(_text(store.get(key)).split("|", 2)[1]) < progress
-                ):
-                    self._record("defer")
-                    self._deferred = True
-                    return
+                if r != c.rank and store.check([key]):
+                    posted = int(_text(store.get(key)).split("|", 2)[1])
+                    if posted < progress or posted <= passed:
+                        self._record("defer")
+                        self._deferred = True
+                        return
 
 
 def _text(raw: Any) -> str:

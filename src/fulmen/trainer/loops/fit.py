@@ -406,6 +406,7 @@ class FitLoop:
             if is_last:
                 return t.strategy.reduce_boolean_decision(elapsed or self._val_request, all=False)
             if not (elapsed or self._val_request):  # attribute checks: nothing else runs while nobody asks
+                agreement.pass_boundary()  # a peer asking at this batch need not wait for this rank here
                 return False
             self._val_request = True  # asked: look again at every boundary until the agreed one
             return agreement.agree("val" if elapsed else "", t.run_state.global_step) is not None
