@@ -6,7 +6,7 @@ from dataclasses import fields
 
 import torch
 
-from fulmen.core.run_state import Progress, RunState
+from fulmen.core.run_state import PROGRESS_FIELDS, Progress, RunState
 
 
 def _filled() -> RunState:
@@ -14,8 +14,8 @@ def _filled() -> RunState:
     for i, f in enumerate(fields(rs)):
         value = getattr(rs, f.name)
         if isinstance(value, Progress):
-            for j, pf in enumerate(fields(value)):
-                setattr(value, pf.name, 10 * i + j + 1)
+            for j, name in enumerate(PROGRESS_FIELDS):
+                setattr(value, name, 10 * i + j + 1)
         elif isinstance(value, bool):
             setattr(rs, f.name, True)
         elif isinstance(value, int):
@@ -54,3 +54,27 @@ def test_lightning_loops_layout_round_trip() -> None:
     assert back.global_step == rs.optimizer_steps.total_completed
     assert back.epoch == rs.epoch_progress.current_completed
     assert back.batch_progress == rs.batch_progress and back.epoch_progress == rs.epoch_progress
+
+
+def test_progress_counters_move_as_lightning_counts_them() -> None:
+    """increment/start/complete/reset_current on the compact representation give the eight counters Lightning's
+    progress objects would hold, and every counter can be set on its own without moving the others."""
+    p = Progress()
+    p.increment()
+    p.increment(2)
+    p.start()
+    assert p.as_dict() == {
+        "total_ready": 4, "total_started": 4, "total_processed": 3, "total_completed": 3,
+        "current_ready": 4, "current_started": 4, "current_processed": 3, "current_completed": 3,
+    }
+    p.complete()
+    p.reset_current()
+    p.start()
+    assert (p.total_ready, p.total_started, p.total_processed, p.total_completed) == (5, 5, 4, 4)
+    assert (p.current_ready, p.current_started, p.current_processed, p.current_completed) == (1, 1, 0, 0)
+    for k, name in enumerate(PROGRESS_FIELDS):
+        before = p.as_dict()
+        setattr(p, name, 100 + k)
+        assert p.as_dict() == {**before, name: 100 + k}
+    assert Progress(**p.as_dict()) == p and Progress() != p
+    assert repr(Progress()).startswith("Progress(total_ready=0, ")

@@ -11,45 +11,82 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 
-@dataclass
-class Progress:
-    """Ready/started/processed/completed counters, total (whole run) and current (this epoch or run)."""
+_SCOPES = ("total", "current")
+_STAGES = ("ready", "started", "processed", "completed")
 
-    total_ready: int = 0
-    total_started: int = 0
-    total_processed: int = 0
-    total_completed: int = 0
-    current_ready: int = 0
-    current_started: int = 0
-    current_processed: int = 0
-    current_completed: int = 0
+
+class Progress:
+    """Ready/started/processed/completed counters, total (whole run) and current (this epoch or run).
+
+    The eight counters (``total_ready`` ... ``current_completed``) are read and written as attributes, as in
+    Lightning's progress objects. Stored are, per scope, ``completed`` and the three gaps between neighbouring
+    stages (processed - completed, started - processed, ready - started): :meth:`increment`, called a few times
+    per training step, then moves two numbers instead of eight (the gaps do not change when every stage
+    advances together). Reads add the gaps up; they happen at checkpoints and epoch ends, not per step.
+    """
+
+    __slots__ = ("_t", "_tp", "_ts", "_tr", "_c", "_cp", "_cs", "_cr")
+
+    def __init__(
+        self, total_ready: int = 0, total_started: int = 0, total_processed: int = 0, total_completed: int = 0,
+        current_ready: int = 0, current_started: int = 0, current_processed: int = 0, current_completed: int = 0,
+    ) -> None:
+        self._set("total", total_ready, total_started, total_processed, total_completed)
+        self._set("current", current_ready, current_started, current_processed, current_completed)
+
+    def _set(self, scope: str, ready: int, started: int, processed: int, completed: int) -> None:
+        gaps = (completed, processed - completed, started - processed, ready - started)
+        names = ("_t", "_tp", "_ts", "_tr") if scope == "total" else ("_c", "_cp", "_cs", "_cr")
+        for name, value in zip(names, gaps):
+            object.__setattr__(self, name, value)
+
+    def _get(self, scope: str) -> tuple[int, int, int, int]:
+        """``(ready, started, processed, completed)`` of ``scope``."""
+        if scope == "total":
+            completed, dp, ds, dr = self._t, self._tp, self._ts, self._tr
+        else:
+            completed, dp, ds, dr = self._c, self._cp, self._cs, self._cr
+        processed = completed + dp
+        started = processed + ds
+        return started + dr, started, processed, completed
 
     def increment(self, n: int = 1) -> None:
         """Count one unit of work done end to end (ready, started, processed, completed)."""
-        self.total_ready += n
-        self.total_started += n
-        self.total_processed += n
-        self.total_completed += n
-        self.current_ready += n
-        self.current_started += n
-        self.current_processed += n
-        self.current_completed += n
+        self._t += n
+        self._c += n
 
     def start(self) -> None:
-        self.total_ready += 1
-        self.total_started += 1
-        self.current_ready += 1
-        self.current_started += 1
+        """Ready and started advance; processed and completed wait for :meth:`complete`."""
+        self._ts += 1
+        self._cs += 1
 
     def complete(self) -> None:
         """Mark the unit started by :meth:`start` processed and completed."""
-        self.total_processed += 1
-        self.total_completed += 1
-        self.current_processed += 1
-        self.current_completed += 1
+        self._t += 1
+        self._ts -= 1
+        self._c += 1
+        self._cs -= 1
 
     def reset_current(self) -> None:
-        self.current_ready = self.current_started = self.current_processed = self.current_completed = 0
+        self._c = self._cp = self._cs = self._cr = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The eight counters by name (``total_ready`` ... ``current_completed``)."""
+        out: dict[str, int] = {}
+        for scope in _SCOPES:
+            for stage, value in zip(_STAGES, self._get(scope)):
+                out[f"{scope}_{stage}"] = value
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Progress):
+            return NotImplemented
+        return self.as_dict() == other.as_dict()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it replaces
+
+    def __repr__(self) -> str:
+        return f"Progress({', '.join(f'{k}={v}' for k, v in self.as_dict().items())})"
 
     def to_lightning(self, with_processed: bool = True) -> dict[str, dict[str, int]]:
         keys = ("ready", "started", "processed", "completed") if with_processed else ("ready", "completed")
@@ -63,6 +100,25 @@ class Progress:
             for k, v in d.get(scope, {}).items():
                 if hasattr(self, f"{scope}_{k}"):
                     setattr(self, f"{scope}_{k}", int(v))
+
+
+
+def _counter(scope: str, index: int) -> property:
+    def get(self: Progress) -> int:
+        return self._get(scope)[index]
+
+    def set(self: Progress, value: int) -> None:
+        values = list(self._get(scope))
+        values[index] = value
+        self._set(scope, *values)
+
+    return property(get, set, doc=f"{scope} {_STAGES[index]} count")
+
+
+for _scope in _SCOPES:
+    for _i, _stage in enumerate(_STAGES):
+        setattr(Progress, f"{_scope}_{_stage}", _counter(_scope, _i))
+PROGRESS_FIELDS = tuple(f"{scope}_{stage}" for scope in _SCOPES for stage in _STAGES)
 
 
 @dataclass
@@ -135,7 +191,7 @@ class RunState:
         out: dict[str, Any] = {}
         for name in self.SAVED:
             value = getattr(self, name)
-            out[name] = {f.name: getattr(value, f.name) for f in fields(value)} if isinstance(value, Progress) else value
+            out[name] = value.as_dict() if isinstance(value, Progress) else value
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
