@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-
 _SCOPES = ("total", "current")
 _STAGES = ("ready", "started", "processed", "completed")
 
@@ -25,7 +24,7 @@ class Progress:
     advances together). Reads add the gaps up; they happen at checkpoints and epoch ends, not per step.
     """
 
-    __slots__ = ("_t", "_tp", "_ts", "_tr", "_c", "_cp", "_cs", "_cr")
+    __slots__ = ("_c", "_cp", "_cr", "_cs", "_t", "_tp", "_tr", "_ts")
 
     def __init__(
         self, total_ready: int = 0, total_started: int = 0, total_processed: int = 0, total_completed: int = 0,
