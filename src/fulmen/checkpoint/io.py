@@ -312,7 +312,6 @@ def _snapshot(obj: Any, memo: dict[int, Any]) -> Any:
 # --------------------------------------------------------------------------------------------------
 
 _SNAPSHOT_MODES = ("auto", "fork", "copy")
-_FORK_OK_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 # The child's report must fit in a pipe buffer (16 KiB or more everywhere) so writing it never blocks.
 _RECORD_LIMIT = 16 * 1024
 _FORK_WARNING = r".*use of fork\(\) may lead to deadlocks in the child"
@@ -347,7 +346,7 @@ def _fork_blocker(obj: Any) -> str | None:
             continue
         seen.add(id(item))
         if isinstance(item, torch.Tensor):
-            if type(item) not in _FORK_OK_TENSOR_TYPES and not isinstance(item, torch.nn.Parameter):
+            if type(item) is not torch.Tensor and not isinstance(item, torch.nn.Parameter):
                 return f"a {type(item).__name__} (tensor subclass)"
             if item.device.type not in ("cpu", "meta"):
                 return f"a tensor on {item.device}"
@@ -612,9 +611,10 @@ class AsyncCheckpointIO(WrappingCheckpointIO):
         blocker = _fork_blocker(checkpoint)
         if blocker is not None:
             raise ValueError(
-                f"AsyncCheckpointIO(snapshot='fork') cannot save checkpoint {display!r}: it holds {blocker}, and a "
-                "forked child process cannot use CUDA or other accelerators. Fix: use snapshot='auto' (falls back "
-                "to copying such checkpoints) or 'copy'."
+                f"AsyncCheckpointIO(snapshot='fork') cannot save checkpoint {display!r}: it holds {blocker}, which a "
+                "forked writer cannot snapshot (a forked child cannot use CUDA or other accelerators, tensor "
+                "subclasses may need them to pickle, and shared or pinned memory is not copied on write). Fix: use "
+                "snapshot='auto' (falls back to copying such checkpoints) or 'copy'."
             )
         return True
 
