@@ -256,7 +256,7 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError, OverflowError):
+    except (OSError, OverflowError):  # PermissionError included
         return True  # someone else's process (or unknown): treat as alive, never remove its file
     return True
 
