@@ -49,6 +49,7 @@ from torch import nn
 from fulmen.accelerators import Accelerator
 from fulmen.plugins.environments import ClusterEnvironment
 from fulmen.plugins.precision import DeepSpeedPrecision, Precision
+from fulmen.strategies.ddp import _START_METHODS, DDPStrategy
 from fulmen.strategies.parallel import ParallelStrategy
 from fulmen.utilities import distributed as fdist
 from fulmen.utilities.exceptions import MisconfigurationException
@@ -209,7 +210,7 @@ class DeepSpeedStrategy(ParallelStrategy):
                 f"DeepSpeedStrategy(logging_batch_size_per_gpu={logging_batch_size_per_gpu!r}); expected 'auto' or "
                 "a positive int."
             )
-        if start_method not in ("popen", "spawn", "fork", "forkserver"):
+        if start_method not in _START_METHODS:
             raise MisconfigurationException(
                 f"DeepSpeedStrategy(start_method={start_method!r}); expected 'popen', 'spawn', 'fork' or "
                 "'forkserver'."
@@ -393,22 +394,9 @@ class DeepSpeedStrategy(ParallelStrategy):
         return config
 
     # ------------------------------------------------------------------ launching
-    @property
-    def start_method(self) -> str:
-        return self._start_method
-
-    def _configure_launcher(self) -> None:
-        from fulmen.strategies.launchers import MultiProcessingLauncher, SubprocessScriptLauncher
-
-        env = self._env()
-        if env.creates_processes_externally:
-            self._launcher = None
-        elif self._start_method == "popen":
-            self._launcher = SubprocessScriptLauncher(
-                env, self.num_processes, self.num_nodes, self.failure_timeout
-            )
-        else:
-            self._launcher = MultiProcessingLauncher(self, start_method=self._start_method)
+    # the same process launching as DDP (popen: the script launcher; spawn/fork/forkserver: multiprocessing)
+    start_method = DDPStrategy.start_method
+    _configure_launcher = DDPStrategy._configure_launcher
 
     def setup_environment(self) -> None:
         super().setup_environment()
