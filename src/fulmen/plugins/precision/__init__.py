@@ -24,6 +24,24 @@ _ALIASES = {
 }
 
 
+@contextmanager
+def _default_dtype(dtype: torch.dtype) -> Generator[None, None, None]:
+    """``torch``'s default dtype is ``dtype`` inside (tensors and parameters created there get it)."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(default)
+
+
+def _cast_floating(data: Any, dtype: torch.dtype) -> Any:
+    """The floating-point tensors in ``data`` (any collection) cast to ``dtype``; other tensors as they are."""
+    from fulmen.utilities.apply_func import apply_to_collection
+
+    return apply_to_collection(data, torch.Tensor, lambda t: t.to(dtype) if t.is_floating_point() else t)
+
+
 class Precision:
     """Full precision (``32-true``): no autocast, no scaling."""
 
@@ -146,20 +164,14 @@ class HalfPrecision(Precision):
 
     @contextmanager
     def module_init_context(self) -> Generator[None, None, None]:
-        default = torch.get_default_dtype()
-        torch.set_default_dtype(self._dtype)
-        try:
+        with _default_dtype(self._dtype):
             yield
-        finally:
-            torch.set_default_dtype(default)
 
     def forward_context(self) -> Any:
         return self.module_init_context()
 
     def convert_input(self, data: Any) -> Any:
-        from fulmen.utilities.apply_func import apply_to_collection
-
-        return apply_to_collection(data, torch.Tensor, lambda t: t.to(self._dtype) if t.is_floating_point() else t)
+        return _cast_floating(data, self._dtype)
 
 
 class DoublePrecision(HalfPrecision):
@@ -202,23 +214,12 @@ class DeepSpeedPrecision(Precision):
 
     @contextmanager
     def module_init_context(self) -> Generator[None, None, None]:
-        if not (self.precision.endswith("-true") and self._dtype != torch.float32):
+        low_true = self.precision.endswith("-true") and self._dtype != torch.float32
+        with _default_dtype(self._dtype) if low_true else nullcontext():
             yield
-            return
-        default = torch.get_default_dtype()
-        torch.set_default_dtype(self._dtype)
-        try:
-            yield
-        finally:
-            torch.set_default_dtype(default)
 
     def convert_input(self, data: Any) -> Any:
-        if self._dtype == torch.float32:
-            return data
-        from fulmen.utilities.apply_func import apply_to_collection
-
-        dtype = self._dtype
-        return apply_to_collection(data, torch.Tensor, lambda t: t.to(dtype) if t.is_floating_point() else t)
+        return data if self._dtype == torch.float32 else _cast_floating(data, self._dtype)
 
     def backward(self, tensor: torch.Tensor, model: nn.Module | None, *args: Any, **kwargs: Any) -> None:
         engine: Any = model
@@ -282,4 +283,4 @@ def select_precision(precision: Any, device_type: str) -> Precision:
     return PRECISION_REGISTRY.get(name)
 
 
-__all__ = ["DeepSpeedPrecision", "DoublePrecision", "HalfPrecision", "MixedPrecision", "PRECISION_REGISTRY", "Precision"]
+__all__ = ["PRECISION_REGISTRY", "DeepSpeedPrecision", "DoublePrecision", "HalfPrecision", "MixedPrecision", "Precision"]
