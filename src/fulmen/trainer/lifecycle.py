@@ -24,8 +24,6 @@ def build_loggers(trainer: Trainer, logger: Any) -> list[Any]:
     loggers = _build_loggers(trainer, logger)
     n = trainer.config.fast_dev_run
     if n:
-        from fulmen.utilities.rank_zero import rank_zero_info
-
         rank_zero_info(
             f"Running in `fast_dev_run` mode: will run the requested loop using {n} batch(es). "
             "Logging and checkpointing is suppressed."
