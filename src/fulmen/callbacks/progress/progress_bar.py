@@ -344,6 +344,11 @@ class _StageProgressBar(ProgressBar):
             base, sizes = self.predict_description, trainer.num_predict_batches
         return self._eval_description(base, sizes, dataloader_idx)
 
+    def _draw_eval_at(self, trainer: Trainer, stage: str, n: int) -> None:
+        """After the ``n``-th test/predict batch: redraw the bar of ``stage`` at a refresh point."""
+        if self.is_enabled and self._is_refresh_point(n, self._eval_total, self._refresh_rate):
+            self._draw(self._eval_bar(trainer, stage), n)
+
     # ----------------------------------------------------------------------------------------------
     # training
     # ----------------------------------------------------------------------------------------------
@@ -436,10 +441,7 @@ class _StageProgressBar(ProgressBar):
         dataloader_idx: int = 0,
     ) -> None:
         self.test_batch_idx = batch_idx + 1
-        if self.is_enabled and self._is_refresh_point(
-            self.test_batch_idx, self._eval_total, self._refresh_rate
-        ):
-            self._draw(self._eval_bar(trainer, "test"), self.test_batch_idx)
+        self._draw_eval_at(trainer, "test", self.test_batch_idx)
 
     @override
     def on_predict_batch_start(
@@ -465,10 +467,7 @@ class _StageProgressBar(ProgressBar):
         dataloader_idx: int = 0,
     ) -> None:
         self.predict_batch_idx = batch_idx + 1
-        if self.is_enabled and self._is_refresh_point(
-            self.predict_batch_idx, self._eval_total, self._refresh_rate
-        ):
-            self._draw(self._eval_bar(trainer, "predict"), self.predict_batch_idx)
+        self._draw_eval_at(trainer, "predict", self.predict_batch_idx)
 
 
 def _size_at(sizes: Any, idx: int | None) -> int | float:
