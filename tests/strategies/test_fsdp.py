@@ -508,6 +508,12 @@ def test_sharded_callback_state_is_read_whole(tmp_path: Path) -> None:
     )
     meta = torch.load(tmp_path / "c.ckpt" / "meta.pt", weights_only=True)
     assert "callbacks" in meta["sharded_keys"]
+    # the resume reads only that entry whole; the weights and optimizer states stay for the per-rank read
+    from fulmen.checkpoint.sharded import consolidate_checkpoint
+
+    partial = consolidate_checkpoint(tmp_path / "c.ckpt", keys=["callbacks"])
+    assert "state_dict" not in partial and "optimizer_states" not in partial
+    assert next(iter(partial["callbacks"].values()))["copy"].shape == (8, 4)
     again = KeepsAShardedCopy(expect_load=True)
     trainer = _trainer(max_epochs=1, strategy=_strategy(), callbacks=[again])
     trainer.fit(Regressor(), DataLoader(_data(), batch_size=4), ckpt_path=tmp_path / "c.ckpt")

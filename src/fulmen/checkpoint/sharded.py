@@ -23,6 +23,7 @@ sharded directory loads anywhere a checkpoint file does (``load_from_checkpoint`
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -92,15 +93,21 @@ def read_meta(folder: Path, weights_only: bool | None = None) -> tuple[dict[str,
     return meta, keys
 
 
-def consolidate_checkpoint(folder: _PATH, weights_only: bool | None = None) -> dict[str, Any]:
+def consolidate_checkpoint(
+    folder: _PATH, weights_only: bool | None = None, keys: Iterable[str] | None = None
+) -> dict[str, Any]:
     """Read a sharded checkpoint directory into one regular checkpoint dict (full tensors, on the CPU).
 
     Runs on one process without a process group; it needs memory for the whole model and optimizer state.
+    ``keys`` reads only these sharded entries (default: all of them); the non-sharded entries are always there.
     """
     import torch.distributed.checkpoint as dcp
 
     p = check_sharded_folder(folder)
-    meta, keys = read_meta(p, weights_only)
+    meta, names = read_meta(p, weights_only)
+    only = None if keys is None else set(keys)
+    if only is not None:
+        names = [k for k in names if k in only]
     shards: dict[str, Any] = {}
     try:
         # what torch's dcp_to_torch_save does, without the round trip through a file
@@ -123,17 +130,17 @@ def consolidate_checkpoint(folder: _PATH, weights_only: bool | None = None) -> d
             _load_state_dict(
                 shards,
                 storage_reader=dcp.FileSystemReader(str(p)),
-                planner=_EmptyStateDictLoadPlanner(),
+                planner=_EmptyStateDictLoadPlanner(keys=only),
                 no_dist=True,
             )
-    missing = [k for k in keys if k not in shards]
+    missing = [k for k in names if k not in shards]
     if missing:
         raise ValueError(
             f"The sharded checkpoint {str(folder)!r} lists {missing} in {META_FILE!r} but its shards do not hold "
             "them: the directory is incomplete (a save was interrupted?). Fix: use another checkpoint."
         )
-    checkpoint = {**meta, **{k: shards[k] for k in keys if k != SHARDED_GRADS}}
-    if SHARDED_GRADS in keys:
+    checkpoint = {**meta, **{k: shards[k] for k in names if k != SHARDED_GRADS}}
+    if SHARDED_GRADS in names:
         run_state = checkpoint.get("fulmen", {}).get("run_state")
         if isinstance(run_state, dict):
             run_state["grads"] = shards[SHARDED_GRADS]

@@ -449,10 +449,11 @@ class FSDPStrategy(ParallelStrategy):
         checkpoint, keys = read_meta(folder, weights_only)
         others = [k for k in keys if k not in ("state_dict", "optimizer_states", SHARDED_GRADS)]
         if others:
-            # e.g. a callback that keeps sharded tensors (averaged weights): read whole, as without FSDP
+            # e.g. a callback that keeps sharded tensors (averaged weights): read whole, as without FSDP (only
+            # those entries: the weights and optimizer states are read later, each rank only its shards)
             from fulmen.checkpoint.sharded import consolidate_checkpoint
 
-            whole = consolidate_checkpoint(folder, weights_only)
+            whole = consolidate_checkpoint(folder, weights_only, keys=others)
             checkpoint.update({k: whole[k] for k in others})
         for key in keys:
             if key in others:
