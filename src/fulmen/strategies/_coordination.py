@@ -444,7 +444,6 @@ class Agreement:
         self._seen = False  # the watchdog has called the callbacks for this generation
         self._deferred = False  # the watchdog has recorded "defer" (this rank is past a peer's boundary)
         self._posted: tuple[int, int] | None = None  # (step, progress) where this rank posted
-        self._decision: str | None = None
         self._at: int | None = None
         self._values: list[str] | None = None
 
@@ -464,8 +463,7 @@ class Agreement:
             if value:  # the first asker's value tells the peers what is asked (a joining rank saw it there)
                 store.compare_set(self._key(), "", value)
             store.set(self._key(c.rank), f"{step}|{progress}|{value}")
-            self._decision = self._decide_here(step, progress)
-            if self._decision == "now":
+            if self._decide_here(step, progress) == "now":
                 self._values = [p[2] for p in self._read_posts() or []]
                 return self._values
         if self._at is None:
