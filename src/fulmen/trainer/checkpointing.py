@@ -188,10 +188,8 @@ def _per_rank_rng(trainer: Trainer, rng: dict[str, Any]) -> dict[str, Any]:
     epoch_rng = trainer.run_state.epoch_rng_state
     if trainer.world_size == 1:
         return {"rng_per_rank": [rng], "epoch_rng_per_rank": [epoch_rng]}
-    sync_point = getattr(strategy, "sync_point", None)
-    if sync_point is not None:
-        # before the gather: a save called on some ranks only fails with the "save is collective" error, not a hang
-        sync_point("save_checkpoint (gathering every rank's RNG states)")
+    # before the gather: a save called on some ranks only fails with the "save is collective" error, not a hang
+    strategy.sync_point("save_checkpoint (gathering every rank's RNG states)")
     gathered = strategy._all_gather_object((rng, epoch_rng))
     if gathered is None:  # a rank failed (a checkpoint written on exception): rank 0's states only
         return {}
