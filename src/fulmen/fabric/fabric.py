@@ -253,30 +253,18 @@ class Fabric:
         self, module: nn.Module, *optimizers: Optimizer, scheduler: Any = None, move_to_device: bool = True
     ) -> Any:
         """Move ``module`` to the device, apply precision, and wrap optimizers. Returns them in the same order."""
-        joint = getattr(self._strategy, "setup_module_and_optimizers", None)
-        if joint is not None and optimizers:  # DeepSpeed: one engine for the module and its optimizer
-            if isinstance(module, _FabricModule):
-                raise MisconfigurationException(
-                    "This module was already set up. Fix: call fabric.setup() once per module."
-                )
-            self._check_launched()
-            module = self._strategy.precision.convert_module(module)
-            if move_to_device:
-                self._strategy.module_to_device(module)
-            module = self._strategy.setup_module(module)
-            engine, opts_list = joint(module, list(optimizers))
-            if hasattr(module, "_fabric") and hasattr(module, "training_step"):
-                module.fabric = self  # type: ignore[assignment]
-            wrapped_opts = [_FabricOptimizer(o, self._strategy) for o in opts_list]
-            self._fabric_optimizers.extend(wrapped_opts)
-            joint_out: list[Any] = [_FabricModule(engine, self, original_module=module), *wrapped_opts]
-            if scheduler is not None:
-                joint_out.append(scheduler)
-            return tuple(joint_out)
         fabric_module = self.setup_module(module, move_to_device=move_to_device)
         if not optimizers:
             return fabric_module
-        opts = self.setup_optimizers(*optimizers)
+        joint = getattr(self._strategy, "setup_module_and_optimizers", None)
+        if joint is not None:  # DeepSpeed: one engine for the module and its optimizer
+            module = fabric_module._forward_module
+            engine, opts_list = joint(module, list(optimizers))
+            fabric_module = _FabricModule(engine, self, original_module=module)
+            opts: Any = tuple(_FabricOptimizer(o, self._strategy) for o in opts_list)
+            self._fabric_optimizers.extend(opts)
+        else:
+            opts = self.setup_optimizers(*optimizers)
         out: list[Any] = [fabric_module, *(opts if isinstance(opts, tuple) else (opts,))]
         if scheduler is not None:
             out.append(scheduler)
