@@ -186,7 +186,6 @@ def batch_transfer_fn(trainer: Trainer, dataloader_idx: int) -> Callable[[Any], 
     ``convert_input`` is the identity, the batch goes straight to ``move_data_to_device``.
     """
     d = trainer._dispatcher
-    dm = trainer.datamodule
     if any(d.module_overrides(h) for h in _TRANSFER_HOOKS) or any(_dm_overrides(d, h) for h in _TRANSFER_HOOKS):
         return functools.partial(transfer_batch, trainer, dataloader_idx=dataloader_idx)
     from fulmen.plugins.precision import Precision
