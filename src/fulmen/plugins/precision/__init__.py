@@ -189,7 +189,8 @@ class DeepSpeedPrecision(Precision):
     ``optimizer.step`` to ``engine.step``. The strategy registers each optimizer's engine in ``_engines``.
     """
 
-    handles_gradient_clipping = True  # the config's gradient_clipping; clip_gradients is then a no-op
+    # the engine clips (the config's gradient_clipping): LightningModule.clip_gradients returns, Fabric's raises
+    handles_gradient_clipping = True
 
     def __init__(self, precision: Any = "32-true") -> None:
         name = _ALIASES.get(precision, precision)
@@ -220,13 +221,6 @@ class DeepSpeedPrecision(Precision):
 
     def convert_input(self, data: Any) -> Any:
         return data if self._dtype == torch.float32 else _cast_floating(data, self._dtype)
-
-    def backward(self, tensor: torch.Tensor, model: nn.Module | None, *args: Any, **kwargs: Any) -> None:
-        engine: Any = model
-        if engine is not None and hasattr(engine, "backward") and hasattr(engine, "set_gradient_accumulation_boundary"):
-            engine.backward(tensor, *args, **kwargs)
-        else:
-            tensor.backward(*args, **kwargs)
 
     def optimizer_step(
         self,
