@@ -316,11 +316,10 @@ def _resolve_ckpt_path(trainer: Trainer, ckpt_path: Any, fn: TrainerFn) -> str |
 
 def _slurm_restart_count(trainer: Trainer) -> int:
     """How often SLURM requeued this job (``SLURM_RESTART_COUNT``); 0 when the run is not a SLURM job."""
-    from fulmen.plugins.environments import SLURMEnvironment
+    from fulmen.trainer.preemption import slurm_environment
 
-    env = getattr(trainer.strategy, "cluster_environment", None) or getattr(trainer, "_cluster_environment", None)
     count = os.environ.get("SLURM_RESTART_COUNT", "0").strip()
-    if not isinstance(env, SLURMEnvironment) or not count.isdigit():
+    if slurm_environment(trainer) is None or not count.isdigit():
         return 0
     return int(count)
 

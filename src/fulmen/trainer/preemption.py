@@ -127,9 +127,15 @@ def cluster_environment(strategy: Any, plugins: Any) -> ClusterEnvironment:
     return detect_cluster_environment()
 
 
+def slurm_environment(trainer: Trainer) -> SLURMEnvironment | None:
+    """The run's cluster environment (the strategy's, else the Trainer's) when it is SLURM, else None."""
+    env = getattr(trainer.strategy, "cluster_environment", None) or getattr(trainer, "_cluster_environment", None)
+    return env if isinstance(env, SLURMEnvironment) else None
+
+
 def requeue_environment(trainer: Trainer) -> SLURMEnvironment | None:
     """The SLURM environment that requeues this run on its signal, or None (not SLURM, or auto_requeue=False)."""
-    env = getattr(trainer.strategy, "cluster_environment", None) or getattr(trainer, "_cluster_environment", None)
-    if isinstance(env, SLURMEnvironment) and env.auto_requeue:
+    env = slurm_environment(trainer)
+    if env is not None and env.auto_requeue:
         return env
     return None
