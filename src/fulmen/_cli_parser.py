@@ -408,7 +408,7 @@ class LightningArgumentParser(ArgumentParser):
         Raises:
             MisconfigurationException: If ``lr_scheduler_class`` is not an LR scheduler class.
         """
-        from fulmen.cli import LRSchedulerTypeTuple
+        from fulmen.utilities.types import LRSchedulerTypeTuple
 
         if lr_scheduler_class is None:
             lr_scheduler_class = LRSchedulerTypeTuple

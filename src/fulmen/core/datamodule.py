@@ -87,9 +87,9 @@ class LightningDataModule(DataHooks, HyperparametersMixin):
         weights_only: bool | None = None,
         **kwargs: Any,
     ) -> Any:
-        from fulmen.core.saving import load_from_checkpoint
+        from fulmen.core.saving import load_datamodule_from_checkpoint
 
-        return load_from_checkpoint(cls, checkpoint_path, map_location, hparams_file, None, weights_only, **kwargs)
+        return load_datamodule_from_checkpoint(cls, checkpoint_path, map_location, hparams_file, weights_only, **kwargs)
 
     def __str__(self) -> str:
         names = [n for n in ("train", "val", "test", "predict") if _overridden(self, f"{n}_dataloader")]

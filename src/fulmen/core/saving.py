@@ -45,22 +45,15 @@ def _instantiator(cls: type, name: Any) -> Any:
     return instantiate_module
 
 
-def load_from_checkpoint(
-    cls: type,
-    checkpoint_path: Any,
-    map_location: Any = None,
-    hparams_file: Any = None,
-    strict: bool | None = None,
-    weights_only: bool | None = None,
-    **kwargs: Any,
-) -> Any:
+def _rebuild(
+    cls: type, checkpoint_path: Any, map_location: Any, hparams_file: Any, weights_only: bool | None, kwargs: dict[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    """Read the checkpoint and build ``cls`` from its saved hyperparameters (+ ``hparams_file``, + ``kwargs``)."""
     from fulmen.checkpoint import TorchCheckpointIO
-    from fulmen.core.datamodule import LightningDataModule
 
     checkpoint = TorchCheckpointIO().load_checkpoint(
         checkpoint_path, map_location=map_location or "cpu", weights_only=weights_only
     )
-    is_dm = issubclass(cls, LightningDataModule)
     key = cls.CHECKPOINT_HYPER_PARAMS_KEY  # type: ignore[attr-defined]
     hparams = dict(checkpoint.get(key) or {})
     if hparams_file is not None:
@@ -78,11 +71,36 @@ def load_from_checkpoint(
             f"{sorted(init_kwargs)}: {err}. Fix: pass the missing constructor arguments as keyword arguments, "
             f"e.g. {cls.__name__}.load_from_checkpoint(path, backbone=...)."
         ) from err
-    if is_dm:
-        state_key = cls.__qualname__
-        if state_key in checkpoint:
-            obj.load_state_dict(checkpoint[state_key])
-        return obj
+    return obj, checkpoint
+
+
+def load_datamodule_from_checkpoint(
+    cls: type,
+    checkpoint_path: Any,
+    map_location: Any = None,
+    hparams_file: Any = None,
+    weights_only: bool | None = None,
+    **kwargs: Any,
+) -> Any:
+    """``LightningDataModule.load_from_checkpoint``: rebuild from hyperparameters, then load its own state entry."""
+    obj, checkpoint = _rebuild(cls, checkpoint_path, map_location, hparams_file, weights_only, kwargs)
+    state_key = cls.__qualname__
+    if state_key in checkpoint:
+        obj.load_state_dict(checkpoint[state_key])
+    return obj
+
+
+def load_from_checkpoint(
+    cls: type,
+    checkpoint_path: Any,
+    map_location: Any = None,
+    hparams_file: Any = None,
+    strict: bool | None = None,
+    weights_only: bool | None = None,
+    **kwargs: Any,
+) -> Any:
+    """``LightningModule.load_from_checkpoint``: rebuild from hyperparameters, load the weights, move, ``eval()``."""
+    obj, checkpoint = _rebuild(cls, checkpoint_path, map_location, hparams_file, weights_only, kwargs)
     obj.on_load_checkpoint(checkpoint)
     if "state_dict" not in checkpoint:
         raise MisconfigurationException(

@@ -8,6 +8,7 @@ exactly as on one device.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,7 @@ def _cpu(obj: Any) -> Any:
 
 
 def run_launched(
+    run: Callable[..., Any],
     trainer: Trainer,
     fn: TrainerFn,
     model: Any,
@@ -48,9 +50,8 @@ def run_launched(
     verbose: bool,
     return_predictions: bool,
 ) -> Any:
-    from fulmen.trainer.lifecycle import _run
-
-    result = _run(
+    # ``run`` is lifecycle._run, passed in by its caller (importing it here would close an import cycle)
+    result = run(
         trainer, fn, model, datamodule, loaders, ckpt_path, weights_only, verbose, return_predictions
     )
     if not getattr(trainer.strategy.launcher, "in_worker", False):

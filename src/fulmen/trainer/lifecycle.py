@@ -392,7 +392,7 @@ def run(trainer: Trainer, fn: TrainerFn, model: Any, datamodule: Any, loaders: d
         return _run(trainer, fn, model, datamodule, loaders, ckpt_path, weights_only, verbose, return_predictions)
     from fulmen.trainer import _launch
 
-    out = launcher.launch(_launch.run_launched, trainer, fn, model, datamodule, loaders, ckpt_path, weights_only,
+    out = launcher.launch(_launch.run_launched, _run, trainer, fn, model, datamodule, loaders, ckpt_path, weights_only,
                           verbose, return_predictions)
     return _launch.apply_worker_output(trainer, fn, model, datamodule, out)
 
