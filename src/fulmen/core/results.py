@@ -17,6 +17,16 @@ from fulmen.utilities.data import extract_batch_size
 from fulmen.utilities.exceptions import MisconfigurationException
 
 _REDUCE_FX = {"mean": "mean", "avg": "mean", "sum": "sum", "max": "max", "min": "min"}
+# the callables Lightning accepts as reduce_fx: torch's reductions and Python's built-in max/min/sum
+_REDUCE_CALLABLES = (
+    ("mean", torch.mean),
+    ("sum", torch.sum),
+    ("max", torch.max),
+    ("min", torch.min),
+    ("max", max),
+    ("min", min),
+    ("sum", sum),
+)
 
 
 def _is_torchmetric(value: Any) -> bool:
@@ -160,13 +170,8 @@ class ResultCollection:
         key = f"{fx}.{key_name}"
         metric = self.metrics.get(key)
         if metric is None:
-            # a name may be logged from only one hook per stage (otherwise keys would collide silently)
-            for other in self.metrics.values():
-                if other.meta.name == key_name and other.meta.fx != fx:
-                    raise MisconfigurationException(
-                        f"self.log({name!r}, ...) was called from {fx!r} but the same name was already logged from "
-                        f"{other.meta.fx!r} in this stage. Fix: use a distinct name per hook."
-                    )
+            # As in Lightning, one name logged from two hooks (training_step and on_train_epoch_end) is two entries:
+            # readers walk them in logging order, so the hook that logged it first is overridden by the later one
             meta = _Meta(
                 fx=fx,
                 name=key_name,
@@ -311,7 +316,7 @@ def normalize_reduce_fx(reduce_fx: Any, name: str) -> str:
     if reduce_fx.__class__ is str and reduce_fx in _REDUCE_FX:  # "mean", the default, without lower()
         return _REDUCE_FX[reduce_fx]
     if callable(reduce_fx):
-        for key, fn in (("mean", torch.mean), ("sum", torch.sum), ("max", torch.max), ("min", torch.min)):
+        for key, fn in _REDUCE_CALLABLES:
             if reduce_fx is fn:
                 return key
     if isinstance(reduce_fx, str) and reduce_fx.lower() in _REDUCE_FX:

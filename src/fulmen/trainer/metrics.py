@@ -130,7 +130,12 @@ class MetricsStore:
             return  # nothing to write: no host sync, and logged_metrics stays empty (as in Lightning)
         scalars = {k: _to_float(v) for k, v in metrics.items()}
         self.logged.update(scalars)
-        if step is None:
+        if step is None and "step" in scalars:
+            # as in Lightning, a logged "step" value is the logger step (truncated to an int): it is taken out of
+            # the metrics and no "epoch" key is added (it stays in logged_metrics). Evaluation batches pass their
+            # own step, so there a logged "step" is an ordinary metric.
+            step = int(scalars.pop("step"))
+        elif step is None:
             scalars.setdefault("epoch", trainer.current_epoch)  # for the loggers only, not logged_metrics
             step = max(0, trainer.run_state.batches_that_stepped + self._step_offset)
         for logger in trainer.loggers:
