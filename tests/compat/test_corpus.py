@@ -85,6 +85,7 @@ CORPUS = [
     Program("fabric_loop"),
     Program("resume_from_checkpoint"),
     Program("boring_model_callbacks"),
+    Program("loop_progress_callback"),
 ]
 
 

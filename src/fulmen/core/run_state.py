@@ -69,6 +69,11 @@ class Progress:
     def reset_current(self) -> None:
         self._c = self._cp = self._cs = self._cr = 0
 
+    def reset(self) -> None:
+        """Both scopes back to zero."""
+        self._t = self._tp = self._ts = self._tr = 0
+        self.reset_current()
+
     def as_dict(self) -> dict[str, int]:
         """The eight counters by name (``total_ready`` ... ``current_completed``)."""
         out: dict[str, int] = {}

@@ -103,7 +103,10 @@ class EvaluationLoop:
         forward_ctx = trainer.strategy.precision.forward_context
         has_start = d.has_callbacks(f"on_{p}_batch_start") or d.module_overrides(f"on_{p}_batch_start")
         has_end = d.has_callbacks(f"on_{p}_batch_end") or d.module_overrides(f"on_{p}_batch_end")
-        progress = trainer.run_state.val_batch_progress if p == "validation" else None
+        # as Lightning's fit_loop.epoch_loop.val_loop.batch_progress: fit's validation batches (not the sanity
+        # check's, not trainer.validate's), its total reset at each training epoch start (FitLoop)
+        in_fit = self.stage == RunningStage.VALIDATING and trainer.state.fn == "fit"
+        progress = trainer.run_state.val_batch_progress if in_fit else None
         # as in Lightning, each batch's on_step values go to the loggers (not in the sanity check), at a step
         # counting this dataloader's evaluation batches (see DataManager.eval_log_steps)
         log_steps = None if self.stage == RunningStage.SANITY_CHECKING else trainer._data.eval_log_steps

@@ -15,6 +15,7 @@ import torch
 
 from fulmen.core.results import ResultCollection
 from fulmen.trainer.lifecycle import batch_transfer_fn
+from fulmen.trainer.loops.views import FitLoopViews
 from fulmen.trainer.states import RunningStage
 from fulmen.utilities.exceptions import MisconfigurationException
 from fulmen.utilities.rank_zero import rank_zero_info, rank_zero_warn
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 _clock = time.monotonic
 
 
-class FitLoop:
+class FitLoop(FitLoopViews):  # FitLoopViews: Lightning's fit_loop internals public code reads
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
         self._first_results: ResultCollection | None = None
@@ -65,6 +66,8 @@ class FitLoop:
         # values logged in on_train_start belong to the first epoch's results (as in Lightning)
         self._first_results = t._results = self._new_results()
         self._clear_end_request()
+        if rs.batch_in_epoch == 0:  # a fresh or epoch-boundary start: as Lightning, no validation batches yet
+            rs.val_batch_progress.reset()
         agreement = t.strategy.epoch_end_agreement
         if agreement is not None:
             agreement.callbacks[:] = [self._on_peer_request]
@@ -190,6 +193,7 @@ class FitLoop:
         if start == 0:
             rs.epoch_rng_state = t._data.capture_epoch_rng()
             rs.batch_progress.reset_current()
+            rs.val_batch_progress.reset()  # Lightning counts the validation batches per training epoch
             rs.val_checks_in_epoch = 0
         module = t.lightning_module
         auto = module.automatic_optimization

@@ -1,0 +1,143 @@
+"""``trainer.fit_loop`` internals that public code reads and writes (fulmen.trainer.loops.views).
+
+The counters' values inside a fit (on_train_batch_start/end, on_validation_end, on_train_epoch_end, after fit,
+after a resume) are compared with the real Lightning's by the corpus program
+``tests/compat/programs/loop_progress_callback.py``. Here: the writes public code does (each checked against
+what the same write does in the real Lightning, when installed), and the error for what fulmen does not offer.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import types
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import fulmen as L
+from fulmen.trainer.loops.views import UnsupportedLoopAttributeError
+
+HAS_LIGHTNING = importlib.util.find_spec("pytorch_lightning") is not None
+
+
+def _frameworks() -> list[Any]:
+    out: list[Any] = [pytest.param(L, id="fulmen")]
+    if HAS_LIGHTNING:
+        out.append(pytest.param("pytorch_lightning", id="lightning"))
+    return out
+
+
+def _fw(fw: Any) -> types.ModuleType:
+    return importlib.import_module(fw) if isinstance(fw, str) else fw
+
+
+def _loader() -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(24, 3, generator=g)
+    return DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8)
+
+
+def _model(fw: types.ModuleType, manual: bool = False, on_batch_end: Any = None) -> Any:
+    class Net(fw.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(3, 1)
+            self.automatic_optimization = not manual
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            x, y = batch
+            loss = nn.functional.mse_loss(self.layer(x), y)
+            if manual:  # a "fake" manual step that counts itself, as public code does for frozen phases
+                self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress.total.completed += 1
+                return None
+            return loss
+
+        def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+            if on_batch_end is not None:
+                on_batch_end(self.trainer, batch_idx)
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    return Net()
+
+
+def _trainer(fw: types.ModuleType, **kw: Any) -> Any:
+    kw.setdefault("max_epochs", 1)
+    return fw.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, num_sanity_val_steps=0, **kw)
+
+
+@pytest.mark.parametrize("fw", _frameworks())
+def test_manual_step_counter_written_by_the_module_moves_global_step(fw: Any) -> None:
+    fw = _fw(fw)
+    trainer = _trainer(fw, max_epochs=2)
+    trainer.fit(_model(fw, manual=True), _loader())
+    assert trainer.global_step == 6
+    assert trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress.total.completed == 6
+
+
+@pytest.mark.parametrize("fw", _frameworks())
+def test_max_epochs_written_between_fits_extends_training(fw: Any) -> None:
+    fw = _fw(fw)
+    trainer = _trainer(fw, max_epochs=1)
+    model = _model(fw)
+    trainer.fit(model, _loader())
+    assert (trainer.fit_loop.max_epochs, trainer.current_epoch) == (1, 1)
+    trainer.fit_loop.max_epochs += 2
+    assert trainer.max_epochs == 3
+    trainer.fit(model, _loader())
+    assert (trainer.current_epoch, trainer.global_step) == (3, 9)
+    assert trainer.fit_loop.epoch_progress.current.completed == 3
+
+
+@pytest.mark.parametrize("fw", _frameworks())
+def test_counters_written_in_a_hook(fw: Any) -> None:
+    """``_batches_that_stepped`` and the automatic step counter, set as step-offset code does."""
+    fw = _fw(fw)
+    seen: list[tuple[int, int]] = []
+
+    def offset(trainer: Any, batch_idx: int) -> None:
+        loop = trainer.fit_loop.epoch_loop
+        if batch_idx == 0:
+            loop._batches_that_stepped += 100
+            loop.automatic_optimization.optim_progress.optimizer.step.total.completed += 100
+        seen.append((trainer.global_step, loop._batches_that_stepped, loop.batch_progress.is_last_batch))
+
+    trainer = _trainer(fw)
+    trainer.fit(_model(fw, on_batch_end=offset), _loader())
+    # written at batch 0's end: batch 1 sees 101 steps and 101 batches stepped (batch 0's own counted after it)
+    assert seen == [(101, 100, False), (102, 101, False), (103, 102, True)]
+    assert trainer.global_step == 103
+
+
+@pytest.mark.parametrize("fw", _frameworks())
+def test_epoch_progress_reset_and_min_epochs(fw: Any) -> None:
+    fw = _fw(fw)
+    trainer = _trainer(fw, max_epochs=2)
+    trainer.fit(_model(fw), _loader())
+    progress = trainer.fit_loop.epoch_progress
+    assert (progress.total.ready, progress.current.completed) == (2, 2)
+    assert trainer.fit_loop.min_epochs == 0
+    trainer.fit_loop.min_epochs = 1
+    assert trainer.min_epochs == 1
+
+
+def test_unsupported_internal_is_an_attribute_error_naming_it() -> None:
+    trainer = _trainer(L)
+    with pytest.raises(UnsupportedLoopAttributeError, match=r"trainer\.fit_loop\._data_fetcher"):
+        trainer.fit_loop._data_fetcher  # noqa: B018
+    with pytest.raises(AttributeError, match=r"epoch_loop\._results.*docs/migration\.md"):
+        trainer.fit_loop.epoch_loop._results  # noqa: B018
+    with pytest.raises(AttributeError, match=r"optim_progress\.optimizer\.step\.total\.bogus"):
+        trainer.fit_loop.epoch_loop.automatic_optimization.optim_progress.optimizer.step.total.bogus = 1  # type: ignore[misc]
+    # getattr with a default and hasattr work as on any object
+    assert getattr(trainer.fit_loop, "restarting", "absent") == "absent"
+    assert not hasattr(trainer.fit_loop.epoch_loop, "batch_loop")
+    with pytest.raises(ValueError, match=r"max_epochs = -5"):
+        trainer.fit_loop.max_epochs = -5
+    with pytest.raises(TypeError, match="expected an int"):
+        trainer.fit_loop.epoch_progress.current.completed = 1.5  # type: ignore[assignment]
