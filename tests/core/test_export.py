@@ -90,6 +90,61 @@ def test_onnx_matches_pytorch_in_onnxruntime_with_a_dynamic_batch(tmp_path: Path
         torch.testing.assert_close(torch.from_numpy(got), eval_out(net, x), rtol=1e-4, atol=1e-5)
 
 
+def test_onnx_batch_dimension_is_dynamic_by_default(tmp_path: Path) -> None:
+    """Exported with a batch of 3, run in onnxruntime with 5 and 1: dim 0 of every input and output is dynamic
+    unless the user says otherwise (a rank-0 output stays a scalar)."""
+    ort = pytest.importorskip("onnxruntime")
+
+    class TwoInTwoOut(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.layer(x.flatten(1)) + y, x.sum()
+
+    net = TwoInTwoOut().eval()
+    path = tmp_path / "dyn.onnx"
+    to_onnx(net, path, (torch.randn(3, 4, 2), torch.randn(3, 3)))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.shape[0] for i in session.get_inputs()] == ["batch", "batch"]
+    assert session.get_outputs()[0].shape == ["batch", 3] and session.get_outputs()[1].shape == []
+    for batch in (5, 1):
+        x, y = torch.randn(batch, 4, 2), torch.randn(batch, 3)
+        names = [i.name for i in session.get_inputs()]
+        got, total = session.run(None, {names[0]: x.numpy(), names[1]: y.numpy()})
+        with torch.no_grad():
+            want, want_total = net(x, y)
+        torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(torch.from_numpy(total), want_total, rtol=1e-4, atol=1e-4)
+
+    # the user's names are kept; the user's dynamic_axes wins: {} exports fixed shapes
+    net2 = trained_net(tmp_path)
+    named = tmp_path / "named.onnx"
+    net2.to_onnx(named, torch.randn(3, 1, 8, 8), input_names=["img"], output_names=["logits"])
+    session = ort.InferenceSession(str(named), providers=["CPUExecutionProvider"])
+    (got,) = session.run(["logits"], {"img": torch.randn(5, 1, 8, 8).numpy()})
+    assert got.shape == (5, 3)
+    fixed = tmp_path / "fixed.onnx"
+    net2.to_onnx(fixed, torch.randn(3, 1, 8, 8), dynamic_axes={})
+    session = ort.InferenceSession(str(fixed), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == [3, 1, 8, 8]
+    with pytest.raises(Exception, match="(?i)dimension|shape"):
+        session.run(None, {session.get_inputs()[0].name: torch.randn(5, 1, 8, 8).numpy()})
+
+
+def test_onnx_dynamo_batch_dimension_is_dynamic_by_default(tmp_path: Path) -> None:
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    net = trained_net(tmp_path)
+    path = tmp_path / "dyn_dynamo.onnx"
+    net.to_onnx(path, torch.randn(3, 1, 8, 8), dynamo=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(5, 1, 8, 8)
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(got), eval_out(net, x), rtol=1e-4, atol=1e-5)
+
+
 def test_onnx_with_an_explicit_sample_and_tuple_inputs(tmp_path: Path) -> None:
     ort = pytest.importorskip("onnxruntime")
 

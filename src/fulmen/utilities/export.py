@@ -152,7 +152,9 @@ def to_onnx(
             arguments of ``forward``.
         **kwargs: Passed to ``torch.onnx.export`` (``input_names``, ``output_names``, ``dynamic_axes``,
             ``opset_version``, ``dynamo``, ...). ``dynamo`` defaults to ``False`` (the TorchScript-based
-            exporter, no extra dependency); ``dynamo=True`` needs ``onnxscript``.
+            exporter, no extra dependency); ``dynamo=True`` needs ``onnxscript``. Without ``dynamic_axes`` /
+            ``dynamic_shapes``, dim 0 (the batch) of every input and output is exported as dynamic (with
+            ``dynamo=True``: of every positional tensor input); pass ``dynamic_axes={}`` for fixed shapes.
 
     Returns:
         ``torch.onnx.ONNXProgram`` with ``dynamo=True``, else ``None``.
@@ -186,11 +188,69 @@ def to_onnx(
     if sample_kwargs:
         kwargs.setdefault("kwargs", sample_kwargs)
     with _eval_mode(module):
+        if kwargs.get("dynamic_axes") is None and kwargs.get("dynamic_shapes") is None:
+            # a model is served at any batch size: dim 0 of every input and output is dynamic unless the user
+            # gave dynamic_axes / dynamic_shapes (``dynamic_axes={}`` exports fixed shapes)
+            kwargs.pop("dynamic_axes", None)
+            kwargs.pop("dynamic_shapes", None)
+            if dynamo:
+                if not sample_kwargs:
+                    kwargs["dynamic_shapes"] = _batch_dynamic_shapes(args)
+            else:
+                kwargs.update(_batch_dynamic_axes(module, args, kwargs))
         if file_path is not None:
             parent = os.path.dirname(os.fspath(file_path))
             if parent:
                 os.makedirs(parent, exist_ok=True)
         return torch.onnx.export(module, args, None if file_path is None else os.fspath(file_path), **kwargs)
+
+
+def _batch_dynamic_shapes(args: tuple[Any, ...]) -> Any:
+    """``dynamic_shapes`` for the torch.export-based exporter: dim 0 of every tensor argument, ``Dim.AUTO`` (the
+    exporter keeps it static where the model needs that instead of failing)."""
+    from torch.export import Dim
+    from torch.utils._pytree import tree_map
+
+    def spec(x: Any) -> Any:
+        return {0: Dim.AUTO} if isinstance(x, torch.Tensor) and x.ndim > 0 else None
+
+    return tuple(tree_map(spec, a) for a in args)
+
+
+def _batch_dynamic_axes(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``input_names``/``output_names``/``dynamic_axes`` for the TorchScript-based exporter with dim 0 of every
+    input and output dynamic.
+
+    The exporter names unnamed inputs and outputs itself (``onnx::Flatten_0``, ``17``) and flattens nested inputs,
+    so the names and ranks are read from a first export to memory; the real export then names them the same way.
+    """
+    import io
+    import warnings
+
+    import onnx
+
+    probe = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, probe, **kwargs)
+    graph = onnx.load_from_string(probe.getvalue()).graph
+    weights = {init.name for init in graph.initializer}
+
+    def ranked(values: Any) -> list[tuple[str, int]]:
+        out = []
+        for v in values:
+            if v.name in weights:
+                continue
+            has_shape = v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")
+            out.append((v.name, len(v.type.tensor_type.shape.dim) if has_shape else 0))
+        return out
+
+    inputs, outputs = ranked(graph.input), ranked(graph.output)
+    return {
+        "input_names": [name for name, _ in inputs],
+        "output_names": [name for name, _ in outputs],
+        "dynamic_axes": {name: {0: "batch"} for name, rank in inputs + outputs if rank > 0},
+    }
 
 
 def to_torch_export(
