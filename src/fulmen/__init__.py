@@ -19,9 +19,19 @@ _LAZY = {
     "Callback": "fulmen.callbacks.callback",
     "Fabric": "fulmen.fabric.fabric",
     "seed_everything": "fulmen.utilities.seed",
+    "cli_lightning_logo": "fulmen.utilities.logo",
 }
 
-__all__ = ["Callback", "Fabric", "LightningDataModule", "LightningModule", "Trainer", "__version__", "seed_everything"]
+__all__ = [
+    "Callback",
+    "Fabric",
+    "LightningDataModule",
+    "LightningModule",
+    "Trainer",
+    "__version__",
+    "cli_lightning_logo",
+    "seed_everything",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -43,4 +53,5 @@ if TYPE_CHECKING:
     from fulmen.core.module import LightningModule
     from fulmen.fabric.fabric import Fabric
     from fulmen.trainer.trainer import Trainer
+    from fulmen.utilities.logo import cli_lightning_logo
     from fulmen.utilities.seed import seed_everything

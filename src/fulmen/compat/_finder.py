@@ -22,8 +22,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from fulmen.__about__ import LIGHTNING_COMPAT_VERSION
-from fulmen.compat import _table
+from fulmen.compat import _imports, _table
 from fulmen.utilities.exceptions import NotSupportedYetError
+from fulmen.utilities.rank_zero import sync_lightning_utilities
 
 _IMPORT_FROM = dis.opmap["IMPORT_FROM"]
 _MISSING = object()
@@ -139,6 +140,10 @@ class LightningAlias(types.ModuleType):
             if value is not _MISSING:
                 self.__dict__[attr] = value
                 return value
+        flag = _imports.flag_value(attr) if attr.startswith("_") else None
+        if flag is not None:  # ``_TENSORBOARD_AVAILABLE``, ``_TORCH_GREATER_EQUAL_2_4``...: from any Lightning module
+            self.__dict__[attr] = flag
+            return flag
         message = self._not_supported_message(attr, missing)
         error: NotSupportedYetError
         if _called_from_import_from():
@@ -237,6 +242,8 @@ def enable_lightning_imports() -> None:
                 _stashed[name] = module
         _finder = LightningFinder()
         sys.meta_path.insert(0, _finder)
+    # ``import lightning`` sets lightning_utilities' rank_zero_only.rank; so does the first Lightning import here
+    sync_lightning_utilities()
 
 
 def disable_lightning_imports() -> None:

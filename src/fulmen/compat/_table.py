@@ -158,8 +158,10 @@ PYTORCH: dict[str, tuple[str, ...] | None] = {
     "utilities.grads": None,
     "utilities.imports": ("fulmen.compat._imports",),
     "utilities.memory": None,
-    "utilities.migration": None,
-    "utilities.model_helpers": None,
+    "utilities.migration": ("fulmen.compat._migration",),
+    "utilities.migration.migration": ("fulmen.compat._migration",),
+    "utilities.migration.utils": ("fulmen.compat._migration",),
+    "utilities.model_helpers": ("fulmen.core.model_helpers",),
     "utilities.model_summary": None,
     "utilities.model_summary.model_summary": ("fulmen.utilities.model_summary",),
     "utilities.parameter_tying": None,
@@ -168,7 +170,7 @@ PYTORCH: dict[str, tuple[str, ...] | None] = {
     "utilities.seed": None,
     "utilities.signature_utils": None,
     "utilities.types": None,
-    "utilities.upgrade_checkpoint": None,
+    "utilities.upgrade_checkpoint": ("fulmen.compat._migration",),
     "utilities.warnings": None,
 }
 

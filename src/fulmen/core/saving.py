@@ -136,4 +136,128 @@ def load_state_dict_strictly(module: Any, state_dict: dict[str, Any], strict: bo
             f"The checkpoint {str(path)!r} does not match {type(module).__name__}: " + "; ".join(parts) + ". Fix: load "
             "it into the model it was saved from, or pass strict=False to ignore missing/unexpected keys."
         )
-    module.load_state_dict(state_dict, strict=False if not strict else True)
+    module.load_state_dict(state_dict, strict=bool(strict))
+
+
+# ---------------------------------------------------------------- hparams files (Lightning's core.saving helpers)
+def _hparams_dict(hparams: Any) -> dict[str, Any]:
+    from argparse import Namespace
+
+    if isinstance(hparams, Namespace):
+        return vars(hparams)
+    if type(hparams).__module__.startswith("omegaconf"):  # a DictConfig: resolve to plain containers
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(hparams, resolve=True)  # type: ignore[return-value]
+    if isinstance(hparams, dict):
+        return dict(hparams)
+    raise TypeError(
+        f"hparams of type {type(hparams).__name__}; expected a dict, an argparse.Namespace or an OmegaConf "
+        "DictConfig. Fix: pass e.g. dict(lr=0.1)."
+    )
+
+
+def _missing_file(path: Any) -> bool:
+    import fsspec.core
+
+    fs, resolved = fsspec.core.url_to_fs(str(path))
+    if fs.exists(resolved):
+        return False
+    import warnings
+
+    warnings.warn(f"Missing Tags: {path}.", RuntimeWarning, stacklevel=3)
+    return True
+
+
+def load_hparams_from_yaml(config_yaml: Any, use_omegaconf: bool = True) -> Any:
+    """Read hyperparameters from a YAML file (``hparams.yaml`` of the CSV/TensorBoard loggers).
+
+    Returns ``{}`` with a ``RuntimeWarning`` when the file does not exist, as Lightning does. With
+    ``use_omegaconf`` and omegaconf installed, the mapping comes back as an OmegaConf ``DictConfig``.
+
+    Raises:
+        MisconfigurationException: the file holds YAML that is not a mapping.
+    """
+    if _missing_file(config_yaml):
+        return {}
+    hparams = _read_hparams_file(config_yaml)
+    if use_omegaconf:
+        import importlib.util
+
+        if importlib.util.find_spec("omegaconf") is not None:
+            from omegaconf import OmegaConf
+            from omegaconf.errors import UnsupportedValueType, ValidationError
+
+            try:
+                return OmegaConf.create(hparams)
+            except (UnsupportedValueType, ValidationError):
+                pass
+    return hparams
+
+
+def save_hparams_to_yaml(config_yaml: Any, hparams: Any, use_omegaconf: bool = True) -> None:
+    """Write hyperparameters (a dict, Namespace or DictConfig) to a YAML file, atomically.
+
+    Values with no plain YAML form (a class, a function) are skipped with a warning, as the loggers do.
+    ``use_omegaconf`` is accepted for Lightning compatibility: a DictConfig is always resolved to plain data.
+
+    Raises:
+        RuntimeError: the folder of ``config_yaml`` does not exist.
+        TypeError: ``hparams`` is not a dict, Namespace or DictConfig.
+    """
+    import fsspec.core
+
+    from fulmen.loggers.utilities import _save_hparams_to_yaml
+
+    fs, path = fsspec.core.url_to_fs(str(config_yaml))
+    parent = path.rsplit("/", 1)[0] if "/" in path else "."
+    if not fs.isdir(parent):
+        raise RuntimeError(f"Missing folder: {parent}. Fix: create it before saving {config_yaml}.")
+    _save_hparams_to_yaml(fs, path, _hparams_dict(hparams), "save_hparams_to_yaml")
+
+
+def _literal(value: str) -> Any:
+    import ast
+
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+def save_hparams_to_tags_csv(tags_csv: Any, hparams: Any) -> None:
+    """Write hyperparameters as a two-column CSV (``key,value``): Lightning's legacy ``meta_tags.csv`` format.
+
+    Raises:
+        RuntimeError: the folder of ``tags_csv`` does not exist.
+    """
+    import csv
+
+    import fsspec.core
+
+    fs, path = fsspec.core.url_to_fs(str(tags_csv))
+    parent = path.rsplit("/", 1)[0] if "/" in path else "."
+    if not fs.isdir(parent):
+        raise RuntimeError(f"Missing folder: {parent}. Fix: create it before saving {tags_csv}.")
+    with fs.open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["key", "value"], delimiter=",")
+        writer.writerow({"key": "key", "value": "value"})
+        for key, value in _hparams_dict(hparams).items():
+            writer.writerow({"key": key, "value": value})
+
+
+def load_hparams_from_tags_csv(tags_csv: Any) -> dict[str, Any]:
+    """Read a ``key,value`` CSV written by :func:`save_hparams_to_tags_csv`; values parsed as Python literals.
+
+    Returns ``{}`` with a ``RuntimeWarning`` when the file does not exist.
+    """
+    import csv
+
+    import fsspec.core
+
+    if _missing_file(tags_csv):
+        return {}
+    fs, path = fsspec.core.url_to_fs(str(tags_csv))
+    with fs.open(path, "r", newline="") as f:
+        rows = list(csv.reader(f, delimiter=","))
+    return {row[0]: _literal(row[1]) for row in rows[1:] if len(row) >= 2}

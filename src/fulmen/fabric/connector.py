@@ -17,6 +17,7 @@ from fulmen.plugins.environments import ClusterEnvironment, LightningEnvironment
 from fulmen.plugins.precision import Precision, select_precision
 from fulmen.strategies import STRATEGY_REGISTRY, SingleDeviceStrategy, Strategy
 from fulmen.utilities.exceptions import MisconfigurationException
+from fulmen.utilities.rank_zero import sync_lightning_utilities
 
 
 def _is_interactive() -> bool:
@@ -43,6 +44,7 @@ def build_strategy(
         raise MisconfigurationException(
             f"num_nodes={num_nodes!r}; expected a positive int. Fix: num_nodes=1."
         )
+    sync_lightning_utilities()  # libraries using lightning_utilities' rank_zero_only need its rank set
     checkpoint_io = None
     precision_plugin: Precision | None = None
     environment: ClusterEnvironment | None = None

@@ -25,7 +25,7 @@ from fulmen.strategies import Strategy
 from fulmen.strategies._coordination import Coordinator, PeerSockets, error_from_record, failure_record
 from fulmen.utilities import distributed as fdist
 from fulmen.utilities.exceptions import MisconfigurationException, RankFailedError, RanksOutOfSyncError
-from fulmen.utilities.rank_zero import rank_zero_only
+from fulmen.utilities.rank_zero import set_global_rank
 
 _PEER_LOSS_MARKERS = (
     "Connection closed by peer",
@@ -140,7 +140,7 @@ class ParallelStrategy(Strategy):
         if not env.creates_processes_externally or type(env).__name__ == "LightningEnvironment":
             env.set_global_rank(self.node_rank * self.num_processes + self.local_rank)
             env.set_world_size(self.num_nodes * self.num_processes)
-        rank_zero_only.rank = self.global_rank  # type: ignore[attr-defined]
+        set_global_rank(self.global_rank)  # fulmen's and lightning_utilities' rank_zero_only
 
     # ------------------------------------------------------------------ launching
     @property

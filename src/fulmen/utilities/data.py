@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
+from torch.utils.data import IterableDataset
+
+from fulmen.utilities.parsing import AttributeDict
+
+__all__ = [
+    "AttributeDict",
+    "extract_batch_size",
+    "has_iterable_dataset",
+    "has_len",
+    "sized_len",
+    "suggested_max_num_workers",
+]
 
 
 def _extract_batch_size(batch: Any) -> Iterable[int]:
@@ -42,3 +55,31 @@ def has_len(obj: Any) -> bool:
     except (TypeError, NotImplementedError):
         return False
     return n is not None
+
+
+def sized_len(obj: Any) -> int | None:
+    """``len(obj)``, or None when ``obj`` has no (finite) length."""
+    try:
+        return len(obj)
+    except (TypeError, NotImplementedError):
+        return None
+
+
+def has_iterable_dataset(dataloader: Any) -> bool:
+    """Whether ``dataloader.dataset`` is a ``torch.utils.data.IterableDataset``."""
+    return isinstance(getattr(dataloader, "dataset", None), IterableDataset)
+
+
+def suggested_max_num_workers(local_world_size: int) -> int:
+    """An upper bound for ``DataLoader(num_workers=...)``: the CPUs this process may use, shared by the
+    ``local_world_size`` processes on this machine, less one for each main process (at least 1).
+
+    Raises:
+        ValueError: ``local_world_size`` is below 1.
+    """
+    if isinstance(local_world_size, bool) or not isinstance(local_world_size, int) or local_world_size < 1:
+        raise ValueError(
+            f"`local_world_size` should be >= 1, got {local_world_size!r}. Fix: pass the number of devices per machine."
+        )
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // local_world_size - 1)

@@ -6,11 +6,15 @@ strategy when it sets up the process group (``rank_zero_only.rank = ...``).
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import os
+import sys
 import warnings
+from collections.abc import Callable
 from functools import wraps
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 log = logging.getLogger("fulmen")
 T = TypeVar("T")
@@ -40,6 +44,50 @@ def rank_zero_only(fn: Callable[..., T], default: T | None = None) -> Callable[.
 
 
 rank_zero_only.rank = _rank_from_env()  # type: ignore[attr-defined]
+
+# ``lightning_utilities`` (a separate package Lightning depends on) has its own ``rank_zero_only``, which raises
+# "The `rank_zero_only.rank` needs to be set before use" until someone sets its rank; Lightning sets it at import
+# and again when the strategy knows the global rank. Libraries built on it (lightning-hydra-template's
+# RankedLogger, torchmetrics) rely on that, so fulmen sets it too, without importing the package itself here
+# (it costs ~15-170 ms): only where it is already imported, or when the run starts (``sync_lightning_utilities``).
+_LU_RANK_ZERO = "lightning_utilities.core.rank_zero"
+
+
+def _set_lightning_utilities_rank(rank: int, overwrite: bool) -> None:
+    module = sys.modules.get(_LU_RANK_ZERO)
+    if module is None:
+        return
+    target = getattr(module, "rank_zero_only", None)
+    if target is not None and (overwrite or getattr(target, "rank", None) is None):
+        target.rank = rank
+
+
+def set_global_rank(rank: int) -> None:
+    """Set the global rank of this process for fulmen's rank-zero helpers and ``lightning_utilities``' ones.
+
+    Strategies call this once the rank is known.
+    """
+    rank_zero_only.rank = rank  # type: ignore[attr-defined]
+    _set_lightning_utilities_rank(rank, overwrite=True)
+
+
+def sync_lightning_utilities(import_if_installed: bool = True) -> None:
+    """Give ``lightning_utilities``' ``rank_zero_only`` this process's rank if it has none yet.
+
+    With ``import_if_installed``, the package is imported first when it is installed (it is optional: nothing
+    happens when it is not), so code that imports it later still finds the rank set.
+    """
+    if import_if_installed and _LU_RANK_ZERO not in sys.modules:
+        try:
+            if importlib.util.find_spec("lightning_utilities") is None:
+                return
+            importlib.import_module(_LU_RANK_ZERO)
+        except ImportError:  # a broken or partial install: leave it alone
+            return
+    _set_lightning_utilities_rank(rank_zero_only.rank, overwrite=False)  # type: ignore[attr-defined]
+
+
+_set_lightning_utilities_rank(rank_zero_only.rank, overwrite=False)  # type: ignore[attr-defined]
 
 
 @rank_zero_only
