@@ -170,8 +170,34 @@ def test_two_optimizers_with_automatic_optimization(tmp_path: Path) -> None:
         def configure_optimizers(self) -> Any:
             return [torch.optim.SGD(self.parameters(), lr=0.1), torch.optim.Adam(self.parameters(), lr=0.1)]
 
-    exc = fit_raises(tmp_path, TwoOpts())
-    assert_clear(exc, "configure_optimizers", "2 optimizers", "automatic_optimization = False")
+    # Lightning raises a RuntimeError with this text (pinned against pytorch-lightning 2.6.1)
+    exc = fit_raises(tmp_path, TwoOpts(), RuntimeError)
+    msg = assert_clear(exc, "configure_optimizers", "2 optimizers", "automatic_optimization = False")
+    assert msg.startswith("Training with multiple optimizers is only supported with manual optimization. Set")
+
+
+def test_optimizer_idx_in_training_step(tmp_path: Path) -> None:
+    """A Lightning 1.x ``training_step(batch, batch_idx, optimizer_idx)``: Lightning's RuntimeError, not a TypeError
+    from deep inside the loop."""
+
+    class OldStyle(Base):
+        def training_step(self, batch: Any, batch_idx: int, optimizer_idx: int) -> Any:
+            return self(batch).sum()
+
+    exc = fit_raises(tmp_path, OldStyle(), RuntimeError)
+    assert_clear(exc, "Remove the `optimizer_idx` argument from `training_step`")
+
+
+def test_optimizer_step_that_never_runs_the_closure(tmp_path: Path) -> None:
+    """Lightning raises at the first such step instead of silently training nothing."""
+
+    class NoClosure(Base):
+        def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+            optimizer.step()  # the closure (training_step + backward) never runs
+
+    exc = fit_raises(tmp_path, NoClosure())
+    msg = assert_clear(exc, "NoClosure.optimizer_step", "optimizer.step(closure=optimizer_closure)")
+    assert msg.startswith("The closure hasn't been executed. HINT: did you call `optimizer_closure()`")
 
 
 def test_manual_backward_with_automatic_optimization(tmp_path: Path) -> None:
@@ -315,8 +341,10 @@ def test_train_loader_not_iterable(tmp_path: Path) -> None:
 
 
 def test_val_dataloaders_without_validation_step(tmp_path: Path) -> None:
-    exc = fit_raises(tmp_path, Base(), val_dataloaders=loader())
-    assert_clear(exc, "val_dataloaders", "validation_step", "Base")
+    # a warning and no validation, as Lightning ("You passed in a `val_dataloader` but have no `validation_step`.")
+    with pytest.warns(UserWarning, match="You passed in a `val_dataloader` but Base has no `validation_step`") as rec:
+        make_trainer(tmp_path).fit(Base(), train_dataloaders=loader(), val_dataloaders=loader())
+    assert_clear(next(w.message for w in rec if "val_dataloader" in str(w.message)), "validation_step")
 
 
 def test_validation_step_without_val_loader_warns(tmp_path: Path) -> None:

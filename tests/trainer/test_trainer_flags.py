@@ -160,7 +160,9 @@ def test_keyboard_interrupt_is_graceful_and_calls_on_exception() -> None:
             events.append(type(exception).__name__)
 
     t = L.Trainer(max_epochs=1, callbacks=[Interrupt()], **QUIET)
-    t.fit(Model(), data())  # no exception escapes
+    with pytest.raises(SystemExit) as info:  # as Lightning: after the graceful shutdown the process exits with 1
+        t.fit(Model(), data())
+    assert info.value.code == 1
     assert events == ["KeyboardInterrupt"] and t.interrupted
 
 

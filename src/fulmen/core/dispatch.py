@@ -17,8 +17,10 @@ if TYPE_CHECKING:
 
 
 def _overrides(obj: Any, base: type, name: str) -> bool:
-    if name in getattr(obj, "__dict__", {}):
-        return True
+    own = getattr(obj, "__dict__", {})
+    if name in own:
+        # as Lightning: ``model.validation_step = None`` disables the step (and its loop)
+        return own[name] is not None
     impl = getattr(type(obj), name, None)
     return impl is not None and impl is not getattr(base, name, None)
 

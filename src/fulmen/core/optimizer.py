@@ -44,13 +44,13 @@ class _MockOptimizer(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         return None  # keeps param_groups empty, including during Optimizer.__init__
 
-    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+    def state_dict(self) -> dict[str, Any]:
         return {}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         return None
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         return closure() if closure is not None else None
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -94,14 +94,21 @@ class LightningOptimizer:
         return optimizer if isinstance(optimizer, LightningOptimizer) else cls(optimizer)
 
     def __getattr__(self, name: str) -> Any:
+        if name == "_optimizer":  # not set yet (an instance being rebuilt): no recursion through the lookup below
+            raise AttributeError(name)
         return getattr(self._optimizer, name)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickled and deep-copied (torch.save(trainer), copy.deepcopy) as the wrapped optimizer: the step functions
+        # the loop installs are closures over one run and are installed again by the next run
+        return (LightningOptimizer, (self._optimizer,))
 
     def __repr__(self) -> str:
         return f"LightningOptimizer({self._optimizer!r})"
 
-    @property
+    @property  # type: ignore[misc]  # read-only on purpose: the class is the wrapped optimizer's
     def __class__(self) -> type:  # isinstance(opt, torch.optim.Adam) works as in Lightning
-        return _make_lightning_optimizer_class(type(self._optimizer))
+        return _make_lightning_optimizer_class(type(self._optimizer))  # type: ignore[arg-type]  # classes hash
 
     def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
         """Step the optimizer through the precision plugin; the closure (if any) computes the loss."""
@@ -169,9 +176,9 @@ def init_optimizers(model: LightningModule) -> tuple[list[Optimizer], list[LRSch
     elif isinstance(out, (list, tuple)) and out and all(isinstance(d, Mapping) for d in out):
         optimizers = []
         for d in out:
-            o, s = _from_dict(d)
-            optimizers.extend(o)
-            sched_items.extend(s)
+            opts, scheds = _from_dict(d)
+            optimizers.extend(opts)
+            sched_items.extend(scheds)
     elif isinstance(out, (list, tuple)) and all(isinstance(o, Optimizer) for o in out):
         optimizers = list(out)
     else:

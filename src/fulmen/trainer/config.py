@@ -61,7 +61,8 @@ def _opt_int(arg: str, value: Any, minimum: int) -> int | None:
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    max_epochs: int
+    # None when not given, until the first fit resolves it (1000, or -1 with max_steps or max_time)
+    max_epochs: int | None
     min_epochs: int | None
     max_steps: int
     min_steps: int | None
@@ -109,14 +110,13 @@ class TrainerConfig:
         max_steps = kw["max_steps"]
         if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < -1:
             raise _err("max_steps", max_steps, "-1 (no limit) or a non-negative int", "e.g. max_steps=1000")
+        # None (not given) stays None until a fit resolves it, as in Lightning (lifecycle.resolve_max_epochs)
         max_epochs = kw["max_epochs"]
-        if max_epochs is None:
-            max_epochs = 1000 if max_steps == -1 and kw["max_time"] is None else -1
-        if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < -1:
+        if max_epochs is not None and (isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < -1):
             raise _err("max_epochs", max_epochs, "-1 (infinite), a non-negative int or None", "e.g. max_epochs=10")
         min_epochs = _opt_int("min_epochs", kw["min_epochs"], 0)
         min_steps = _opt_int("min_steps", kw["min_steps"], 0)
-        if min_epochs is not None and max_epochs >= 0 and min_epochs > max_epochs:
+        if min_epochs is not None and max_epochs is not None and max_epochs >= 0 and min_epochs > max_epochs:
             raise _err("min_epochs", min_epochs, f"<= max_epochs ({max_epochs})", "lower min_epochs or raise max_epochs")
 
         vci = kw["val_check_interval"]
@@ -186,7 +186,9 @@ class TrainerConfig:
         overfit_v = _limit("overfit_batches", overfit) if overfit not in (0, 0.0) else 0
 
         root = kw["default_root_dir"]
-        root = os.getcwd() if root is None else os.fspath(root) if not isinstance(root, str) else root
+        if root is None:  # FULMEN_DEFAULT_ROOT_DIR: where a run writes when the script names no folder (sweep trials)
+            root = os.environ.get("FULMEN_DEFAULT_ROOT_DIR") or os.getcwd()
+        root = os.fspath(root) if not isinstance(root, str) else root
 
         def flag(name: str, default: bool) -> bool:
             value = kw[name]

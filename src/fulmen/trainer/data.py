@@ -17,7 +17,11 @@ _HOOK = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dat
 
 
 def _defines(obj: Any, name: str, base: type) -> bool:
-    return obj is not None and (name in vars(obj) or getattr(type(obj), name, None) is not getattr(base, name, None))
+    """Whether ``obj`` defines ``name`` beyond ``base`` (an attribute set to None, Lightning's way of disabling a
+    step or a loader hook, does not count)."""
+    from fulmen.core.dispatch import _overrides
+
+    return obj is not None and _overrides(obj, base, name)
 
 
 def source_loaders(stage: str, explicit: Any, module: Any, datamodule: Any, dispatcher: Any) -> Any:
@@ -305,9 +309,12 @@ class DataManager:
 
         has_step = _defines(module, "validation_step", LightningModule)
         if src is not None and not has_step:
-            raise MisconfigurationException(
-                f"val_dataloaders were passed but {type(module).__name__} has no validation_step. Fix: define "
-                "validation_step(self, batch, batch_idx), or stop passing val_dataloaders."
+            from fulmen.utilities.rank_zero import rank_zero_warn
+
+            # a warning, as in Lightning (``validation_step = None`` is a documented way to turn validation off)
+            rank_zero_warn(
+                f"You passed in a `val_dataloader` but {type(module).__name__} has no `validation_step`. Skipping "
+                "val loop. Fix: define validation_step(self, batch, batch_idx), or stop passing val_dataloaders."
             )
         self.eval_log_steps = {}
         if not has_step or cfg.limit_val_batches == 0:

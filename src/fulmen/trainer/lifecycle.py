@@ -73,6 +73,7 @@ def build_callbacks(trainer: Trainer, callbacks: Any, max_time: Any) -> list[Cal
                 f"Trainer(callbacks=...) contains {cb!r} ({type(cb).__name__}), which is not a fulmen Callback. "
                 "Fix: subclass fulmen.Callback."
             )
+    cbs += environment_callbacks(trainer, cbs)
     cfg = trainer.config
     names = {type(c).__mro__[i].__name__ for c in cbs for i in range(len(type(c).__mro__))}
     if cfg.enable_progress_bar and "ProgressBar" not in names:
@@ -101,6 +102,30 @@ def build_callbacks(trainer: Trainer, callbacks: Any, max_time: Any) -> list[Cal
         )
     _check_state_keys(cbs)
     return _reorder(cbs)
+
+
+def environment_callbacks(trainer: Trainer, callbacks: list[Callback]) -> list[Callback]:
+    """Callbacks the environment asks for: ``FULMEN_CALLBACKS="pkg.module:factory,..."``.
+
+    A public extension point for tools that start unmodified scripts (``fulmen sweep`` trials): each
+    ``factory(trainer, callbacks)`` is called with the Trainer being built and the user's callbacks, and
+    returns callbacks to add. Processes a launcher starts inherit the variable, so every rank gets them.
+    """
+    import importlib
+
+    spec = os.environ.get("FULMEN_CALLBACKS", "").strip()
+    out: list[Callback] = []
+    for entry in filter(None, (e.strip() for e in spec.split(","))):
+        module, _, name = entry.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as exc:
+            raise MisconfigurationException(
+                f"FULMEN_CALLBACKS={spec!r}: cannot load {entry!r} ({exc}). Expected 'package.module:factory'. "
+                "Fix: correct or unset the variable."
+            ) from exc
+        out += list(factory(trainer, callbacks))
+    return out
 
 
 def _checkpoint_base() -> type:
@@ -262,6 +287,11 @@ def _check_model(trainer: Trainer, model: Any, fn: TrainerFn) -> Any:
                     "optimization. Fix: remove it and step the optimizers every N batches in training_step, or "
                     "switch to automatic optimization."
                 )
+    if fn == TrainerFn.PREDICTING and vars(model).get("predict_step", True) is None:
+        raise MisconfigurationException(
+            f"`predict_step` cannot be None to run `Trainer.predict` ({type(model).__name__}.predict_step was set to "
+            "None). Fix: drop the assignment, or define predict_step(self, batch, batch_idx)."
+        )
     if fn == TrainerFn.PREDICTING and not _overrides(model, LightningModule, "predict_step") and not _overrides(
         model, LightningModule, "forward"
     ):
@@ -380,6 +410,8 @@ def _find_last(trainer: Trainer, warn: bool = True) -> str | None:
 def run(trainer: Trainer, fn: TrainerFn, model: Any, datamodule: Any, loaders: dict[str, Any], ckpt_path: Any,
         weights_only: bool | None, verbose: bool = True, return_predictions: bool = True) -> Any:
     model = _check_model(trainer, model, fn)
+    if fn == TrainerFn.FITTING:
+        resolve_max_epochs(trainer)
     from fulmen.core.datamodule import LightningDataModule
 
     if datamodule is not None and not isinstance(datamodule, LightningDataModule):
@@ -416,6 +448,34 @@ def _sync_logger_versions(trainer: Trainer) -> None:
     versions = strategy.broadcast(mine, src=0)
     for lg, version in zip(auto, versions):
         lg._version = version
+
+
+def resolved_max_epochs(trainer: Trainer) -> int:
+    """``max_epochs`` as a fit uses it: when not given, 1000, or -1 (no limit) with ``max_steps`` or a Timer."""
+    cfg = trainer.config
+    if cfg.max_epochs is not None:
+        return cfg.max_epochs
+    timer = any(type(k).__name__ == "Timer" for c in trainer.callbacks for k in type(c).__mro__)
+    return 1000 if cfg.max_steps == -1 and not timer else -1
+
+
+def resolve_max_epochs(trainer: Trainer) -> None:
+    """At the start of each fit, as Lightning: an unset ``max_epochs`` becomes 1000 (with a warning), or -1 with
+    ``max_steps``/``max_time``; ``trainer.max_epochs`` reads the value from then on."""
+    if trainer.config.max_epochs is not None:
+        return
+    import dataclasses
+
+    from fulmen.utilities.rank_zero import PossibleUserWarning
+
+    max_epochs = resolved_max_epochs(trainer)
+    if max_epochs == 1000:
+        rank_zero_warn(
+            "`max_epochs` was not set. Setting it to 1000 epochs. To train without an epoch limit, set "
+            "`max_epochs=-1`.",
+            category=PossibleUserWarning,
+        )
+    trainer.config = dataclasses.replace(trainer.config, max_epochs=max_epochs)
 
 
 def _run(trainer: Trainer, fn: TrainerFn, model: Any, datamodule: Any, loaders: dict[str, Any], ckpt_path: Any,
@@ -456,11 +516,20 @@ def _run(trainer: Trainer, fn: TrainerFn, model: Any, datamodule: Any, loaders: 
         _teardown(trainer, stage)
         return None
     except KeyboardInterrupt as exc:
-        rank_zero_warn("Detected KeyboardInterrupt, attempting graceful shutdown ...")
-        trainer.state.status = TrainerStatus.INTERRUPTED
-        _strategy_on_exception(trainer, exc)
-        _on_exception(trainer, exc)
-        return None
+        # As Lightning: a graceful shutdown (on_exception hooks, loggers finalized, the strategy torn down; not the
+        # teardown hooks), then the process exits with status 1, so the code after ``fit`` does not run. A second
+        # Ctrl-C during the shutdown is ignored.
+        rank_zero_info("\nDetected KeyboardInterrupt, attempting graceful shutdown ...")
+        previous = _ignore_sigint()
+        try:
+            trainer.state.status = TrainerStatus.INTERRUPTED
+            _strategy_on_exception(trainer, exc)
+            _on_exception(trainer, exc)
+            trainer.strategy.teardown()
+            trainer.state.stage = None
+        finally:
+            _restore_sigint(previous)
+        raise SystemExit(1) from exc
     except BaseException as exc:
         trainer.state.status = TrainerStatus.INTERRUPTED
         # in a multi-process run: tell the other ranks (they stop), or learn that a peer failed first
@@ -474,6 +543,23 @@ def _run(trainer: Trainer, fn: TrainerFn, model: Any, datamodule: Any, loaders: 
         if profiling is not None:
             profiling.close()
         trainer.callbacks[:] = callbacks if trainer._dispatcher is None else trainer.callbacks
+
+
+def _ignore_sigint() -> Any:
+    """Ignore SIGINT (from the main thread only, where Python allows it); returns the handler to put back."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _restore_sigint(previous: Any) -> None:
+    if previous is not None:
+        import signal
+
+        signal.signal(signal.SIGINT, previous)
 
 
 def _strategy_on_exception(trainer: Trainer, exc: BaseException) -> BaseException:
@@ -541,16 +627,15 @@ def _run_stage(trainer: Trainer, fn: TrainerFn, model: Any, ckpt_path: Any, weig
         restore_sharded_weights(trainer, checkpoint)  # a sharded checkpoint: into the sharded parameters
     trainer._restored_mid_run = False
     if fn == TrainerFn.FITTING:
-        trainer.run_state.reset_for_new_fit()
+        # As in Lightning, the progress of earlier fits on this Trainer is kept: a second fit once max_epochs or
+        # max_steps is reached trains nothing, and one with a raised limit continues. Only a stop request ends.
+        trainer.run_state.should_stop = False
+        trainer.run_state.resume_point = ""
         trainer.run_state.accumulate_grad_batches = trainer.config.accumulate_grad_batches
         trainer._current_fx = "configure_optimizers"
         opts, scheds = init_optimizers(model)
         trainer._current_fx = None
-        if len(opts) > 1 and model.automatic_optimization:
-            raise MisconfigurationException(
-                f"configure_optimizers returned {len(opts)} optimizers, which needs manual optimization. Fix: set "
-                "self.automatic_optimization = False and step each optimizer in training_step."
-            )
+        _check_multiple_optimizers(model, len(opts))
         engine_setup = getattr(strategy, "setup_training_engine", None)
         if engine_setup is not None:  # DeepSpeed: one engine for the module and its optimizer
             cfg = trainer.config
@@ -588,6 +673,32 @@ def _run_stage(trainer: Trainer, fn: TrainerFn, model: Any, ckpt_path: Any, weig
     trainer.state.stage = None
     _teardown(trainer, stage)
     return result
+
+
+def _check_multiple_optimizers(model: Any, n: int) -> None:
+    """Lightning's RuntimeErrors (same text) for Lightning 1.x-style multi-optimizer training under automatic
+    optimization: a ``training_step`` taking ``optimizer_idx``, or several optimizers."""
+    import inspect
+
+    fn = getattr(model.training_step, "__wrapped__", model.training_step)
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to inspect
+        params = {}  # type: ignore[assignment]
+    if "optimizer_idx" in params:
+        raise RuntimeError(
+            "Training with multiple optimizers is only supported with manual optimization. Remove the "
+            "`optimizer_idx` argument from `training_step`, set `self.automatic_optimization = False` and access "
+            "your optimizers in `training_step` with `opt1, opt2, ... = self.optimizers()`. Fix: drop "
+            "`optimizer_idx` (Lightning 1.x style) and step the optimizers yourself in manual optimization."
+        )
+    if model.automatic_optimization and n > 1:
+        raise RuntimeError(
+            "Training with multiple optimizers is only supported with manual optimization. Set "
+            "`self.automatic_optimization = False`, then access your optimizers in `training_step` with "
+            f"`opt1, opt2, ... = self.optimizers()`. (configure_optimizers returned {n} optimizers.) Fix: switch to "
+            "manual optimization and step each optimizer in training_step, or return one optimizer."
+        )
 
 
 def _log_hparams(trainer: Trainer, model: Any) -> None:

@@ -170,17 +170,20 @@ class Trainer:
 
     def validate(self, model: Any = None, dataloaders: Any = None, ckpt_path: Any = None, verbose: bool = True,
                  datamodule: Any = None, weights_only: bool | None = None) -> list[dict[str, float]]:
+        dataloaders, datamodule = _split_datamodule("validate", dataloaders, datamodule)
         return lifecycle.run(self, TrainerFn.VALIDATING, model, datamodule, {"val": dataloaders}, ckpt_path,
                              weights_only, verbose=verbose)
 
     def test(self, model: Any = None, dataloaders: Any = None, ckpt_path: Any = None, verbose: bool = True,
              datamodule: Any = None, weights_only: bool | None = None) -> list[dict[str, float]]:
+        dataloaders, datamodule = _split_datamodule("test", dataloaders, datamodule)
         return lifecycle.run(self, TrainerFn.TESTING, model, datamodule, {"test": dataloaders}, ckpt_path,
                              weights_only, verbose=verbose)
 
     def predict(self, model: Any = None, dataloaders: Any = None, datamodule: Any = None,
                 return_predictions: bool | None = None, ckpt_path: Any = None,
                 weights_only: bool | None = None) -> Any:
+        dataloaders, datamodule = _split_datamodule("predict", dataloaders, datamodule)
         return lifecycle.run(self, TrainerFn.PREDICTING, model, datamodule, {"predict": dataloaders}, ckpt_path,
                              weights_only, return_predictions=True if return_predictions is None else return_predictions)
 
@@ -291,7 +294,8 @@ class Trainer:
         return True if n == 1 else n
 
     @property
-    def max_epochs(self) -> int:
+    def max_epochs(self) -> int | None:
+        """None until the first fit when not given (then 1000, or -1 with ``max_steps``/``max_time``), as Lightning."""
         return self.config.max_epochs
 
     @property
@@ -477,10 +481,11 @@ class Trainer:
         if self._data.train_loader is None and self.lightning_module is not None:
             self._data.load_train()
         n = self._data.num_training_batches
-        if self.config.max_epochs == -1 or n == math.inf:
+        max_epochs = lifecycle.resolved_max_epochs(self)
+        if max_epochs == -1 or n == math.inf:
             return math.inf
         per_epoch = math.ceil(n / self.run_state.accumulate_grad_batches)
-        return per_epoch * self.config.max_epochs
+        return per_epoch * max_epochs
 
     @property
     def distributed_sampler_kwargs(self) -> dict[str, int] | None:
@@ -537,6 +542,21 @@ class Trainer:
     @property
     def progress_bar_callback(self) -> Callback | None:
         return next((c for c in self.callbacks if _is_subclass_named(c, "ProgressBar")), None)
+
+
+def _split_datamodule(fn: str, dataloaders: Any, datamodule: Any) -> tuple[Any, Any]:
+    """As Lightning: a LightningDataModule passed in the ``dataloaders`` slot (``trainer.test(model, dm)``) is the
+    datamodule (it wins over a ``datamodule=`` also given); loaders and a datamodule together are refused."""
+    from fulmen.core.datamodule import LightningDataModule
+
+    if isinstance(dataloaders, LightningDataModule):
+        return None, dataloaders
+    if dataloaders is not None and datamodule is not None:
+        raise MisconfigurationException(
+            f"trainer.{fn} got both dataloaders and a datamodule. Fix: pass either `dataloaders=...` or "
+            "`datamodule=...`, not both."
+        )
+    return dataloaders, datamodule
 
 
 def _is_subclass_named(obj: Any, name: str) -> bool:

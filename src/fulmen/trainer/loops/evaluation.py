@@ -25,10 +25,11 @@ def _restore_modes(modes: dict[torch.nn.Module, bool]) -> None:
             m.training = training
 
 
-def eval_context(trainer: Trainer) -> Any:
+def eval_context(trainer: Trainer, in_fit: bool = False) -> Any:
     # As in Lightning: no inference mode on a gloo process group (tensors created there, e.g. FSDP's unsharded
-    # parameters, would be inference tensors that the next training step cannot update in place).
-    if trainer.config.inference_mode and trainer.strategy.supports_inference_mode:
+    # parameters, would be inference tensors that the next training step cannot update in place), and none for the
+    # validation inside fit (and its sanity check): a tensor the module caches there may be used by training later.
+    if not in_fit and trainer.config.inference_mode and trainer.strategy.supports_inference_mode:
         return torch.inference_mode()
     return torch.no_grad()
 
@@ -54,12 +55,15 @@ class EvaluationLoop:
         trainer._results = results
         trainer._multiple_eval_loaders = len(loaders) > 1
         modes = _record_modes(module)
+        # the sanity check runs inside fit too (no inference mode there either)
+        fitting = in_fit or self.stage == RunningStage.SANITY_CHECKING
         try:
-            if in_fit and not trainer._accumulating:
+            if in_fit and not trainer._accumulating:  # outside the no-grad context, as in Lightning
                 d.module_hook("on_validation_model_zero_grad")
-            d.module_hook(f"on_{p}_model_eval")
-            d.both(f"on_{p}_start")
-            with eval_context(trainer):
+            # As in Lightning, the whole loop runs without grad, from on_*_model_eval to on_*_model_train
+            with eval_context(trainer, fitting):
+                d.module_hook(f"on_{p}_model_eval")
+                d.both(f"on_{p}_start")
                 d.both(f"on_{p}_epoch_start")
                 self._run_batches(loaders, limits, results)
                 # epoch-end hooks belong to no dataloader: their values get no suffix and go to every result
@@ -70,21 +74,21 @@ class EvaluationLoop:
                     d.both(f"on_{p}_epoch_end")
                 finally:
                     trainer._metrics.eval_epoch_end = None
-            # only trainer.validate/test return the per-dataloader numbers; skipping them in fit and the
-            # sanity check saves a host sync per metric
-            returned = not in_fit and self.stage != RunningStage.SANITY_CHECKING
-            out = self._per_dataloader(results, len(loaders)) if returned else []
-            trainer._metrics.epoch_end(results, log=self.stage != RunningStage.SANITY_CHECKING)
-            if in_fit:  # a checkpoint written from on_validation_end resumes after this validation
-                trainer.run_state.resume_point = "after_val"
-            self._on_end(p, d)
+                # only trainer.validate/test return the per-dataloader numbers; skipping them in fit and the
+                # sanity check saves a host sync per metric
+                returned = not in_fit and self.stage != RunningStage.SANITY_CHECKING
+                out = self._per_dataloader(results, len(loaders)) if returned else []
+                trainer._metrics.epoch_end(results, log=self.stage != RunningStage.SANITY_CHECKING)
+                if in_fit:  # a checkpoint written from on_validation_end resumes after this validation
+                    trainer.run_state.resume_point = "after_val"
+                self._on_end(p, d)
+                if d.module_overrides(f"on_{p}_model_train") and p in ("validation", "test"):
+                    d.module_hook(f"on_{p}_model_train")
+                else:
+                    _restore_modes(modes)
         finally:
             trainer._results = prev_results
             trainer.state.stage = prev_stage
-        if d.module_overrides(f"on_{p}_model_train") and p in ("validation", "test"):
-            d.module_hook(f"on_{p}_model_train")
-        else:
-            _restore_modes(modes)
         return out
 
     def _on_end(self, p: str, d: Any) -> None:

@@ -59,6 +59,10 @@ class FitLoop(FitLoopViews):  # FitLoopViews: Lightning's fit_loop internals pub
         with isolate_rng():
             sanity_checked = self._sanity_check()
         t._data.load_train()
+        if self._done():
+            # as Lightning: a fit on a Trainer whose earlier fit reached max_epochs/max_steps trains nothing (no
+            # on_train_start/on_train_end); raise the limit (trainer.fit_loop.max_epochs = N) to continue
+            return
         # a resumed run carries on with the time already spent since the last validation
         self._last_val_time = _clock() - rs.val_time_elapsed
         if not sanity_checked:
@@ -151,8 +155,10 @@ class FitLoop(FitLoopViews):  # FitLoopViews: Lightning's fit_loop internals pub
         cfg = t.config
         rs = t.run_state
         if cfg.max_steps >= 0 and rs.global_step >= cfg.max_steps:
+            rank_zero_info(f"`Trainer.fit` stopped: `max_steps={cfg.max_steps!r}` reached.")
             return True
-        if cfg.max_epochs >= 0 and rs.epoch >= cfg.max_epochs:
+        if cfg.max_epochs >= 0 and rs.epoch >= cfg.max_epochs:  # type: ignore[operator]  # resolved by fit
+            rank_zero_info(f"`Trainer.fit` stopped: `max_epochs={cfg.max_epochs!r}` reached.")
             return True
         if t.strategy.is_distributed:  # a stop asked for on any rank stops every rank (a collective decision)
             rs.should_stop = t.strategy.reduce_boolean_decision(rs.should_stop, all=False)
@@ -437,6 +443,13 @@ class Optimization:
         self.trainer = trainer
         self._setup_done = False
 
+    def __getstate__(self) -> dict[str, Any]:
+        # copy.deepcopy(trainer) / torch.save(trainer) mid-run: the last step's loss holds its autograd graph (not
+        # copyable); the next step sets it again
+        state = self.__dict__.copy()
+        state["_last_loss"] = None
+        return state
+
     def setup(self) -> None:
         t = self.trainer
         d = t._dispatcher
@@ -514,7 +527,16 @@ class Optimization:
         if self.opt is None:
             closure()
         elif self.custom_optimizer_step:
+            self._last_loss = _CLOSURE_NOT_RUN  # the closure replaces it: checked below, only on this path
             t._dispatcher.module_hook("optimizer_step", rs.epoch, batch_idx, self.lopt, closure)
+            if self._last_loss is _CLOSURE_NOT_RUN:
+                # as Lightning (same text): otherwise the step would silently train nothing
+                raise MisconfigurationException(
+                    "The closure hasn't been executed. HINT: did you call `optimizer_closure()` in your "
+                    "`optimizer_step` hook? It could also happen because the `optimizer.step(optimizer_closure)` "
+                    f"call did not execute it internally. Fix: {type(self.module).__name__}.optimizer_step must call "
+                    "optimizer.step(closure=optimizer_closure), which runs training_step and backward."
+                )
         elif self.plain_step:
             self.opt.step(closure=closure)
         else:
@@ -693,6 +715,10 @@ class Optimization:
             t._dispatcher.module_hook("lr_scheduler_step", cfg.scheduler, metric)
             t._current_fx = None
             rs.scheduler_progress.increment()
+
+
+# a user optimizer_step's closure not having run yet (see Optimization.step_auto)
+_CLOSURE_NOT_RUN = object()
 
 
 def _is(bound: Any, base_fn: Any) -> bool:

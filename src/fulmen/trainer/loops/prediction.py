@@ -26,12 +26,13 @@ class PredictionLoop:
         multiple = len(loaders) > 1
         all_preds: list[list[Any]] = [[] for _ in loaders]
         self.predictions = all_preds
-        d.module_hook("on_predict_model_eval")
-        d.both("on_predict_start")
         forward_ctx = t.strategy.precision.forward_context
         # through the strategy: FSDP runs the step inside the root module's forward (parameters gathered)
         predict_step = t.strategy.step_function(module, "predict_step")
+        # as in Lightning, every hook of the loop runs without grad (from on_predict_model_eval to on_predict_end)
         with eval_context(t):
+            d.module_hook("on_predict_model_eval")
+            d.both("on_predict_start")
             d.both("on_predict_epoch_start")
             for dl_idx, (loader, limit) in enumerate(zip(loaders, limits)):
                 if limit == 0:
@@ -50,7 +51,7 @@ class PredictionLoop:
                     if limit != math.inf and batch_idx + 1 >= limit:
                         break
             d.both("on_predict_epoch_end")
-        d.both("on_predict_end")
+            d.both("on_predict_end")
         _restore_modes(modes)
         if not return_predictions:
             return None
