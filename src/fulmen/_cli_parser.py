@@ -14,6 +14,9 @@ policy, with everything else denied):
 * the classes the CLI was given (model, datamodule, callbacks added with ``add_lightning_class_args``) and
   their subclasses that are *already imported*, plus every already-imported ``Callback``, ``Logger`` and
   ``Profiler`` subclass (allowing them runs no new code: they exist because the program defined them);
+* the program's own code: the types its classes name in their ``__init__`` signatures (recursively) and their
+  imported subclasses, ``__main__`` and the script imported by name, the modules beside the script, and the
+  user's own (not installed) packages of those classes -- what Lightning users write every day;
 * what the user allows: ``LightningCLI(allowed_import_paths=[...])``, ``parser.allow_import_paths(...)``,
   the ``FULMEN_CLI_ALLOWED_IMPORTS`` environment variable (comma-separated) or ``fulmen fit --allow``.
 
@@ -134,6 +137,164 @@ def fulmen_public_classes() -> frozenset[str]:
     return frozenset(out)
 
 
+# Packages never trusted as "the user's code" by location (a class of theirs is still trusted by type).
+_NOT_USER_PACKAGES = frozenset(
+    {"fulmen", "lightning", "pytorch_lightning", "lightning_fabric", "torch", "jsonargparse"}
+)
+# Types whose subclasses are not trusted just because a signature names them: everything derives from them.
+_TOO_GENERAL_MODULES = frozenset({"builtins", "typing", "typing_extensions", "abc", "collections.abc", "types"})
+
+
+def _denied_by_jsonargparse(name: str) -> bool:
+    """Whether jsonargparse's default denylist names ``name`` or a package above it (``os``, ``subprocess``...)."""
+    from jsonargparse._common import default_import_path_denylist
+
+    parts = name.split(".")
+    return any(".".join(parts[:n]) in default_import_path_denylist for n in range(1, len(parts) + 1))
+
+
+@functools.cache
+def _library_roots() -> tuple[str, ...]:
+    import sysconfig
+
+    roots = {sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    return tuple(os.path.realpath(r) for r in roots if r)
+
+
+def _is_library_file(path: str) -> bool:
+    """Whether ``path`` is installed library code (the standard library or site-packages), not the user's."""
+    real = os.path.realpath(path)
+    parts = real.split(os.sep)
+    if "site-packages" in parts or "dist-packages" in parts:
+        return True
+    return any(real == root or real.startswith(root + os.sep) for root in _library_roots())
+
+
+def _user_package(cls: type) -> str | None:
+    """The top-level package of ``cls`` when it is the user's own code (not installed, not fulmen or torch)."""
+    import sys
+
+    module = getattr(cls, "__module__", None) or ""
+    top = module.split(".")[0]
+    if not top or top == "__main__" or top in _NOT_USER_PACKAGES or top in sys.stdlib_module_names:
+        return None
+    if not top.isidentifier() or _denied_by_jsonargparse(top):
+        return None
+    mod = sys.modules.get(top)
+    path = getattr(mod, "__file__", None) or next(iter(getattr(mod, "__path__", None) or []), None)
+    if not path or _is_library_file(path):
+        return None
+    return top
+
+
+def _program_paths() -> set[str]:
+    """The running program's own code: ``__main__``, the script's module name and its folder's modules.
+
+    ``python train.py`` (or ``fulmen run train.py``) defines its model in ``__main__``; a config names it
+    ``__main__.Model`` or ``train.Model`` (the same file imported by name), and the packages beside the
+    script (``mypkg.nets.Net``) are the user's project. ``python -m mypkg.train`` trusts ``mypkg``.
+    """
+    import importlib.util
+    import sys
+
+    out = {"__main__"}
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    file = getattr(main, "__file__", None)
+    if spec is not None and getattr(spec, "name", None):  # python -m pkg.module
+        top = spec.name.split(".")[0]
+        if file and not _is_library_file(file) and top not in _NOT_USER_PACKAGES and not _denied_by_jsonargparse(top):
+            out.add(top)
+        return out
+    if not file or not file.endswith(".py") or _is_library_file(file):
+        return out
+    stem = os.path.splitext(os.path.basename(file))[0]
+    folder = os.path.dirname(os.path.realpath(file))
+    if folder not in {os.path.realpath(p or os.getcwd()) for p in sys.path}:
+        return out  # names beside the script would not import from its folder
+    names = {stem}
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(folder):
+            if entry.endswith(".py"):
+                names.add(entry[:-3])
+            elif os.path.isfile(os.path.join(folder, entry, "__init__.py")):
+                names.add(entry)
+    for name in names:
+        if (
+            name.isidentifier()
+            and name not in sys.stdlib_module_names
+            and name not in _NOT_USER_PACKAGES
+            and not _denied_by_jsonargparse(name)
+        ):
+            if name == stem:
+                with contextlib.suppress(Exception):
+                    found = importlib.util.find_spec(name)
+                    if not (found and found.origin and os.path.realpath(found.origin) == os.path.realpath(file)):
+                        continue
+            out.add(name)
+    return out
+
+
+def _annotation_classes(annotation: Any) -> Iterable[type]:
+    """The classes an annotation names (``Optional[Enc]``, ``list[Enc]``, ``Enc | None`` -> ``Enc``)."""
+    import typing
+
+    if isinstance(annotation, type) and not typing.get_args(annotation):
+        if annotation.__module__ not in _TOO_GENERAL_MODULES:
+            yield annotation
+        return
+    origin = typing.get_origin(annotation)
+    if isinstance(origin, type) and origin.__module__ not in _TOO_GENERAL_MODULES:
+        yield origin
+    for arg in typing.get_args(annotation):
+        if isinstance(arg, (list, tuple)):  # Callable[[A, B], R]
+            for a in arg:
+                yield from _annotation_classes(a)
+        else:
+            yield from _annotation_classes(arg)
+
+
+@functools.lru_cache(maxsize=4096)
+def _signature_classes(cls: type) -> tuple[type, ...]:
+    """The classes named in the annotations of ``cls.__init__`` (resolved string annotations included)."""
+    import inspect
+    import typing
+
+    init = getattr(cls, "__init__", cls)
+    try:
+        hints = typing.get_type_hints(init)
+    except Exception:  # noqa: BLE001 - an unresolvable forward reference: use what is already an object
+        try:
+            params = inspect.signature(init).parameters.values()
+            hints = {p.name: p.annotation for p in params if p.annotation is not p.empty}
+        except (TypeError, ValueError):
+            return ()
+    hints.pop("return", None)
+    found: dict[type, None] = {}
+    for annotation in hints.values():
+        for c in _annotation_classes(annotation):
+            found[c] = None
+    return tuple(found)
+
+
+def program_trusted_classes(bases: Iterable[type]) -> set[type]:
+    """The classes the program itself names: ``bases`` (what it gave the CLI), the types in their ``__init__``
+    signatures, recursively, and the imported subclasses of all of these."""
+    trusted: set[type] = set()
+    todo = [b for b in bases if isinstance(b, type)]
+    while todo:
+        cls = todo.pop()
+        if cls in trusted:
+            continue
+        for sub in _subclasses(cls):
+            if sub in trusted:
+                continue
+            trusted.add(sub)
+            with contextlib.suppress(TypeError):
+                todo.extend(c for c in _signature_classes(sub) if c not in trusted)
+    return trusted
+
+
 def env_allowed_import_paths() -> list[str]:
     """Entries of ``FULMEN_CLI_ALLOWED_IMPORTS`` (comma-separated)."""
     return [p.strip() for p in os.environ.get(ENV_ALLOWED, "").split(",") if p.strip()]
@@ -150,9 +311,17 @@ def allowed_import_paths(extra: Iterable[str] = (), bases: Iterable[type] = ()) 
         | set(extra)
         | set(env_allowed_import_paths())
     )
-    for base in {*bases, Callback, Logger, Profiler}:
+    for base in {Callback, Logger, Profiler}:
         for cls in _subclasses(base):
             allowed.update(_import_path_of(cls))
+    # the program's own code is trusted: classes it gave the CLI and the types their signatures name (with
+    # their imported subclasses), the script itself, and the user's own packages (see the module docstring)
+    allowed |= _program_paths()
+    for cls in program_trusted_classes(bases):
+        allowed.update(_import_path_of(cls))
+        package = _user_package(cls)
+        if package is not None:
+            allowed.add(package)
     for entry in list(allowed):
         if (
             entry == "jsonargparse"

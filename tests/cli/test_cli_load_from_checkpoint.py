@@ -127,15 +127,29 @@ def test_ckpt_path_hparams_become_defaults_with_support_on(tmp_path: Path) -> No
     assert tested.model.lr == 0.05 and "test_loss" in tested.trainer.callback_metrics
 
 
-def test_a_class_outside_the_allowlist_is_not_rebuilt(tmp_path: Path, fresh_process: None, monkeypatch) -> None:
+def test_a_class_outside_the_allowlist_is_not_rebuilt(
+    tmp_path: Path, fresh_process: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _, ckpt = _saved(tmp_path)
     cli_module._SESSION_ALLOWED.clear()  # what the CLI above allowed is gone, as in a new process
-    with pytest.raises(MisconfigurationException) as info:
-        BackboneModel.load_from_checkpoint(ckpt)
-    msg = str(info.value)
-    assert "torch.nn.Linear" in msg and "FULMEN_CLI_ALLOWED_IMPORTS" in msg
-    monkeypatch.setenv("FULMEN_CLI_ALLOWED_IMPORTS", "torch.nn")  # the user trusts torch.nn
+    # the type the model's signature names (torch.nn.Module) and its imported subclasses are trusted, as in
+    # Lightning: torch.nn.Linear is rebuilt with nothing allowed
     assert isinstance(BackboneModel.load_from_checkpoint(ckpt).backbone, torch.nn.Linear)
+    # a module the program never imported, outside the user's code, is not even imported
+    marker = tmp_path / "imported"
+    pkg = tmp_path / "site" / "plugin_nets.py"
+    pkg.parent.mkdir()
+    pkg.write_text(f"open({str(marker)!r}, 'w').write('x')\nimport torch\nclass Net(torch.nn.Linear):\n    pass\n")
+    monkeypatch.syspath_prepend(str(pkg.parent))
+    spec = {"class_path": "plugin_nets.Net", "init_args": {"in_features": 4, "out_features": 6}}
+    with pytest.raises(MisconfigurationException) as info:
+        BackboneModel.load_from_checkpoint(_tamper(ckpt, backbone=spec))
+    msg = str(info.value)
+    assert "plugin_nets.Net" in msg and "FULMEN_CLI_ALLOWED_IMPORTS" in msg
+    assert not marker.exists()
+    monkeypatch.setenv("FULMEN_CLI_ALLOWED_IMPORTS", "plugin_nets")  # the user trusts it
+    assert type(BackboneModel.load_from_checkpoint(_tamper(ckpt, backbone=spec)).backbone).__name__ == "Net"
+    __import__("sys").modules.pop("plugin_nets", None)
 
 
 def _tamper(ckpt: Path, **changes: Any) -> Path:
