@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test lint bench clean
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ demo: $(VENV)/.demo
 
 test: $(VENV)/.dev
 	$(PY) -m pytest tests -q -p no:cacheprovider
+
+# ruff (rules and the reason for each exclusion: pyproject.toml [tool.ruff.lint]) and mypy (strict on fulmen.core
+# and fulmen.fabric: [tool.mypy]) over the whole tree
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 bench: $(VENV)/.bench
 	$(PY) benchmarks/run.py

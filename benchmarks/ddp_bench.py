@@ -139,8 +139,9 @@ def _module_class() -> type:
 
 
 def _run_fulmen(steps: int) -> float:
-    import fulmen as L
     from torch.utils.data import DataLoader
+
+    import fulmen as L
 
     out = tempfile.mktemp(prefix="fulmen-ddp-", suffix=".json")
     root = tempfile.mkdtemp(prefix="fulmen-ddp-root-")

@@ -54,7 +54,7 @@ def machine_line() -> str:
     except AttributeError:
         usable = cores
     try:
-        load = "load average %.2f %.2f %.2f" % os.getloadavg()
+        load = "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     except OSError:
         load = ""
     from contestants import lightning_version

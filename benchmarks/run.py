@@ -174,7 +174,7 @@ def bench_import(args: argparse.Namespace, log: Any) -> tuple[list[str], list[tu
     torch_times: list[float] = []
     for target in targets:
         results = []
-        for i in range(reps):
+        for _ in range(reps):
             results.append(_child("import", target))
         torch_times += [r["torch_s"] for r in results]
         t = median([r["import_s"] for r in results])
@@ -316,7 +316,7 @@ def bench_ddp(args: argparse.Namespace, log: Any) -> tuple[list[str], list[tuple
     reason = ddp_bench.unavailable()
     if reason:
         log(f"[ddp] skipped: {reason}")
-        return lines + [f"Skipped: {reason}", ""], []
+        return [*lines, f"Skipped: {reason}", ""], []
     log("[ddp] running")
     r = _child("ddp", *(["--quick"] if args.quick else []))
     ratio = r["fulmen_step"] / r["hand_step"]
@@ -382,7 +382,7 @@ def main() -> None:
         "|---|---:|---|",
     ]
     doc += [f"| {name} | {value:.3g} | {_verdict(value, goal)} |" for name, value, goal in goals]
-    doc += ["", "## Results", ""] + body
+    doc += ["", "## Results", "", *body]
     notes = os.path.join(HERE, "notes.md")
     if os.path.exists(notes):
         with open(notes) as f:

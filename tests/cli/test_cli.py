@@ -58,7 +58,7 @@ def test_print_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"] == {"hidden": 3, "lr": 0.1}
-    assert "trainer" in printed and "optimizer" not in printed or printed.get("optimizer") is None
+    assert ("trainer" in printed and "optimizer" not in printed) or printed.get("optimizer") is None
 
 
 def test_validate_test_predict_subcommands_with_a_checkpoint(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from tqdm import tqdm
 
-from fulmen.callbacks.progress.tqdm_progress import TQDMProgressBar, Tqdm
+from fulmen.callbacks.progress.tqdm_progress import Tqdm, TQDMProgressBar
 from fulmen.utilities.apply_func import _move, apply_to_collection, move_data_to_device
 
 INF = float("inf")

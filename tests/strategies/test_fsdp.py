@@ -19,7 +19,7 @@ fsdp = pytest.importorskip("torch.distributed.fsdp")
 if not hasattr(fsdp, "fully_shard"):
     pytest.skip("this torch has no FSDP2 (fully_shard)", allow_module_level=True)
 
-from fulmen.strategies import FSDPStrategy
+from fulmen.strategies import FSDPStrategy  # noqa: E402 - after the skip: needs FSDP2
 
 
 def _data(n: int = 32) -> TensorDataset:

@@ -181,7 +181,7 @@ def test_resume_with_worker_processes(tmp_path) -> None:
 
 def test_stateful_loader_uses_its_own_state(tmp_path) -> None:
     save = CASES["mid_epoch"]
-    full, _, saver, _ = run(tmp_path, 24, save=save, stateful=True)
+    full, _, _, _ = run(tmp_path, 24, save=save, stateful=True)
     ckpt = torch.load(tmp_path / "mid.ckpt", weights_only=True)
     assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == {"pos": 3, "epoch": 1}
     resumed, _, _, _ = run(tmp_path, 24, ckpt=str(tmp_path / "mid.ckpt"), stateful=True)

@@ -56,7 +56,7 @@ def _model_class(base: type) -> type:
     return Net
 
 
-def _run(lib: Any, root: Path, fast_dev_run: int | bool, logger: str | None | bool) -> dict[str, Any]:
+def _run(lib: Any, root: Path, fast_dev_run: int | bool, logger: str | bool | None) -> dict[str, Any]:
     if lib is pl:
         from pytorch_lightning.callbacks import EarlyStopping
         from pytorch_lightning.loggers import CSVLogger

@@ -30,7 +30,7 @@ class Callback:
 
     def _generate_state_key(self, **kwargs: Any) -> str:
         """``ClassName{'arg': value, ...}``, Lightning's format for callbacks that can appear twice."""
-        return f"{self.__class__.__qualname__}{repr(kwargs)}"
+        return f"{self.__class__.__qualname__}{kwargs!r}"
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Called when fit, validate, test, predict or tune begins."""

@@ -30,17 +30,17 @@ class LightningDataModule(DataHooks, HyperparametersMixin):
     @classmethod
     def from_datasets(
         cls,
-        train_dataset: Dataset | Iterable[Dataset] | None = None,
-        val_dataset: Dataset | Iterable[Dataset] | None = None,
-        test_dataset: Dataset | Iterable[Dataset] | None = None,
-        predict_dataset: Dataset | Iterable[Dataset] | None = None,
+        train_dataset: Dataset[Any] | Iterable[Dataset[Any]] | None = None,
+        val_dataset: Dataset[Any] | Iterable[Dataset[Any]] | None = None,
+        test_dataset: Dataset[Any] | Iterable[Dataset[Any]] | None = None,
+        predict_dataset: Dataset[Any] | Iterable[Dataset[Any]] | None = None,
         batch_size: int = 1,
         num_workers: int = 0,
         **datamodule_kwargs: Any,
     ) -> LightningDataModule:
         """A datamodule whose loaders wrap the given datasets (train shuffled, the others not)."""
 
-        def loader(ds: Any, shuffle: bool) -> DataLoader:
+        def loader(ds: Any, shuffle: bool) -> DataLoader[Any]:
             shuffle &= not isinstance(ds, IterableDataset)
             return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, persistent_workers=False)
 

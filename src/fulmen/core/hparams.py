@@ -9,7 +9,7 @@ from argparse import Namespace
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, ClassVar
 
 from fulmen.utilities.exceptions import MisconfigurationException
 from fulmen.utilities.parsing import AttributeDict, collect_init_args
@@ -35,7 +35,7 @@ def given_hyperparameters(class_type: type, hparams: dict[str, Any], instantiato
 
 
 class HyperparametersMixin:
-    __jit_unused_properties__: list[str] = ["hparams", "hparams_initial"]
+    __jit_unused_properties__: ClassVar[list[str]] = ["hparams", "hparams_initial"]
 
     def __init__(self) -> None:
         super().__init__()
@@ -125,7 +125,7 @@ def to_plain_data(value: Any) -> Any:
     """
     import torch
 
-    if isinstance(value, _PRIMITIVES) or isinstance(value, torch.Tensor):
+    if isinstance(value, (*_PRIMITIVES, torch.Tensor)):
         return value
     if isinstance(value, Namespace):
         value = vars(value)
@@ -134,7 +134,7 @@ def to_plain_data(value: Any) -> Any:
     if isinstance(value, (list, tuple, set, frozenset)):
         out = [to_plain_data(v) for v in value]
         return out if isinstance(value, list) else (tuple(out) if isinstance(value, tuple) else out)
-    if isinstance(value, torch.dtype) or isinstance(value, torch.device):
+    if isinstance(value, (torch.dtype, torch.device)):
         return str(value)
     if isinstance(value, Iterable) and not isinstance(value, (str, bytes)):
         return repr(value)

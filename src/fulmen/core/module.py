@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numbers
 import warnings
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -108,7 +108,7 @@ class LightningModule(_DeviceDtypeModuleMixin, HyperparametersMixin, ModelHooks,
     CHECKPOINT_HYPER_PARAMS_NAME = "hparams_name"
     CHECKPOINT_HYPER_PARAMS_TYPE = "hparams_type"
     # properties TorchScript must not compile (they read the Trainer or Python-only state); see to_torchscript
-    __jit_unused_properties__: list[str] = [  # noqa: RUF012 - TorchScript reads this exact class attribute
+    __jit_unused_properties__: ClassVar[list[str]] = [  # TorchScript reads this exact class attribute
         "dtype", "device", "trainer", "fabric", "example_input_array", "current_epoch", "global_step", "global_rank",
         "local_rank", "on_gpu", "automatic_optimization", "strict_loading", "logger", "loggers", "device_mesh",
         "hparams", "hparams_initial",
@@ -237,8 +237,8 @@ class LightningModule(_DeviceDtypeModuleMixin, HyperparametersMixin, ModelHooks,
     def configure_gradient_clipping(
         self,
         optimizer: Optimizer,
-        gradient_clip_val: Union[int, float, None] = None,
-        gradient_clip_algorithm: Optional[str] = None,
+        gradient_clip_val: int | float | None = None,
+        gradient_clip_algorithm: str | None = None,
     ) -> None:
         """Clip gradients before the optimizer step (default: the Trainer's gradient_clip_val)."""
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
@@ -258,16 +258,16 @@ class LightningModule(_DeviceDtypeModuleMixin, HyperparametersMixin, ModelHooks,
         name: str,
         value: Any,
         prog_bar: bool = False,
-        logger: Optional[bool] = None,
-        on_step: Optional[bool] = None,
-        on_epoch: Optional[bool] = None,
-        reduce_fx: Union[str, Callable[..., Any]] = "mean",
+        logger: bool | None = None,
+        on_step: bool | None = None,
+        on_epoch: bool | None = None,
+        reduce_fx: str | Callable[..., Any] = "mean",
         enable_graph: bool = False,
         sync_dist: bool = False,
-        sync_dist_group: Optional[Any] = None,
+        sync_dist_group: Any | None = None,
         add_dataloader_idx: bool = True,
-        batch_size: Optional[int] = None,
-        metric_attribute: Optional[str] = None,
+        batch_size: int | None = None,
+        metric_attribute: str | None = None,
         rank_zero_only: bool = False,
     ) -> None:
         """Log a scalar (number, 0-d/1-element tensor or torchmetrics Metric) for callbacks, the bar and loggers.
@@ -289,7 +289,7 @@ class LightningModule(_DeviceDtypeModuleMixin, HyperparametersMixin, ModelHooks,
             return
         fx = trainer._current_fx
         rule = LOG_RULES.get(fx) if fx is not None else None
-        if rule is None:
+        if fx is None or rule is None:
             raise MisconfigurationException(
                 f"self.log({name!r}, ...) was called from {fx!r}, where logging is not allowed. Log from training_step, "
                 "validation_step, test_step, the batch/epoch hooks or on_train/validation/test_start. Fix: move the "
@@ -349,8 +349,9 @@ class LightningModule(_DeviceDtypeModuleMixin, HyperparametersMixin, ModelHooks,
             if not value.is_floating_point():
                 value = value.to(torch.get_default_dtype())
             return value
-        if isinstance(value, bool) or isinstance(value, numbers.Number) and not isinstance(value, complex):
-            return torch.tensor(float(value), device=self.device, dtype=torch.get_default_dtype())
+        if isinstance(value, bool) or (isinstance(value, numbers.Number) and not isinstance(value, complex)):
+            # numbers.Number declares no __float__; every real Number (int, float, Fraction, numpy scalars) has one
+            return torch.tensor(float(value), device=self.device, dtype=torch.get_default_dtype())  # type: ignore[arg-type]
         if _is_torchmetric(value):
             return value
         if isinstance(value, Mapping):
@@ -366,15 +367,15 @@ class LightningModule(_DeviceDtypeModuleMixin, HyperparametersMixin, ModelHooks,
         self,
         dictionary: Any,
         prog_bar: bool = False,
-        logger: Optional[bool] = None,
-        on_step: Optional[bool] = None,
-        on_epoch: Optional[bool] = None,
-        reduce_fx: Union[str, Callable[..., Any]] = "mean",
+        logger: bool | None = None,
+        on_step: bool | None = None,
+        on_epoch: bool | None = None,
+        reduce_fx: str | Callable[..., Any] = "mean",
         enable_graph: bool = False,
         sync_dist: bool = False,
-        sync_dist_group: Optional[Any] = None,
+        sync_dist_group: Any | None = None,
         add_dataloader_idx: bool = True,
-        batch_size: Optional[int] = None,
+        batch_size: int | None = None,
         rank_zero_only: bool = False,
     ) -> None:
         """``self.log`` for every key of a mapping or a torchmetrics ``MetricCollection``."""
@@ -473,8 +474,8 @@ class LightningModule(_DeviceDtypeModuleMixin, HyperparametersMixin, ModelHooks,
     def clip_gradients(
         self,
         optimizer: Any,
-        gradient_clip_val: Union[int, float, None] = None,
-        gradient_clip_algorithm: Optional[str] = None,
+        gradient_clip_val: int | float | None = None,
+        gradient_clip_algorithm: str | None = None,
     ) -> None:
         """Clip the gradients of ``optimizer``'s parameters by norm (default) or value."""
         if gradient_clip_val is None or gradient_clip_val == 0:
@@ -517,11 +518,11 @@ class LightningModule(_DeviceDtypeModuleMixin, HyperparametersMixin, ModelHooks,
     @classmethod
     def load_from_checkpoint(
         cls,
-        checkpoint_path: Union[str, Path, Any],
+        checkpoint_path: str | Path | Any,
         map_location: Any = None,
-        hparams_file: Union[str, Path, None] = None,
-        strict: Optional[bool] = None,
-        weights_only: Optional[bool] = None,
+        hparams_file: str | Path | None = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
         **kwargs: Any,
     ) -> Any:
         """Build the module from a checkpoint's saved hyperparameters (``kwargs`` override them) and weights.
@@ -533,13 +534,13 @@ class LightningModule(_DeviceDtypeModuleMixin, HyperparametersMixin, ModelHooks,
         return load_from_checkpoint(cls, checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs)
 
     def to_torchscript(
-        self, file_path: Union[str, Path, None] = None, method: str = "script", example_inputs: Any = None, **kwargs: Any
+        self, file_path: str | Path | None = None, method: str = "script", example_inputs: Any = None, **kwargs: Any
     ) -> Any:
         from fulmen.core.export import to_torchscript
 
         return to_torchscript(self, file_path, method, example_inputs, **kwargs)
 
-    def to_onnx(self, file_path: Union[str, Path, None] = None, input_sample: Any = None, **kwargs: Any) -> Any:
+    def to_onnx(self, file_path: str | Path | None = None, input_sample: Any = None, **kwargs: Any) -> Any:
         from fulmen.core.export import to_onnx
 
         return to_onnx(self, file_path, input_sample, **kwargs)

@@ -60,7 +60,7 @@ def _rebuild(
         hparams.update(_read_hparams_file(hparams_file))
     hparams.update(kwargs)
     instantiate = _instantiator(cls, hparams.pop("_instantiator", None))
-    params = inspect.signature(cls.__init__).parameters
+    params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]  # cls is a class, not an instance
     accepts_var_kw = any(p.kind == p.VAR_KEYWORD for p in params.values())
     init_kwargs = hparams if accepts_var_kw else {k: v for k, v in hparams.items() if k in params}
     try:

@@ -378,8 +378,7 @@ class Coordinator:
                 except Exception:  # noqa: BLE001 - store gone: its host ended; gloo sees closed peers itself
                     return
                 if (
-                    record is not None
-                    and int(record["rank"]) != self.rank
+                    (record is not None and int(record["rank"]) != self.rank)
                     or (record is not None and record.get("kind") == "desync")
                 ):
                     self._on_peer_failure(record)

@@ -53,10 +53,7 @@ class MPIEnvironment(ClusterEnvironment):
 
     @staticmethod
     def detect() -> bool:
-        for name in _SIZE:
-            if name in os.environ:
-                return True
-        return False
+        return any(name in os.environ for name in _SIZE)
 
     def world_size(self) -> int:
         return _env_int(*_SIZE)
