@@ -21,6 +21,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "main",
         "run a Fabric script on several devices; consolidate a sharded checkpoint (`fulmen fabric --help`)",
     ),
+    "sweep": (
+        "fulmen.sweep.cli",
+        "main",
+        "run many trials of one unmodified script over a search space (`fulmen sweep --help`)",
+    ),
     "run": (
         "fulmen.compat.run",
         "main",
