@@ -58,6 +58,9 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, A
         )
         rng = _rng_to_plain(collect_rng_states())
         ckpt["fulmen"] = {"run_state": rs.state_dict(), "rng": rng, **_per_rank_rng(trainer, rng)}
+        loader_rng = trainer._data.capture_generator_states()
+        if loader_rng is not None:
+            ckpt["fulmen"]["loader_generators"] = loader_rng
         rs.train_results = rs.grads = None
     if module.hparams:
         ckpt[module.CHECKPOINT_HYPER_PARAMS_NAME] = None
@@ -158,6 +161,8 @@ def restore_training_state(trainer: Trainer, ckpt: dict[str, Any]) -> None:
             )
     loader_state = ckpt.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader")
     trainer._data.pending_loader_state = loader_state
+    # applied when the train loader is built: its own generators continue where the saved run's were
+    trainer._data.pending_generator_states = (extra or {}).get("loader_generators")
     cfg = trainer.config
     if cfg.max_epochs >= 0 and rs.epoch > cfg.max_epochs:
         raise MisconfigurationException(

@@ -131,6 +131,8 @@ class DataManager:
         self.eval_log_steps: dict[int, int] = {}
         # a stateful train loader's state from the checkpoint, applied before its first iteration
         self.pending_loader_state: Any = None
+        # the train loader's own generators' states from the checkpoint, applied when the loader is built
+        self.pending_generator_states: list[Any] | None = None
 
     def _source(self, stage: str) -> Any:
         t = self.trainer
@@ -155,6 +157,9 @@ class DataManager:
         if cfg.overfit_batches:
             loader = overfit_loader(loader)
         self.train_loader = loader
+        pending, self.pending_generator_states = self.pending_generator_states, None
+        if pending is not None:
+            _set_generator_states(loader, pending)
         n = num_batches(loader, cfg.limit_train_batches, "limit_train_batches")
         if n == 0 and has_len(loader) and len(loader) == 0:
             raise MisconfigurationException(
@@ -217,14 +222,21 @@ class DataManager:
             self.val_check_batch = max(1, int(n * vci)) if vci != 1.0 else n
 
     def capture_epoch_rng(self) -> dict[str, Any]:
-        """The RNG state that decides this epoch's batch order (global torch RNG and the sampler's generator)."""
+        """The RNG state that decides this epoch's batch order (global torch RNG and the loader's own generators)."""
         import torch
 
         state: dict[str, Any] = {"torch": torch.get_rng_state()}
-        gen = _sampler_generator(self.train_loader)
-        if gen is not None:
-            state["sampler_generator"] = gen.get_state()
+        gens = _loader_generators(self.train_loader)
+        if gens:
+            state["generators"] = [g.get_state() for g in gens]
         return state
+
+    def capture_generator_states(self) -> list[Any] | None:
+        """The current states of the train loader's own generators (``DataLoader(generator=...)``, a sampler's
+        ``generator``), for a checkpoint: they advance every epoch, so a resume must continue them, not restart
+        them from the seed the script gave them. None without a loader or such generators."""
+        gens = _loader_generators(self.train_loader)
+        return [g.get_state() for g in gens] if gens else None
 
     def iterate_train(self, loader: Any, rs: Any, start: int) -> Any:
         """Yield ``(batch, is_last)``; with ``start > 0`` (mid-epoch resume) the epoch's batch order is rebuilt."""
@@ -243,9 +255,12 @@ class DataManager:
 
             resume_state = torch.get_rng_state()
             torch.set_rng_state(rs.epoch_rng_state["torch"])
-            gen = _sampler_generator(loader)
-            if gen is not None and "sampler_generator" in rs.epoch_rng_state:
-                gen.set_state(rs.epoch_rng_state["sampler_generator"])
+            if "generators" in rs.epoch_rng_state:
+                _set_generator_states(loader, rs.epoch_rng_state["generators"])
+            elif "sampler_generator" in rs.epoch_rng_state:  # a checkpoint from before "generators"
+                gen = _sampler_generator(loader)
+                if gen is not None:
+                    gen.set_state(rs.epoch_rng_state["sampler_generator"])
             iterator = _skip(loader, start)
             torch.set_rng_state(resume_state)
         else:
@@ -348,6 +363,39 @@ class DataManager:
         else:
             self.val_loaders, self.num_val_batches = loaders, counts
         return loaders, counts
+
+
+def _loader_generators(loader: Any) -> list[Any]:
+    """The distinct ``torch.Generator`` objects that decide a loader's order and worker seeds: the loader's own
+    (``DataLoader(generator=...)``, which also shuffles when the loader built its RandomSampler), the sampler's and
+    the batch sampler's sampler's; for a CombinedLoader, those of each of its loaders."""
+    import torch
+
+    loaders = list(loader.flattened) if isinstance(loader, CombinedLoader) else [loader]
+    out: list[Any] = []
+    for ld in loaders:
+        sampler = getattr(ld, "sampler", None)
+        batch_sampler = getattr(ld, "batch_sampler", None)
+        for gen in (getattr(ld, "generator", None), getattr(sampler, "generator", None),
+                    getattr(getattr(batch_sampler, "sampler", None), "generator", None)):
+            if isinstance(gen, torch.Generator) and not any(gen is g for g in out):
+                out.append(gen)
+    return out
+
+
+def _set_generator_states(loader: Any, states: list[Any]) -> None:
+    gens = _loader_generators(loader)
+    if len(gens) != len(states):  # another loader than the one saved: leave its generators as they are
+        from fulmen.utilities.rank_zero import rank_zero_warn
+
+        rank_zero_warn(
+            f"The checkpoint holds the states of {len(states)} train loader generator(s) but this train loader has "
+            f"{len(gens)}; they are left as the script seeded them, so the data order after resuming differs from "
+            "the interrupted run's. Fix: resume with the same DataLoader setup."
+        )
+        return
+    for gen, state in zip(gens, states):
+        gen.set_state(state)
 
 
 def _sampler_generator(loader: Any) -> Any:
