@@ -28,6 +28,7 @@ _LAZY = {
     "WeightAveraging": "weight_averaging",
     "EMAWeightAveraging": "weight_averaging",
     "Timer": "timer",
+    "ThroughputMonitor": "throughput_monitor",
 }
 
 __all__ = ["Callback", "Checkpoint", *sorted(_LAZY)]
