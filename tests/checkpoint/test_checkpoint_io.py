@@ -20,6 +20,7 @@ from fulmen.checkpoint import (
     TorchCheckpointIO,
     WrappingCheckpointIO,
 )
+from fulmen.utilities import filesystem
 
 
 def _checkpoint(step: int = 1) -> dict[str, Any]:
@@ -120,13 +121,13 @@ def test_remove_checkpoint(tmp_path: Path) -> None:
 
 def test_storage_options_are_passed_to_the_filesystem(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[dict[str, Any]] = []
-    real_url_to_fs = fc.io.cloud_io.url_to_fs
+    real_url_to_fs = filesystem.url_to_fs
 
     def spy(url: str, **options: Any) -> Any:
         seen.append(options)
         return real_url_to_fs(url, **{k: v for k, v in options.items() if k != "token"})
 
-    monkeypatch.setattr(fc.io.cloud_io, "url_to_fs", spy)
+    monkeypatch.setattr(filesystem, "url_to_fs", spy)
     root = f"memory://fulmen-io-{uuid.uuid4().hex}"
     io = TorchCheckpointIO(storage_options={"token": "default", "region": "x"})
     io.save_checkpoint({"a": 1}, f"{root}/a.ckpt", storage_options={"token": "per-call"})

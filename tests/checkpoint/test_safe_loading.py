@@ -21,7 +21,7 @@ import torch
 
 import fulmen.checkpoint as fc
 from fulmen.checkpoint import TorchCheckpointIO, UnsafeCheckpointError
-from fulmen.utilities import cloud_io
+from fulmen.utilities import cloud_io, safe_loading
 from fulmen.utilities.parsing import AttributeDict
 
 
@@ -179,7 +179,7 @@ def test_concurrent_loads_share_the_allowlist(tmp_path: Path) -> None:
     for thread in threads:
         thread.join()
     assert errors == []
-    assert cloud_io._active_count == 0
+    assert safe_loading._active_count == 0
 
 
 @pytest.mark.parametrize(

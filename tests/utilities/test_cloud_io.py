@@ -18,7 +18,7 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
-from fulmen.utilities import cloud_io
+from fulmen.utilities import atomic_write, cloud_io
 from fulmen.utilities.cloud_io import (
     CheckpointLoadError,
     CheckpointNotFoundError,
@@ -150,9 +150,9 @@ def test_failed_save_keeps_previous_file_intact_and_leaves_no_temp_file(
         new["zzz"] = _ExplodesWhenPickled()
         expected = RuntimeError
     elif failure == "disk full midway":
-        monkeypatch.setattr(cloud_io, "_torch_save", _write_half_then_fail)
+        monkeypatch.setattr(atomic_write, "_torch_save", _write_half_then_fail)
     elif failure == "interrupted midway":
-        monkeypatch.setattr(cloud_io, "_torch_save", _interrupt_midway)
+        monkeypatch.setattr(atomic_write, "_torch_save", _interrupt_midway)
         expected = KeyboardInterrupt
     elif failure == "fsync fails":
         monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
@@ -211,7 +211,7 @@ def _dead_pid() -> int:
 def test_a_later_save_removes_temp_files_of_dead_writers_only(tmp_path: Path) -> None:
     """A save killed mid-write leaves ``.<name>.<host>-<hash>.<pid>.<random>.tmp``; the next save into that
     directory removes it once its writer is dead, and keeps live writers' temp files and everything else."""
-    from fulmen.utilities.cloud_io import _temp_name, _writer_token
+    from fulmen.utilities.atomic_write import _temp_name, _writer_token
 
     token = _writer_token()
     dead = _dead_pid()
@@ -259,7 +259,7 @@ def test_a_later_save_removes_temp_files_of_dead_writers_only(tmp_path: Path) ->
 
 
 def test_temp_name_names_the_writer_and_fits_the_name_limit() -> None:
-    from fulmen.utilities.cloud_io import _TEMP_RE, _temp_name, _writer_token
+    from fulmen.utilities.atomic_write import _TEMP_RE, _temp_name, _writer_token
 
     for name in ("last.ckpt", "epoch=1.step=2.ckpt", "x" * 240 + ".ckpt", "\u00e9" * 200 + ".ckpt"):
         made = _temp_name(name)
@@ -339,7 +339,7 @@ def test_rename_based_filesystem_writes_temp_then_moves(monkeypatch: pytest.Monk
     src, dst = _RenameFileSystem.moves[0]
     assert dst == "/run/last.ckpt" and src.startswith("/run/.last.ckpt.") and src.endswith(".tmp")
 
-    monkeypatch.setattr(cloud_io, "_torch_save", _write_half_then_fail)
+    monkeypatch.setattr(atomic_write, "_torch_save", _write_half_then_fail)
     with pytest.raises(OSError, match="No space left"):
         atomic_save(_checkpoint(3), path)
     assert load(path)["step"] == 2
