@@ -380,19 +380,53 @@ def test_missing_monitor_raises_with_available_keys(tmp_path: Path) -> None:
         MisconfigurationException, match=r"monitor='val_los'.*'train_loss'.*'val_loss'.*self.log"
     ):
         _fit(tmp_path, [mc], 1)
-    # no validation at all: the epoch-end save cannot ever find it either
+    # no validation at all: as in Lightning, the epoch-end save warns (once) and saves nothing
     mc2 = ModelCheckpoint(dirpath=tmp_path / "b", monitor="val_loss")
-    with pytest.raises(MisconfigurationException, match="available keys"):
-        _fit(tmp_path, [mc2], 1, val=False)
+    with pytest.warns(UserWarning, match="available keys") as record:
+        _fit(tmp_path, [mc2], 2, val=False)
+    assert sum("could not find" in str(w.message) for w in record) == 1
+    assert not (tmp_path / "b").exists() or not _files(tmp_path / "b")
 
 
-def test_missing_val_metric_before_first_validation_only_warns(tmp_path: Path) -> None:
-    mc = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", every_n_train_steps=1)
-    with pytest.warns(UserWarning, match="could not find the monitored key") as record:
+def test_missing_val_metric_defers_step_saves_silently(tmp_path: Path) -> None:
+    """A step trigger before the first validation (or with a monitor that never appears) skips the save without
+    a warning, top-k and last alike; Lightning defers it to the next validation end when it saves after
+    validation (here it saves at the train epoch end, so the deferred save is dropped)."""
+    import warnings
+
+    mc = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", every_n_train_steps=1, save_last=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*could not find")
         _fit(tmp_path, [mc], 2)
-    assert sum("could not find" in str(w.message) for w in record) == 2  # steps 1 and 2, before validation
     # from epoch 1 on the metric exists: step 3 enters the top 1, step 4 (same score) does not
-    assert _files(tmp_path) == {"epoch=1-step=3.ckpt"}
+    assert _files(tmp_path) == {"epoch=1-step=3.ckpt", "last.ckpt"}
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 4
+    typo = ModelCheckpoint(dirpath=tmp_path / "t", monitor="val_los", every_n_train_steps=1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*could not find")
+        _fit(tmp_path, [typo], 2)
+    assert not (tmp_path / "t").exists() or not _files(tmp_path / "t")
+
+
+def test_deferred_step_save_happens_at_validation_end(tmp_path: Path) -> None:
+    """Validating twice per epoch (saves after validation): a step save with the monitor missing, or on the
+    epoch's last batch right before validation, is done at the next on_validation_end with fresh values."""
+
+    class PerStep(Scripted):
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            self.log("val_loss", float(self.global_step))
+
+    mc = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", every_n_train_steps=1, save_top_k=-1,
+                         save_last=True)
+    _fit(tmp_path, [mc], 1, model=PerStep(), val_check_interval=0.5, limit_val_batches=1)
+    scores = {}
+    for name in sorted(_files(tmp_path)):
+        ckpt = torch.load(tmp_path / name, weights_only=False)
+        (state,) = ckpt["callbacks"].values()
+        scores[name] = (ckpt["global_step"], float(state["current_score"]))
+    # step 1: no val_loss yet (deferred to the validation at step 1); step 2: last batch, deferred to the
+    # validation right after it, so it is saved with val_loss=2.0 rather than the stale 1.0
+    assert scores == {"epoch=0-step=1.ckpt": (1, 1.0), "epoch=0-step=2.ckpt": (2, 2.0), "last.ckpt": (2, 2.0)}
 
 
 def test_version_counter(tmp_path: Path) -> None:
@@ -582,10 +616,10 @@ def test_rank_dependent_choices_are_collective(tmp_path: Path) -> None:
     # rank 1's metric differs (not synced), so its own name would differ: it must write rank 0's path
     strategy = _Rank1Strategy(str(tmp_path / "val_loss=0.50.ckpt"), rank0_says_top_k=False)
     trainer = _FakeTrainer(strategy, {"val_loss": T(0.7)}, step=1)
-    mc._save_topk_checkpoint(trainer, mc._monitor_candidates(trainer), final=True)  # type: ignore[arg-type]
+    mc._save_topk_checkpoint(trainer, mc._monitor_candidates(trainer))  # type: ignore[arg-type]
     assert trainer.saved == [str(tmp_path / "val_loss=0.50.ckpt")]
     assert strategy.reductions == []  # fewer than k saved: every rank agrees without a collective
     # rank 1 thinks 0.6 beats its 0.7, but rank 0 disagrees: nobody saves
     trainer.global_step, trainer.callback_metrics = 2, {"val_loss": T(0.6)}
-    mc._save_topk_checkpoint(trainer, mc._monitor_candidates(trainer), final=True)  # type: ignore[arg-type]
+    mc._save_topk_checkpoint(trainer, mc._monitor_candidates(trainer))  # type: ignore[arg-type]
     assert strategy.reductions == [(True, True)] and len(trainer.saved) == 1

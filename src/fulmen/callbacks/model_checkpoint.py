@@ -315,6 +315,10 @@ class ModelCheckpoint(Checkpoint):
         self._last_time_checked: float | None = None
         self._last_checkpoint_saved = ""
         self._val_has_run = False
+        # a step/time-triggered save whose monitor was missing (or stale, right before validation) waits for
+        # the next on_validation_end, as in Lightning
+        self._defer_save_until_validation = False
+        self._warned: set[str] = set()
         self._pending_state: dict[str, Any] | None = None
         self.current_score: torch.Tensor | None = None
         self.best_k_models: dict[str, torch.Tensor] = {}
@@ -461,6 +465,7 @@ class ModelCheckpoint(Checkpoint):
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._val_has_run = False
+        self._defer_save_until_validation = False
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -487,15 +492,32 @@ class ModelCheckpoint(Checkpoint):
         if not skip_time:
             self._last_time_checked = now
         candidates = self._monitor_candidates(trainer)
-        self._save_topk_checkpoint(trainer, candidates, final=False)
+        if self.monitor is not None and (
+            self.monitor not in candidates
+            # the key exists but is stale: this is the epoch's last batch and validation runs right after it
+            or (not self._should_save_on_train_epoch_end(trainer) and trainer.is_last_batch
+                and self._validation_follows(trainer))
+        ):
+            # Lightning defers both the top-k and the last save (silently) to the next on_validation_end; when no
+            # validation comes, nothing is saved at this trigger
+            self._defer_save_until_validation = True
+            return
+        self._save_topk_checkpoint(trainer, candidates)
         self._save_last_checkpoint(trainer, candidates)
+
+    @staticmethod
+    def _validation_follows(trainer: Trainer) -> bool:
+        if not trainer.enable_validation or not _total_val_batches(trainer):
+            return False
+        every = trainer.check_val_every_n_epoch
+        return every is None or (trainer.current_epoch + 1) % every == 0
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._should_skip_saving_checkpoint(trainer) and self._should_save_on_train_epoch_end(trainer):
             candidates = self._monitor_candidates(trainer)
             if self._every_n_epochs >= 1 and (trainer.current_epoch + 1) % self._every_n_epochs == 0:
-                self._save_topk_checkpoint(trainer, candidates, final=True)
+                self._save_topk_checkpoint(trainer, candidates)
             self._save_last_checkpoint(trainer, candidates)
 
     @override
@@ -507,8 +529,13 @@ class ModelCheckpoint(Checkpoint):
             trainer
         ):
             candidates = self._monitor_candidates(trainer)
+            if self._defer_save_until_validation:
+                self._defer_save_until_validation = False
+                self._save_topk_checkpoint(trainer, candidates)
+                self._save_last_checkpoint(trainer, candidates)
+                return
             if self._every_n_epochs >= 1 and (trainer.current_epoch + 1) % self._every_n_epochs == 0:
-                self._save_topk_checkpoint(trainer, candidates, final=True)
+                self._save_topk_checkpoint(trainer, candidates)
             self._save_last_checkpoint(trainer, candidates)
 
     @override
@@ -623,7 +650,7 @@ class ModelCheckpoint(Checkpoint):
 
     # ---- saving --------------------------------------------------------------------------------
 
-    def _save_topk_checkpoint(self, trainer: Trainer, candidates: dict[str, Any], final: bool) -> None:
+    def _save_topk_checkpoint(self, trainer: Trainer, candidates: dict[str, Any]) -> None:
         if self.save_top_k == 0:
             return
         if self.monitor is None:
@@ -636,12 +663,13 @@ class ModelCheckpoint(Checkpoint):
                 f"metrics; available keys in trainer.callback_metrics: {available}. Fix: log it with "
                 f"`self.log({self.monitor!r}, value)` in the LightningModule, or change `monitor`."
             )
-            # Before any validation ran, a val metric may legitimately be missing (step-based saving):
-            # warn. Once validation ran, or at an epoch-end save without validation, it never will be.
-            no_validation = _total_val_batches(trainer) == 0
-            if self._val_has_run or (final and no_validation):
+            # As in Lightning: once validation ran, the key should be there (a typo): raise. Before (an epoch-end
+            # save in a run without validation), warn once per message and skip the top-k save.
+            if self._val_has_run:
                 raise MisconfigurationException(msg)
-            rank_zero_warn(msg)
+            if msg not in self._warned:
+                self._warned.add(msg)
+                rank_zero_warn(msg)
             return
         self._save_monitor_checkpoint(trainer, candidates)
 
