@@ -710,8 +710,30 @@ def _add_class_path(class_type: type) -> Callable[[Any], Any]:
     return add
 
 
-#: The instantiator a LightningCLI checkpoint names; Lightning's names map to it (see core/saving.py).
+#: fulmen's own name for the instantiator; fulmen's loader maps Lightning's names to it (see core/saving.py).
 INSTANTIATOR = "fulmen.cli.instantiate_module"
+
+
+def _checkpoint_instantiator() -> str:
+    """The ``_instantiator`` a LightningCLI checkpoint records: Lightning's name, so that real Lightning's
+    ``load_from_checkpoint`` (which imports the name it finds) loads it, and fulmen's too (it maps Lightning's names
+    to :func:`instantiate_module`). The package is the one the program imported (``fulmen run`` of a
+    ``lightning.pytorch`` or a ``pytorch_lightning`` script), else the installed one, else ``lightning.pytorch``."""
+    import importlib.util
+
+    finder = sys.modules.get("fulmen.compat._finder")
+    alias = getattr(finder, "LightningAlias", None)
+    for root in ("lightning.pytorch", "pytorch_lightning"):
+        module = sys.modules.get(root)
+        if module is not None and (alias is None or isinstance(module, alias)):
+            return f"{root}.cli.instantiate_module"
+    for root, top in (("lightning.pytorch", "lightning"), ("pytorch_lightning", "pytorch_lightning")):
+        try:
+            if importlib.util.find_spec(top) is not None:
+                return f"{root}.cli.instantiate_module"
+        except (ImportError, ValueError):
+            continue
+    return "lightning.pytorch.cli.instantiate_module"
 
 
 def _module_type(value: Any, default: type) -> type:
@@ -756,7 +778,7 @@ class _ConfigInstantiator:
             if key.startswith(f"{self.key}."):
                 key = key[len(self.key) + 1 :].removeprefix("init_args.")
                 _set_nested(hparams, key, to_plain_data(value))
-        with given_hyperparameters(class_type, hparams, INSTANTIATOR):
+        with given_hyperparameters(class_type, hparams, _checkpoint_instantiator()):
             return class_type(*args, **kwargs)
 
 
@@ -786,7 +808,7 @@ def instantiate_module(class_type: type, config: dict[str, Any]) -> Any:
         # the rebuilt object saves the same hyperparameters, so it can be saved and loaded again
         from fulmen.core.hparams import given_hyperparameters
 
-        with given_hyperparameters(cls, saved, INSTANTIATOR):
+        with given_hyperparameters(cls, saved, _checkpoint_instantiator()):
             return cls(*args, **kwargs)
 
     if "_class_path" in config:

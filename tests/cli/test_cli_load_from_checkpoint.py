@@ -76,7 +76,7 @@ def _saved(tmp_path: Path, *extra: str, **kw: Any) -> tuple[LightningCLI, Path]:
 def test_hparams_hold_the_parsed_config_and_load_from_checkpoint_rebuilds_it(tmp_path: Path) -> None:
     cli, ckpt = _saved(tmp_path)
     hp = dict(cli.model.hparams)
-    assert hp["_instantiator"] == "fulmen.cli.instantiate_module"
+    assert hp["_instantiator"].endswith(".cli.instantiate_module")  # Lightning's name (see below)
     assert hp["backbone"]["class_path"] == "torch.nn.Linear"
     assert hp["backbone"]["init_args"]["in_features"] == 4 and hp["backbone"]["init_args"]["out_features"] == 6
     assert hp["lr"] == 0.05
@@ -181,3 +181,79 @@ def test_lightning_instantiator_names_are_understood(tmp_path: Path) -> None:
     for name in ("lightning.pytorch.cli.instantiate_module", "pytorch_lightning.cli.instantiate_module"):
         loaded = BackboneModel.load_from_checkpoint(_tamper(ckpt, _instantiator=name))
         assert isinstance(loaded.backbone, torch.nn.Linear) and loaded.backbone.out_features == 6
+
+
+# Interop both ways with the real Lightning (a subprocess: pytorch_lightning must not share this process).
+PL_SIDE = """
+import sys, torch
+sys.modules["fulmen"] = None  # a machine with Lightning only: the checkpoint must not need fulmen
+import pytorch_lightning as pl
+from pytorch_lightning.cli import LightningCLI
+from torch.utils.data import DataLoader, TensorDataset
+
+class BackboneModel(pl.LightningModule):
+    def __init__(self, backbone: torch.nn.Module, lr: float = 0.1) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.lr = lr
+        self.backbone = backbone
+        self.head = torch.nn.Linear(backbone.out_features, 1)
+    def forward(self, x):
+        return self.head(torch.relu(self.backbone(x)))
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.mse_loss(self(x), y)
+    def train_dataloader(self):
+        x = torch.randn(16, 4)
+        return DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8)
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+fulmen_ckpt, expected, out = sys.argv[1:4]
+loaded = BackboneModel.load_from_checkpoint(fulmen_ckpt)  # Lightning imports the saved _instantiator
+want = torch.load(expected)
+assert type(loaded.backbone) is torch.nn.Linear and loaded.backbone.out_features == 6, loaded.backbone
+assert loaded.lr == 0.05, loaded.lr
+for k, v in want.items():
+    assert torch.equal(loaded.state_dict()[k], v), k
+print("LIGHTNING LOADED", flush=True)
+
+cli = LightningCLI(BackboneModel, run=False, save_config_callback=None, args=[
+    "--trainer.max_epochs=1", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false", "--trainer.enable_checkpointing=false",
+    "--model.backbone=torch.nn.Linear", "--model.backbone.in_features=4", "--model.backbone.out_features=5",
+    "--model.lr=0.02"])
+cli.trainer.fit(cli.model)
+cli.trainer.save_checkpoint(out)
+torch.save(cli.model.state_dict(), out + ".state")
+"""
+
+
+def test_checkpoints_of_cli_runs_load_in_real_lightning_and_back(tmp_path: Path, fresh_process: None) -> None:
+    pytest.importorskip("pytorch_lightning")
+    import subprocess
+    import sys
+
+    cli, ckpt = _saved(tmp_path)
+    # Lightning's name for its instantiator (what Lightning imports when it loads the checkpoint)
+    saved = torch.load(ckpt, weights_only=True)["hyper_parameters"]
+    assert saved["_instantiator"] in {
+        "lightning.pytorch.cli.instantiate_module",
+        "pytorch_lightning.cli.instantiate_module",
+    }
+    torch.save(cli.model.state_dict(), tmp_path / "expected.pt")
+    script = tmp_path / "pl_side.py"
+    script.write_text(PL_SIDE)
+    out = tmp_path / "lightning.ckpt"
+    proc = subprocess.run(
+        [sys.executable, str(script), str(ckpt), str(tmp_path / "expected.pt"), str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0 and "LIGHTNING LOADED" in proc.stdout, proc.stderr[-4000:]
+
+    # and the reverse: a checkpoint of Lightning's CLI (its own _instantiator name) loads in fulmen
+    assert torch.load(out, weights_only=True)["hyper_parameters"]["_instantiator"].endswith(".cli.instantiate_module")
+    loaded = BackboneModel.load_from_checkpoint(out)
+    assert type(loaded.backbone) is torch.nn.Linear and loaded.backbone.out_features == 5 and loaded.lr == 0.02
+    for k, v in torch.load(str(out) + ".state").items():
+        assert torch.equal(loaded.state_dict()[k], v), k
