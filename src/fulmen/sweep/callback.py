@@ -159,3 +159,28 @@ class PruningCallback(Callback):
     def _write_result(self, trainer: Any, data: dict[str, Any]) -> None:
         if self.context is not None and trainer.is_global_zero:
             write_json(os.path.join(self.context.dir, RESULT_FILE), data)
+
+
+def trial_callbacks(trainer: Any, callbacks: list[Any]) -> list[Any]:
+    """The callbacks a trial's Trainer gets (``FULMEN_CALLBACKS`` factory): report/prune, and checkpoints.
+
+    The checkpoint callback writes ``<trial>/checkpoints/last.ckpt`` (always) and ``best.ckpt`` (by the
+    metric), so an interrupted trial resumes and the best model of every trial is kept. Nothing is added
+    outside a trial, nor twice when a script builds several Trainers.
+    """
+    ctx = TrialContext.from_env()
+    if ctx is None:
+        return []
+    out: list[Any] = []
+    if not any(isinstance(c, PruningCallback) for c in callbacks):
+        out.append(PruningCallback(monitor=ctx.metric, mode=ctx.mode, context=ctx))
+    if trainer.config.enable_checkpointing and not trainer.config.fast_dev_run:
+        from fulmen.callbacks import ModelCheckpoint
+
+        out.append(
+            ModelCheckpoint(
+                dirpath=ctx.checkpoint_dir, filename="best", monitor=ctx.metric, mode=ctx.mode, save_top_k=1,
+                save_last=True, enable_version_counter=False,
+            )
+        )
+    return out

@@ -3,9 +3,8 @@
 The driver starts every trial with these variables set; processes a launcher starts (DDP ranks) inherit them:
 
 - ``FULMEN_SWEEP_TRIAL``: a JSON :class:`TrialContext` (storage, study, trial id, metric, mode, folder, pruner).
-- ``FULMEN_CALLBACKS=fulmen.sweep.context:trial_callbacks``: the Trainer's public extension point
-  (``fulmen.trainer.lifecycle.environment_callbacks``), which calls :func:`trial_callbacks` while the Trainer
-  is built, so the script's Trainer gets the reporting/pruning callback and a checkpoint in the trial folder.
+- ``FULMEN_CALLBACKS=fulmen.sweep.callback:trial_callbacks``: the Trainer's public extension point
+  (``fulmen.trainer.lifecycle.environment_callbacks``) calls that factory while the Trainer is built, so the script's Trainer gets the reporting/pruning callback and a checkpoint in the trial folder.
 - ``FULMEN_DEFAULT_ROOT_DIR``: the trial folder, where the Trainer writes its logs and checkpoints
   unless the script names a folder.
 - ``FULMEN_AUTO_RESUME=1`` when the trial ran before: ``fit`` resumes from the trial's last checkpoint (a
@@ -20,7 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 ENV = "FULMEN_SWEEP_TRIAL"
-CALLBACKS_ENTRY = "fulmen.sweep.context:trial_callbacks"
+CALLBACKS_ENTRY = "fulmen.sweep.callback:trial_callbacks"
 RESULT_FILE = "result.json"
 PROGRESS_FILE = "progress.json"
 
@@ -58,33 +57,6 @@ class TrialContext:
     @property
     def checkpoint_dir(self) -> str:
         return os.path.join(self.dir, "checkpoints")
-
-
-def trial_callbacks(trainer: Any, callbacks: list[Any]) -> list[Any]:
-    """The callbacks a trial's Trainer gets (``FULMEN_CALLBACKS`` factory): report/prune, and checkpoints.
-
-    The checkpoint callback writes ``<trial>/checkpoints/last.ckpt`` (always) and ``best.ckpt`` (by the
-    metric), so an interrupted trial resumes and the best model of every trial is kept. Nothing is added
-    outside a trial, nor twice when a script builds several Trainers.
-    """
-    ctx = TrialContext.from_env()
-    if ctx is None:
-        return []
-    from fulmen.sweep.callback import PruningCallback
-
-    out: list[Any] = []
-    if not any(isinstance(c, PruningCallback) for c in callbacks):
-        out.append(PruningCallback(monitor=ctx.metric, mode=ctx.mode, context=ctx))
-    if trainer.config.enable_checkpointing and not trainer.config.fast_dev_run:
-        from fulmen.callbacks import ModelCheckpoint
-
-        out.append(
-            ModelCheckpoint(
-                dirpath=ctx.checkpoint_dir, filename="best", monitor=ctx.metric, mode=ctx.mode, save_top_k=1,
-                save_last=True, enable_version_counter=False,
-            )
-        )
-    return out
 
 
 def write_json(path: str, data: dict[str, Any]) -> None:

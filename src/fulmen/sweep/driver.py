@@ -282,16 +282,18 @@ class Sweep:
         if self.opts.worker is not None:
             op.storages.fail_stale_trials(study)
         # trials a previous driver left running: started again with their parameters (they resume)
-        resumable = [] if self.opts.worker is not None else [
-            t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        ]
-        for t in list(resumable):
+        left = [] if self.opts.worker is not None else study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        resumable = []
+        for t in left:
+            if set(t.params) != set(self.space.names):  # killed inside ask: its parameters are drawn now
+                t = self._complete_params(study, t)
             folder = trial_folder(self.dir, t.number)
             self._wait_for_old_process(folder)
             result = read_json(os.path.join(folder, RESULT_FILE))
             if result is not None and result.get("state") in ("complete", "pruned"):  # done, not yet told
                 self._record(study, t.number, result, 0.0)
-                resumable.remove(t)
+            else:
+                resumable.append(t)
         free = list(self.slots)
         while True:
             while free and not self.stopping:
@@ -327,7 +329,7 @@ class Sweep:
         waiting = [t for t in trials if t.state == op.trial.TrialState.WAITING]
         if len([t for t in trials if t.state != op.trial.TrialState.WAITING]) >= total and not waiting:
             return None
-        if self.sampler == "grid":
+        if self.sampler == "grid" and not waiting:
             # the n-th point of the crossed grid (shuffled by the seed) is enqueued: a failed point is not
             # sampled again (Optuna's GridSampler would rerun it as a new trial; --retries reruns it in place)
             study.enqueue_trial(self._grid_points()[len(trials)])
@@ -344,6 +346,13 @@ class Sweep:
         if self.opts.worker:
             trial.set_user_attr("worker", self.opts.worker)
         return trial.number, trial._trial_id, params
+
+    def _complete_params(self, study: Any, frozen: Any) -> Any:
+        if self.sampler != "grid":
+            study.sampler = make_sampler(self.sampler, self.seed + frozen.number)
+        self.space.suggest(optuna().trial.Trial(study, frozen._trial_id), self.seed)
+        study.sampler = make_sampler("random", self.seed)
+        return study.get_trials(deepcopy=False)[frozen.number]
 
     def _grid_points(self) -> list[dict[str, Any]]:
         grid = self.space.grid(self.seed)
