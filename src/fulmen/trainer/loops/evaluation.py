@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fulmen.core.results import ResultCollection
+from fulmen.trainer.loops.step_args import DATALOADER_ITER, DataLoaderIter, adapt_step, limited_pairs, step_flavor
 from fulmen.trainer.states import RunningStage
+from fulmen.utilities.rank_zero import rank_zero_warn
 
 if TYPE_CHECKING:
     from fulmen.trainer.trainer import Trainer
@@ -102,8 +104,16 @@ class EvaluationLoop:
         p = self.prefix
         step_name = f"{p}_step"
         multiple = len(loaders) > 1
-        # through the strategy: FSDP runs the step inside the root module's forward (parameters gathered)
-        step_fn = trainer.strategy.step_function(trainer.lightning_module, step_name)
+        # through the strategy: FSDP runs the step inside the root module's forward (parameters gathered); called as
+        # (batch, batch_idx, *dataloader_idx) whatever the step's signature (step_args, decided once per run)
+        module = trainer.lightning_module
+        flavor = step_flavor(getattr(module, step_name))
+        step_fn = adapt_step(trainer.strategy.step_function(module, step_name), flavor)
+        if flavor == DATALOADER_ITER:
+            rank_zero_warn(
+                f"Found `dataloader_iter` argument in the `{step_name}`. Note that the support for this signature "
+                "is experimental and the behavior is subject to change."
+            )
         forward_ctx = trainer.strategy.precision.forward_context
         has_start = d.has_callbacks(f"on_{p}_batch_start") or d.module_overrides(f"on_{p}_batch_start")
         has_end = d.has_callbacks(f"on_{p}_batch_end") or d.module_overrides(f"on_{p}_batch_end")
@@ -120,6 +130,10 @@ class EvaluationLoop:
                 continue
             trainer._eval_dataloader_idx = dl_idx
             extra = (dl_idx,) if multiple else ()
+            if flavor == DATALOADER_ITER:
+                self._run_iter_loader(loader, limit, dl_idx, extra, results, step_fn, has_start, has_end, progress,
+                                      log_steps)
+                continue
             for batch_idx, batch in enumerate(loader):
                 batch = trainer._transfer_batch(batch, dl_idx)
                 results.set_batch(batch, dl_idx)
@@ -139,6 +153,39 @@ class EvaluationLoop:
                     log_steps[dl_idx] = n + 1
                 if limit != math.inf and batch_idx + 1 >= limit:
                     break
+
+    def _run_iter_loader(
+        self, loader: Any, limit: int | float, dl_idx: int, extra: tuple[int, ...], results: ResultCollection,
+        step_fn: Any, has_start: bool, has_end: bool, progress: Any, log_steps: dict[int, int] | None,
+    ) -> None:
+        """One dataloader for a ``*_step(self, dataloader_iter)``: the step pulls its batches (see step_args)."""
+        trainer = self.trainer
+        d = trainer._dispatcher
+        p = self.prefix
+        step_name = f"{p}_step"
+        forward_ctx = trainer.strategy.precision.forward_context
+        it = DataLoaderIter(limited_pairs(loader, limit), dl_idx)
+        while not it.done:
+            batch, batch_idx = it.batch, max(it.batch_idx, 0)
+            results.set_batch(batch, dl_idx)
+            if has_start:
+                d.both(f"on_{p}_batch_start", batch, batch_idx, *extra)
+            trainer._current_fx = step_name
+            try:
+                with forward_ctx():
+                    output = step_fn(it, batch_idx, *extra)
+            except StopIteration:  # the step ran out of batches: this dataloader is done (as in Lightning)
+                break
+            finally:
+                trainer._current_fx = None
+            if has_end:
+                d.both(f"on_{p}_batch_end", output, it.batch, max(it.batch_idx, 0), *extra)
+            if progress is not None:
+                progress.increment()
+            if log_steps is not None:
+                n = log_steps.get(dl_idx, 0)
+                trainer._metrics.log_eval_step(results, dl_idx if len(extra) else None, n)
+                log_steps[dl_idx] = n + 1
 
     @staticmethod
     def _per_dataloader(results: ResultCollection, n: int) -> list[dict[str, float]]:

@@ -15,6 +15,7 @@ import torch
 
 from fulmen.core.results import ResultCollection
 from fulmen.trainer.lifecycle import batch_transfer_fn
+from fulmen.trainer.loops.step_args import BATCH_IDX, DATALOADER_ITER, DataLoaderIter, adapt_step, step_flavor
 from fulmen.trainer.loops.views import FitLoopViews
 from fulmen.trainer.states import RunningStage
 from fulmen.utilities.exceptions import MisconfigurationException
@@ -213,7 +214,8 @@ class FitLoop(FitLoopViews):  # FitLoopViews: Lightning's fit_loop internals pub
                               skip_logging=resume_point == "val")
         completed = rs.last_batch_done and start > 0
         if not completed and not self._should_end_epoch():
-            completed = self._run_batches(results, loader, start, n_batches, auto, check_val, val_batch)
+            run_batches = self._run_iter_batches if t._optimization.flavor == DATALOADER_ITER else self._run_batches
+            completed = run_batches(results, loader, start, n_batches, auto, check_val, val_batch)
         self._finish_epoch(results, completed)
 
     def _should_end_epoch(self) -> bool:
@@ -331,6 +333,60 @@ class FitLoop(FitLoopViews):  # FitLoopViews: Lightning's fit_loop internals pub
             )
         return True  # the iterator ended itself (having run the loader to its end)
 
+    def _run_iter_batches(
+        self, results: ResultCollection, loader: Any, start: int, n_batches: int | float, auto: bool,
+        check_val: bool, val_batch: int | float | None,
+    ) -> bool:
+        """The epoch for a ``training_step(self, dataloader_iter)``: the step pulls its batches (see step_args).
+
+        As Lightning counts it, one step is one "batch" of the progress counters and of the batch hooks; the
+        data position saved in checkpoints (``batch_in_epoch``) is the number of batches pulled.
+        """
+        t = self.trainer
+        d = t._dispatcher
+        rs = t.run_state
+        it = DataLoaderIter(t._data.iterate_train(loader, rs, start), start=start)
+        step = t._optimization.step_auto if auto else t._optimization.step_manual
+        max_steps = t.config.max_steps
+        step_idx = rs.batch_progress.current_completed
+        rs.is_last_batch = False
+        while not it.done:
+            batch, batch_idx = it.batch, max(it.batch_idx, 0)
+            results.set_batch(batch)
+            d.callbacks_hook("on_train_batch_start", batch, batch_idx)
+            if d.module_overrides("on_train_batch_start") and d.module_hook(
+                "on_train_batch_start", batch, batch_idx
+            ) == -1:
+                t._optimization.step_schedulers("epoch", plateau=False)
+                return True
+            try:
+                stepped, outputs = step(it, step_idx, False)
+            except StopIteration:  # the step ran out of batches: the epoch ends (as in Lightning)
+                t._accumulating = False
+                return True
+            rs.is_last_batch = is_last = it.done
+            rs.batch_in_epoch = start + it.fetched
+            rs.batch_progress.increment()
+            rs.last_batch_stepped = stepped
+            rs.last_batch_done = is_last
+            if is_last:
+                t._optimization.step_schedulers("epoch", plateau=False)
+            rs.resume_point = "batch_end"
+            d.both("on_train_batch_end", outputs, it.batch, max(it.batch_idx, 0))
+            self._after_batch(results, step_idx, is_last, stepped, check_val, val_batch)
+            if t._preempt_signal is not None:
+                from fulmen.trainer.preemption import handle_preemption
+
+                handle_preemption(t)
+            step_idx += 1
+            if is_last:
+                return True
+            if max_steps >= 0 and rs.global_step >= max_steps:
+                return False
+            if rs.should_stop and self._can_stop_early():
+                return False
+        return True
+
     def _after_batch(
         self, results: ResultCollection, batch_idx: int, is_last: bool, stepped: bool, check_val: bool,
         val_batch: int | float | None, skip_logging: bool = False,
@@ -442,6 +498,7 @@ class Optimization:
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
         self._setup_done = False
+        self.flavor = BATCH_IDX  # how training_step is called (step_args), decided in setup
 
     def __getstate__(self) -> dict[str, Any]:
         # copy.deepcopy(trainer) / torch.save(trainer) mid-run: the last step's loss holds its autograd graph (not
@@ -457,7 +514,14 @@ class Optimization:
         self.module = module
         self.precision = t.strategy.precision
         self.forward_ctx = self.precision.forward_context
-        self.training_step = t.strategy.step_function(module, "training_step")  # through DDP/FSDP when wrapped
+        # through DDP/FSDP when wrapped; called as (batch, batch_idx) whatever the step's signature (step_args)
+        self.flavor = step_flavor(module.training_step)
+        if self.flavor == DATALOADER_ITER:
+            rank_zero_warn(
+                "Found `dataloader_iter` argument in the `training_step`. Note that the support for this signature "
+                "is experimental and the behavior is subject to change."
+            )
+        self.training_step = adapt_step(t.strategy.step_function(module, "training_step"), self.flavor)
         self.opt = t.optimizers[0] if t.optimizers else None
         self.lopt = t._lightning_optimizers[0] if t._lightning_optimizers else None
         self.custom_optimizer_step = d.module_overrides("optimizer_step")

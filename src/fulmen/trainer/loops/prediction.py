@@ -6,7 +6,9 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from fulmen.trainer.loops.evaluation import _record_modes, _restore_modes, eval_context
+from fulmen.trainer.loops.step_args import DATALOADER_ITER, DataLoaderIter, adapt_step, limited_pairs, step_flavor
 from fulmen.trainer.states import RunningStage
+from fulmen.utilities.rank_zero import rank_zero_warn
 
 if TYPE_CHECKING:
     from fulmen.trainer.trainer import Trainer
@@ -27,8 +29,15 @@ class PredictionLoop:
         all_preds: list[list[Any]] = [[] for _ in loaders]
         self.predictions = all_preds
         forward_ctx = t.strategy.precision.forward_context
-        # through the strategy: FSDP runs the step inside the root module's forward (parameters gathered)
-        predict_step = t.strategy.step_function(module, "predict_step")
+        # through the strategy: FSDP runs the step inside the root module's forward (parameters gathered); called as
+        # (batch, batch_idx, *dataloader_idx) whatever the step's signature (step_args, decided once per run)
+        flavor = step_flavor(module.predict_step)
+        predict_step = adapt_step(t.strategy.step_function(module, "predict_step"), flavor)
+        if flavor == DATALOADER_ITER:
+            rank_zero_warn(
+                "Found `dataloader_iter` argument in the `predict_step`. Note that the support for this signature "
+                "is experimental and the behavior is subject to change."
+            )
         # as in Lightning, every hook of the loop runs without grad (from on_predict_model_eval to on_predict_end)
         with eval_context(t):
             d.module_hook("on_predict_model_eval")
@@ -38,6 +47,10 @@ class PredictionLoop:
                 if limit == 0:
                     continue
                 extra = (dl_idx,) if multiple else ()
+                if flavor == DATALOADER_ITER:
+                    self._run_iter_loader(loader, limit, dl_idx, extra, predict_step,
+                                          all_preds[dl_idx] if return_predictions else None)
+                    continue
                 for batch_idx, batch in enumerate(loader):
                     batch = t._transfer_batch(batch, dl_idx)
                     d.both("on_predict_batch_start", batch, batch_idx, *extra)
@@ -56,3 +69,24 @@ class PredictionLoop:
         if not return_predictions:
             return None
         return all_preds if multiple else all_preds[0]
+
+    def _run_iter_loader(self, loader: Any, limit: int | float, dl_idx: int, extra: tuple[int, ...],
+                         predict_step: Any, preds: list[Any] | None) -> None:
+        """One dataloader for a ``predict_step(self, dataloader_iter)``: the step pulls its batches (step_args)."""
+        t = self.trainer
+        d = t._dispatcher
+        forward_ctx = t.strategy.precision.forward_context
+        it = DataLoaderIter(limited_pairs(loader, limit), dl_idx)
+        while not it.done:
+            d.both("on_predict_batch_start", it.batch, max(it.batch_idx, 0), *extra)
+            t._current_fx = "predict_step"
+            try:
+                with forward_ctx():
+                    out = predict_step(it, max(it.batch_idx, 0), *extra)
+            except StopIteration:  # the step ran out of batches: this dataloader is done (as in Lightning)
+                break
+            finally:
+                t._current_fx = None
+            if preds is not None:
+                preds.append(out)
+            d.both("on_predict_batch_end", out, it.batch, max(it.batch_idx, 0), *extra)
