@@ -97,3 +97,60 @@ def test_dataloader_iter_predict_step_is_rejected() -> None:
 
     with pytest.raises(MisconfigurationException, match="dataloader_iter"):
         Recorder("batch").setup(None, IterStep(), "predict")  # type: ignore[arg-type]
+
+
+def _index_log(lib_name: str, shuffle: bool, n_loaders: int, num_workers: int = 0) -> list[Any]:
+    """What a writer receives (batch and epoch), run on ``lib_name``: each prediction is the batch's own
+    dataset indices, so ``batch_indices`` must equal it."""
+    import importlib
+
+    lib = importlib.import_module(lib_name)
+    base = importlib.import_module(f"{lib_name}.callbacks").BasePredictionWriter
+
+    class Ident(lib.LightningModule):
+        def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
+            return batch[0].long().tolist()
+
+    class Writer(base):
+        def __init__(self) -> None:
+            super().__init__("batch_and_epoch")
+            self.rec: list[Any] = []
+
+        def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,  # type: ignore[no-untyped-def]
+                               dataloader_idx) -> None:
+            self.rec.append(("batch", dataloader_idx, batch_idx, list(batch_indices), prediction))
+
+        def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:  # type: ignore[no-untyped-def]
+            self.rec.append(("epoch", predictions, batch_indices))
+
+    ds = TensorDataset(torch.arange(7))
+    torch.manual_seed(0)
+    loaders = [DataLoader(ds, batch_size=3, shuffle=shuffle, num_workers=num_workers) for _ in range(n_loaders)]
+    writer = Writer()
+    trainer = lib.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[writer])
+    torch.manual_seed(0)
+    trainer.predict(Ident(), loaders if n_loaders > 1 else loaders[0], return_predictions=False)
+    return writer.rec
+
+
+@pytest.mark.parametrize("n_loaders", [1, 2])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_batch_indices_are_the_samplers_indices(shuffle: bool, n_loaders: int) -> None:
+    got = _index_log("fulmen", shuffle, n_loaders)
+    for entry in got:
+        if entry[0] == "batch":
+            assert entry[3] == entry[4] and entry[3]  # the indices of the samples in this batch
+    (epoch,) = [e for e in got if e[0] == "epoch"]
+    per_loader = epoch[1] if n_loaders > 1 else [epoch[1]]
+    assert epoch[2] == per_loader  # one list of per-batch indices per dataloader
+    assert sorted(i for batch in epoch[2][0] for i in batch) == list(range(7))
+    pytest.importorskip("pytorch_lightning")
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    assert got == _index_log("pytorch_lightning", shuffle, n_loaders)
+
+
+def test_batch_indices_with_workers() -> None:
+    got = _index_log("fulmen", True, 1, num_workers=2)
+    assert all(e[3] == e[4] for e in got if e[0] == "batch") and len(got) == 4

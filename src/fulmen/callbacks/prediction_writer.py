@@ -39,8 +39,8 @@ class WriteInterval(str, Enum):
 
 
 def _current_batch_indices(trainer: Trainer) -> list[int]:
-    # Lightning exposes the dataset indices of the current batch on ``trainer.predict_loop``; a trainer
-    # that does not track them yields an empty list (the writer still gets every prediction).
+    # the dataset indices of the current batch, recorded by the predict loop from the loader's batch sampler (as in
+    # Lightning); empty for a loader without one (an IterableDataset, batch_size=None, a dataloader_iter step)
     loop = getattr(trainer, "predict_loop", None)
     indices = getattr(loop, "current_batch_indices", None)
     return list(indices) if indices is not None else []

@@ -83,3 +83,51 @@ def suggested_max_num_workers(local_world_size: int) -> int:
         )
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cpus // local_world_size - 1)
+
+
+class _IndexRecordingBatchSampler:
+    """Wraps a batch sampler and keeps the indices of every batch it yields, in order.
+
+    The sampler runs in the main process even with workers (and ahead of the consumer when they prefetch), so the
+    indices of batch ``i`` are ``seen[i]`` whatever the prefetching.
+    """
+
+    def __init__(self, batch_sampler: Any) -> None:
+        self.batch_sampler = batch_sampler
+        self.seen: list[list[Any]] = []
+
+    def __iter__(self) -> Any:
+        self.seen = []
+        for indices in self.batch_sampler:
+            self.seen.append(list(indices))
+            yield indices
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __getattr__(self, name: str) -> Any:  # batch_size, drop_last, sampler, ... of the wrapped sampler
+        if name == "batch_sampler":
+            raise AttributeError(name)
+        return getattr(self.batch_sampler, name)
+
+
+def record_batch_indices(loader: Any) -> tuple[Any, _IndexRecordingBatchSampler | None]:
+    """A copy of ``loader`` whose batch sampler records each batch's dataset indices (what
+    ``BasePredictionWriter`` receives as ``batch_indices``), and the recorder; ``(loader, None)`` when the loader
+    has no batch sampler (an ``IterableDataset``, ``batch_size=None``, not a ``DataLoader``) or its class cannot
+    be re-created with one."""
+    from torch.utils.data import DataLoader
+
+    if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
+        return loader, None
+    if loader.batch_sampler is None:
+        return loader, None
+    from fulmen.utilities.distributed import _loader_init_kwargs
+
+    recorder = _IndexRecordingBatchSampler(loader.batch_sampler)
+    kwargs = _loader_init_kwargs(loader)
+    kwargs["batch_sampler"] = recorder
+    try:
+        return type(loader)(loader.dataset, **kwargs), recorder
+    except (TypeError, ValueError):  # a DataLoader subclass with its own __init__: no indices, as before
+        return loader, None

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from fulmen.trainer.loops.evaluation import _record_modes, _restore_modes, eval_context
 from fulmen.trainer.loops.step_args import DATALOADER_ITER, DataLoaderIter, adapt_step, limited_pairs, step_flavor
 from fulmen.trainer.states import RunningStage
+from fulmen.utilities.data import record_batch_indices
 from fulmen.utilities.rank_zero import rank_zero_warn
 
 if TYPE_CHECKING:
@@ -17,6 +18,11 @@ if TYPE_CHECKING:
 class PredictionLoop:
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
+        # the dataset indices of the current batch and of every batch so far, per dataloader (Lightning's
+        # ``predict_loop.current_batch_indices`` / ``epoch_batch_indices``: BasePredictionWriter passes them on);
+        # empty where the loader has no batch sampler to read them from
+        self.current_batch_indices: list[Any] = []
+        self.epoch_batch_indices: list[list[Any]] = []
 
     def run(self, loaders: list[Any], limits: list[int | float], return_predictions: bool) -> Any:
         t = self.trainer
@@ -28,6 +34,7 @@ class PredictionLoop:
         multiple = len(loaders) > 1
         all_preds: list[list[Any]] = [[] for _ in loaders]
         self.predictions = all_preds
+        self.epoch_batch_indices = [[] for _ in loaders]
         forward_ctx = t.strategy.precision.forward_context
         # through the strategy: FSDP runs the step inside the root module's forward (parameters gathered); called as
         # (batch, batch_idx, *dataloader_idx) whatever the step's signature (step_args, decided once per run)
@@ -47,11 +54,17 @@ class PredictionLoop:
                 if limit == 0:
                     continue
                 extra = (dl_idx,) if multiple else ()
+                self.current_batch_indices = []
                 if flavor == DATALOADER_ITER:
                     self._run_iter_loader(loader, limit, dl_idx, extra, predict_step,
                                           all_preds[dl_idx] if return_predictions else None)
                     continue
+                loader, recorder = record_batch_indices(loader)
+                seen_indices = self.epoch_batch_indices[dl_idx]
                 for batch_idx, batch in enumerate(loader):
+                    if recorder is not None:
+                        self.current_batch_indices = recorder.seen[batch_idx]
+                        seen_indices.append(self.current_batch_indices)
                     batch = t._transfer_batch(batch, dl_idx)
                     d.both("on_predict_batch_start", batch, batch_idx, *extra)
                     t._current_fx = "predict_step"
