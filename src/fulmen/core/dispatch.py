@@ -3,6 +3,11 @@
 Order (Lightning's): for each hook, the callbacks' version runs right before the module's. Only at
 ``on_train_epoch_end`` do the *monitoring* callbacks (checkpointing and early stopping) run after the
 module's hook, so they see what the module logged there (``on_validation_end`` cannot log).
+
+Hook names are :class:`~fulmen.core.events.Event` values. The dispatcher checks a name when it first builds
+the callbacks' table entry or the module-override entry for it in a run (never per call); a name that is not
+an Event raises. ``module_hook`` is not checked at run time (a per-call cost on the step path): the names the
+Trainer passes to it are checked by tests/core/test_events.py, which reads them from the source.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fulmen.core.callback import Callback
+from fulmen.core.events import check_hook_name
 
 if TYPE_CHECKING:
     from fulmen.trainer.trainer import Trainer
@@ -51,6 +57,7 @@ class Dispatcher:
         key = (name, monitoring)
         fns = self._cb_cache.get(key)
         if fns is None:
+            check_hook_name(name)  # once per name and run: the table entry is cached below
             # A callback may list hooks it overrides but never acts in with its configuration (e.g. a
             # ModelCheckpoint that saves at epoch ends has nothing to do per batch): they are skipped, so the
             # default Trainer dispatches nothing per batch that does nothing.
@@ -70,6 +77,7 @@ class Dispatcher:
     def module_overrides(self, name: str) -> bool:
         value = self._module_overrides.get(name)
         if value is None:
+            check_hook_name(name)  # once per name and run: cached below
             value = _overrides(self.module, self._lm_base, name)
             self._module_overrides[name] = value
         return value
@@ -99,6 +107,7 @@ class Dispatcher:
             trainer._current_fx = prev
 
     def datamodule_hook(self, name: str, *args: Any) -> Any:
+        check_hook_name(name)  # a few calls per run (set-up and tear-down), never per batch
         dm = self.datamodule
         if dm is None or not _overrides(dm, self._dm_base, name):
             return None

@@ -70,7 +70,7 @@ class _Meta:
 class _Metric:
     """One logged key: its last step value and its epoch accumulator."""
 
-    __slots__ = ("meta", "last", "acc", "weight", "count", "metric_obj", "has_step")
+    __slots__ = ("acc", "count", "has_step", "last", "meta", "metric_obj", "weight")
 
     def __init__(self, meta: _Meta) -> None:
         self.meta = meta
