@@ -153,11 +153,77 @@ def _parse_gpu_ids(devices: Any, available: int, name: str) -> list[int]:
     return ids
 
 
-ACCELERATOR_REGISTRY: Registry[Accelerator] = Registry("accelerator")
-ACCELERATOR_REGISTRY.register("cpu", CPUAccelerator)
-ACCELERATOR_REGISTRY.register("cuda", CUDAAccelerator)
-ACCELERATOR_REGISTRY.register("gpu", CUDAAccelerator)
-ACCELERATOR_REGISTRY.register("mps", MPSAccelerator)
+class _AcceleratorRegistry(Registry[Accelerator]):
+    """The accelerator names (``lightning.fabric.accelerators.ACCELERATOR_REGISTRY``)."""
+
+    def available_accelerators(self) -> list[str]:
+        return self.names()
+
+
+ACCELERATOR_REGISTRY: _AcceleratorRegistry = _AcceleratorRegistry("accelerator")
+ACCELERATOR_REGISTRY.register("cpu", CPUAccelerator, "CPU Accelerator - optimized for large-scale machine learning.")
+ACCELERATOR_REGISTRY.register("cuda", CUDAAccelerator, "CUDA Accelerator - optimized for NVIDIA GPUs.")
+ACCELERATOR_REGISTRY.register("gpu", CUDAAccelerator, "CUDA Accelerator (Lightning's 'gpu' name for 'cuda').")
+ACCELERATOR_REGISTRY.register("mps", MPSAccelerator, "Metal Performance Shaders Accelerator - Apple silicon GPUs.")
+AcceleratorRegistry = ACCELERATOR_REGISTRY  # ``lightning.pytorch.accelerators.AcceleratorRegistry``
+
+
+def num_cuda_devices() -> int:
+    """The number of CUDA devices this process can see (0 without CUDA)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def is_cuda_available() -> bool:
+    """Whether CUDA can be used here (a driver and at least one visible device)."""
+    return num_cuda_devices() > 0
+
+
+def find_usable_cuda_devices(num_devices: int = -1) -> list[int]:
+    """Indices of visible CUDA devices where a tensor can be allocated, at most ``num_devices`` (-1: all).
+
+    Raises:
+        ValueError: ``num_devices`` is 0 or below -1.
+        RuntimeError: fewer usable devices than requested.
+    """
+    if num_devices == 0:
+        return []
+    if num_devices < -1:
+        raise ValueError(f"find_usable_cuda_devices(num_devices={num_devices}); expected -1 (all) or a positive int.")
+    usable: list[int] = []
+    for index in range(num_cuda_devices()):
+        if 0 < num_devices <= len(usable):
+            break
+        try:
+            torch.empty(1, device=torch.device("cuda", index))
+        except RuntimeError:
+            continue  # busy (exclusive mode) or broken
+        usable.append(index)
+    if num_devices > len(usable):
+        raise RuntimeError(
+            f"find_usable_cuda_devices({num_devices}) found only {len(usable)} usable CUDA device(s) "
+            f"{usable}. Fix: request fewer devices, or free the busy ones."
+        )
+    return usable
+
+
+class XLAAccelerator(Accelerator):
+    """Lightning's TPU/XLA accelerator name. fulmen does not run on XLA: ``is_available()`` is False everywhere
+    and building it raises ``NotSupportedYetError``."""
+
+    name = "xla"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from fulmen.utilities.exceptions import NotSupportedYetError
+
+        raise NotSupportedYetError("XLAAccelerator (TPU) is not supported by fulmen. Fix: use 'cpu', 'cuda' or 'mps'.")
+
+    @staticmethod
+    def is_available() -> bool:
+        return False
+
+    @staticmethod
+    def auto_device_count() -> int:
+        return 0
 
 
 def select_accelerator(accelerator: Any) -> Accelerator:
@@ -183,4 +249,15 @@ def select_accelerator(accelerator: Any) -> Accelerator:
     return acc
 
 
-__all__ = ["ACCELERATOR_REGISTRY", "Accelerator", "CPUAccelerator", "CUDAAccelerator", "MPSAccelerator"]
+__all__ = [
+    "ACCELERATOR_REGISTRY",
+    "Accelerator",
+    "AcceleratorRegistry",
+    "CPUAccelerator",
+    "CUDAAccelerator",
+    "MPSAccelerator",
+    "XLAAccelerator",
+    "find_usable_cuda_devices",
+    "is_cuda_available",
+    "num_cuda_devices",
+]

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from fulmen.callbacks.callback import Callback
-from fulmen.trainer.states import RunningStage, TrainerFn
+from fulmen.core.states import RunningStage, TrainerFn
 from fulmen.utilities.rank_zero import rank_zero_only, rank_zero_warn
 from fulmen.utilities.throughput import Throughput, _precision_dtype, get_available_flops
 

@@ -29,6 +29,16 @@ _PRECISION_MODULES: dict[str, tuple[str, ...] | None] = {
     )
 }
 
+# lightning.{pytorch,fabric}.plugins.environments.<module>: fulmen's module of that name, or the package.
+_ENVIRONMENT_MODULES: dict[str, tuple[str, ...] | None] = {
+    **{
+        f"plugins.environments.{name}": None
+        for name in ("cluster_environment", "kubeflow", "lsf", "mpi", "slurm", "torchelastic", "xla")
+    },
+    # find_free_network_port lives with the other process-group helpers
+    "plugins.environments.lightning": ("fulmen.plugins.environments.lightning", "fulmen.utilities.distributed"),
+}
+
 # The names of Lightning's public modules come from the Lightning 2.6 package layout; the values are fulmen's.
 PYTORCH: dict[str, tuple[str, ...] | None] = {
     "": ("fulmen",),
@@ -102,6 +112,7 @@ PYTORCH: dict[str, tuple[str, ...] | None] = {
         "fulmen.plugins.layer_sync",
     ),
     "plugins.environments": ("fulmen.plugins.environments",),
+    **_ENVIRONMENT_MODULES,
     "plugins.io": ("fulmen.checkpoint",),
     "plugins.io.async_plugin": ("fulmen.checkpoint",),
     "plugins.io.checkpoint_plugin": ("fulmen.checkpoint",),
@@ -195,8 +206,12 @@ FABRIC: dict[str, tuple[str, ...] | None] = {
     "loggers.tensorboard": None,
     # plugins
     "plugins": ("fulmen.plugins.precision", "fulmen.plugins.environments", "fulmen.checkpoint"),
-    "plugins.collectives": ("fulmen.utilities.distributed",),
+    "plugins.collectives": ("fulmen.plugins.collectives",),
+    "plugins.collectives.collective": ("fulmen.plugins.collectives",),
+    "plugins.collectives.single_device": ("fulmen.plugins.collectives",),
+    "plugins.collectives.torch_collective": ("fulmen.plugins.collectives",),
     "plugins.environments": ("fulmen.plugins.environments",),
+    **_ENVIRONMENT_MODULES,
     "plugins.io": ("fulmen.checkpoint",),
     "plugins.io.checkpoint_io": ("fulmen.checkpoint",),
     "plugins.io.torch_io": ("fulmen.checkpoint",),

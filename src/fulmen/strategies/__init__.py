@@ -25,6 +25,43 @@ from fulmen.utilities.exceptions import NotSupportedYetError
 from fulmen.utilities.registry import Registry
 
 
+class _SkipNNInit(torch.overrides.TorchFunctionMode):
+    """``torch.nn.init.*`` calls return their tensor untouched: a model built inside keeps uninitialized memory
+    (fast when its weights are loaded right after)."""
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return kwargs["tensor"] if "tensor" in kwargs else args[0]
+        return func(*args, **kwargs)
+
+
+def _one_precision(owner: str, precision: Precision | None, precision_plugin: Precision | None) -> Precision | None:
+    """``precision=`` (Fabric's keyword) or ``precision_plugin=`` (the Trainer's): the one given.
+
+    Raises:
+        MisconfigurationException: both were given, or one is not a precision plugin.
+    """
+    from fulmen.utilities.exceptions import MisconfigurationException
+
+    if precision is not None and precision_plugin is not None and precision is not precision_plugin:
+        raise MisconfigurationException(
+            f"{owner}(precision=..., precision_plugin=...): both were given ({precision!r} and {precision_plugin!r}). "
+            "They are the same setting (Fabric's and the Trainer's name for it). Fix: pass only one."
+        )
+    plugin = precision if precision is not None else precision_plugin
+    if plugin is not None and not isinstance(plugin, Precision):
+        raise MisconfigurationException(
+            f"{owner}(precision={plugin!r}): expected a precision plugin (e.g. MixedPrecision('bf16-mixed', 'cuda')). "
+            "Fix: pass a fulmen.plugins.precision object, or give the precision name to Fabric/Trainer(precision=...)."
+        )
+    return plugin
+
+
+def _empty_init(enabled: bool | None) -> Any:
+    return _SkipNNInit() if enabled else nullcontext()
+
+
 class Strategy:
     """Base strategy: one process. Collectives are identities."""
 
@@ -37,10 +74,12 @@ class Strategy:
         accelerator: Accelerator | None = None,
         checkpoint_io: Any = None,
         precision: Precision | None = None,
+        *,
+        precision_plugin: Precision | None = None,
     ) -> None:
         self.accelerator = accelerator
         self._checkpoint_io = checkpoint_io
-        self.precision = precision or Precision()
+        self.precision = _one_precision(type(self).__name__, precision, precision_plugin) or Precision()
         self.layer_sync: Any = (
             None  # e.g. TorchSyncBatchNorm(), applied in setup_module by multi-process strategies
         )
@@ -48,6 +87,15 @@ class Strategy:
     @property
     def root_device(self) -> torch.device:
         raise NotImplementedError
+
+    @property
+    def precision_plugin(self) -> Precision:
+        """The precision plugin (Lightning's Trainer-side name for :attr:`precision`)."""
+        return self.precision
+
+    @precision_plugin.setter
+    def precision_plugin(self, plugin: Precision) -> None:
+        self.precision = plugin
 
     @property
     def checkpoint_io(self) -> Any:
@@ -149,9 +197,26 @@ class Strategy:
     def backward(self, tensor: torch.Tensor, module: nn.Module | None, *args: Any, **kwargs: Any) -> None:
         self.precision.backward(tensor, module, *args, **kwargs)
 
+    def optimizer_step(
+        self, optimizer: Any, closure: Any = None, model: Any = None, **kwargs: Any
+    ) -> Any:
+        """Step ``optimizer`` through the precision plugin (GradScaler, DeepSpeed engine); what Fabric's optimizer
+        wrapper calls. ``model`` is accepted for Lightning's signature and not used."""
+        return self.precision.optimizer_step(optimizer, closure, **kwargs)
+
     @contextmanager
     def module_init_context(self, empty_init: bool | None = None) -> Generator[None, None, None]:
-        with self.root_device, self.precision.module_init_context():
+        """Where a model is created: on the root device, in the precision's dtype; with ``empty_init=True`` the
+        ``torch.nn.init`` calls are skipped (the weights are loaded afterwards)."""
+        with self.root_device, _empty_init(empty_init), self.precision.module_init_context():
+            yield
+
+    @contextmanager
+    def tensor_init_context(self, empty_init: bool | None = None) -> Generator[None, None, None]:
+        """Where tensors are created: on the root device, in the precision's dtype (``torch.empty(...)`` inside
+        gives a tensor of the run's device and dtype). ``empty_init=True`` also skips ``torch.nn.init``
+        calls; sharded strategies create the tensors on the meta device instead."""
+        with self.root_device, _empty_init(empty_init), self.precision.tensor_init_context():
             yield
 
     # collectives (identities on one process)
@@ -215,8 +280,10 @@ class SingleDeviceStrategy(Strategy):
         accelerator: Accelerator | None = None,
         checkpoint_io: Any = None,
         precision: Precision | None = None,
+        *,
+        precision_plugin: Precision | None = None,
     ) -> None:
-        super().__init__(accelerator, checkpoint_io, precision)
+        super().__init__(accelerator, checkpoint_io, precision, precision_plugin=precision_plugin)
         self._root_device = torch.device(device)
 
     @property
@@ -224,57 +291,20 @@ class SingleDeviceStrategy(Strategy):
         return self._root_device
 
 
-STRATEGY_REGISTRY: Registry[Strategy] = Registry("strategy")
-STRATEGY_REGISTRY.register("single_device", SingleDeviceStrategy)
+class _StrategyRegistry(Registry[Strategy]):
+    """The strategy names; each strategy module registers its own when imported (``providers``)."""
+
+    def available_strategies(self) -> list[str]:
+        return self.names()
 
 
-def _lazy(module: str, cls: str, **preset: Any) -> Any:
-    """A factory importing ``module`` only when the name is used (keeps ``import fulmen`` light)."""
-
-    def factory(**kwargs: Any) -> Strategy:
-        import importlib
-
-        return getattr(importlib.import_module(module), cls)(**{**preset, **kwargs})  # type: ignore[no-any-return]
-
-    factory.__qualname__ = f"{cls}[lazy]"
-    return factory
-
-
-# DDP: "ddp" relaunches the script once per local rank (like torchrun); the others start workers with
-# multiprocessing. Each takes find_unused_parameters variants.
-for _base, _method in (
-    ("ddp", "popen"),
-    ("ddp_spawn", "spawn"),
-    ("ddp_fork", "fork"),
-    ("ddp_notebook", "fork"),
-):
-    STRATEGY_REGISTRY.register(_base, _lazy("fulmen.strategies.ddp", "DDPStrategy", start_method=_method))
-    for _flag in (True, False):
-        STRATEGY_REGISTRY.register(
-            f"{_base}_find_unused_parameters_{str(_flag).lower()}",
-            _lazy("fulmen.strategies.ddp", "DDPStrategy", start_method=_method, find_unused_parameters=_flag),
-        )
-STRATEGY_REGISTRY.register("fsdp", _lazy("fulmen.strategies.fsdp", "FSDPStrategy"))
-STRATEGY_REGISTRY.register(
-    "fsdp_cpu_offload", _lazy("fulmen.strategies.fsdp", "FSDPStrategy", cpu_offload=True)
+# ddp, deepspeed and fsdp register their names at the bottom of their modules, imported on the first lookup
+# that needs them (fsdp last: it is the heaviest import).
+STRATEGY_REGISTRY: _StrategyRegistry = _StrategyRegistry(
+    "strategy", providers=("fulmen.strategies.ddp", "fulmen.strategies.deepspeed", "fulmen.strategies.fsdp")
 )
-_DEEPSPEED: dict[str, dict[str, Any]] = {
-    "deepspeed": {},
-    "deepspeed_stage_1": {"stage": 1},
-    "deepspeed_stage_1_offload": {"stage": 1, "offload_optimizer": True},
-    "deepspeed_stage_2": {"stage": 2},
-    "deepspeed_stage_2_offload": {"stage": 2, "offload_optimizer": True},
-    "deepspeed_stage_3": {"stage": 3},
-    "deepspeed_stage_3_offload": {"stage": 3, "offload_optimizer": True, "offload_parameters": True},
-    "deepspeed_stage_3_offload_nvme": {
-        "stage": 3,
-        "offload_optimizer": True,
-        "offload_parameters": True,
-        "remote_device": "nvme",
-    },
-}
-for _name, _preset in _DEEPSPEED.items():
-    STRATEGY_REGISTRY.register(_name, _lazy("fulmen.strategies.deepspeed", "DeepSpeedStrategy", **_preset))
+STRATEGY_REGISTRY.register("single_device", SingleDeviceStrategy, "a single device (CPU, one GPU)")
+StrategyRegistry = STRATEGY_REGISTRY  # ``lightning.pytorch.strategies.StrategyRegistry``
 
 # Names Lightning accepts that are not built: a clear error instead of silently running something else.
 _NOT_YET = ["xla", "xla_debug", "single_xla", "single_tpu", "dp", "xla_fsdp"]
@@ -311,6 +341,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "STRATEGY_REGISTRY",
+    "StrategyRegistry",
     "DDPStrategy",
     "DeepSpeedStrategy",
     "FSDPStrategy",

@@ -56,6 +56,7 @@ class DDPStrategy(ParallelStrategy):
         start_method: str = "popen",
         failure_timeout: float = 10.0,
         sync_timeout: float | None = None,
+        precision_plugin: Precision | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -64,6 +65,7 @@ class DDPStrategy(ParallelStrategy):
             cluster_environment=cluster_environment,
             checkpoint_io=checkpoint_io,
             precision=precision,
+            precision_plugin=precision_plugin,
             process_group_backend=process_group_backend,
             timeout=timeout,
             failure_timeout=failure_timeout,
@@ -195,5 +197,28 @@ def _prepare_for_backward(model: DistributedDataParallel, output: Any) -> None:
     else:
         model.require_forward_param_sync = False
 
+
+
+def _register_names() -> None:
+    """``ddp`` relaunches the script once per local rank (like torchrun); the others start workers with
+    multiprocessing. Each has ``find_unused_parameters`` variants."""
+    from fulmen.strategies import STRATEGY_REGISTRY
+
+    for base, method in (("ddp", "popen"), ("ddp_spawn", "spawn"), ("ddp_fork", "fork"), ("ddp_notebook", "fork")):
+        STRATEGY_REGISTRY.register(
+            base, DDPStrategy, f"DDP strategy with `start_method` {method!r}", override=True, start_method=method
+        )
+        for flag in (True, False):
+            STRATEGY_REGISTRY.register(
+                f"{base}_find_unused_parameters_{str(flag).lower()}",
+                DDPStrategy,
+                f"DDP strategy with `find_unused_parameters` as {flag} and `start_method` {method!r}",
+                override=True,
+                start_method=method,
+                find_unused_parameters=flag,
+            )
+
+
+_register_names()
 
 __all__ = ["DDPStrategy"]

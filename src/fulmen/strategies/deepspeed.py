@@ -165,6 +165,7 @@ class DeepSpeedStrategy(ParallelStrategy):
         start_method: str = "popen",
         failure_timeout: float = 10.0,
         sync_timeout: float | None = None,
+        precision_plugin: Precision | None = None,
     ) -> None:
         if not deepspeed_available():
             raise MisconfigurationException(
@@ -178,6 +179,7 @@ class DeepSpeedStrategy(ParallelStrategy):
             cluster_environment=cluster_environment,
             checkpoint_io=checkpoint_io,
             precision=precision,
+            precision_plugin=precision_plugin,
             process_group_backend=process_group_backend,
             timeout=timeout,
             failure_timeout=failure_timeout,
@@ -856,5 +858,32 @@ def convert_zero_checkpoint_to_fp32_state_dict(
     atomic_save(client, str(output_file))
     return client
 
+
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    "deepspeed": {},
+    "deepspeed_stage_1": {"stage": 1},
+    "deepspeed_stage_1_offload": {"stage": 1, "offload_optimizer": True},
+    "deepspeed_stage_2": {"stage": 2},
+    "deepspeed_stage_2_offload": {"stage": 2, "offload_optimizer": True},
+    "deepspeed_stage_3": {"stage": 3},
+    "deepspeed_stage_3_offload": {"stage": 3, "offload_optimizer": True, "offload_parameters": True},
+    "deepspeed_stage_3_offload_nvme": {
+        "stage": 3,
+        "offload_optimizer": True,
+        "offload_parameters": True,
+        "remote_device": "nvme",
+    },
+}
+
+
+def _register_names() -> None:
+    from fulmen.strategies import STRATEGY_REGISTRY
+
+    for name, preset in _PRESETS.items():
+        STRATEGY_REGISTRY.register(name, DeepSpeedStrategy, f"DeepSpeed {preset or 'defaults'}", override=True, **preset)
+
+
+_register_names()
 
 __all__ = ["DeepSpeedStrategy", "convert_zero_checkpoint_to_fp32_state_dict"]

@@ -102,6 +102,7 @@ class FSDPStrategy(ParallelStrategy):
         start_method: str = "popen",
         failure_timeout: float = 10.0,
         sync_timeout: float | None = None,
+        precision_plugin: Precision | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -110,6 +111,7 @@ class FSDPStrategy(ParallelStrategy):
             cluster_environment=cluster_environment,
             checkpoint_io=checkpoint_io,
             precision=precision,
+            precision_plugin=precision_plugin,
             process_group_backend=process_group_backend,
             timeout=timeout,
             failure_timeout=failure_timeout,
@@ -674,5 +676,18 @@ def _has_dtensor(obj: Any) -> bool:
         return any(_has_dtensor(v) for v in obj)
     return False
 
+
+
+def _register_names() -> None:
+    from fulmen.strategies import STRATEGY_REGISTRY
+
+    STRATEGY_REGISTRY.register("fsdp", FSDPStrategy, "Fully Sharded Data Parallel (FSDP) training", override=True)
+    STRATEGY_REGISTRY.register(
+        "fsdp_cpu_offload", FSDPStrategy, "FSDP training with parameters offloaded to CPU", override=True,
+        cpu_offload=True,
+    )
+
+
+_register_names()
 
 __all__ = ["FSDPStrategy", "ModelParallelStrategy"]

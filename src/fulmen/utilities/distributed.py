@@ -104,6 +104,37 @@ def new_group(backend: str | None = None) -> Any:
     return dist.new_group(backend=backend)
 
 
+# The torch.distributed calls ``fulmen.plugins.collectives.TorchCollective`` forwards to, so that module needs no
+# torch.distributed import of its own (this module is the one place outside strategies/checkpoint that has it).
+_COLLECTIVE_CALLS = frozenset({
+    "send", "recv", "broadcast", "all_reduce", "reduce", "all_gather", "gather", "scatter", "reduce_scatter",
+    "all_to_all", "barrier", "monitored_barrier", "all_gather_object", "broadcast_object_list", "gather_object",
+    "scatter_object_list", "init_process_group", "new_group", "destroy_process_group", "get_rank",
+    "get_world_size", "is_available", "is_initialized",
+})
+
+
+def collective_call(name: str) -> Any:
+    """The ``torch.distributed`` function ``name`` (one of the collectives and group calls).
+
+    Raises:
+        ValueError: ``name`` is not a torch.distributed collective or group call.
+    """
+    if name not in _COLLECTIVE_CALLS:
+        raise ValueError(f"{name!r} is not a torch.distributed collective; expected one of {sorted(_COLLECTIVE_CALLS)}.")
+    return getattr(dist, name)
+
+
+def reduce_op_type() -> Any:
+    """``torch.distributed.ReduceOp``."""
+    return dist.ReduceOp
+
+
+def group_member(group: Any) -> bool:
+    """Whether this process belongs to ``group`` (False for ``GroupMember.NON_GROUP_MEMBER``)."""
+    return group is not dist.GroupMember.NON_GROUP_MEMBER
+
+
 def find_free_network_port() -> int:
     """A port that was free a moment ago (the OS picks it). Used for the rendezvous of local runs."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

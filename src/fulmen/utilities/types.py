@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, Protocol, TypedDict, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -64,6 +64,31 @@ OptimizerLRScheduler = (
 )
 
 
+
+@runtime_checkable
+class Steppable(Protocol):
+    """Anything with an optimizer-like ``step(closure=None)`` (Lightning's ``fabric.utilities.types.Steppable``)."""
+
+    def step(self, closure: Any | None = ...) -> Any: ...
+
+
+@runtime_checkable
+class Optimizable(Steppable, Protocol):
+    """A :class:`Steppable` with ``param_groups`` and ``state_dict``: what ``torch.optim.Optimizer`` provides."""
+
+    param_groups: list[dict[Any, Any]]
+    defaults: dict[Any, Any]
+    state: Any
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+
+
+# A process group handle (``torch.distributed.ProcessGroup``); ``Any`` so this module needs no torch.distributed.
+CollectibleGroup = Any
+
+
 def __getattr__(name: str) -> Any:
     # ``LRSchedulerConfig`` lives with the optimizer parsing in fulmen.core; utilities must not import core
     # at import time (layering), so it is resolved on first use.
@@ -75,7 +100,10 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "CollectibleGroup",
     "EVAL_DATALOADERS",
+    "Optimizable",
+    "Steppable",
     "STEP_OUTPUT",
     "TRAIN_DATALOADERS",
     "LRSchedulerConfigType",
