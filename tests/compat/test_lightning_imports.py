@@ -313,3 +313,205 @@ def test_grad_norm_and_warning_switch_match_lightning() -> None:
         return
     for key, value in real(module, "inf").items():
         torch.testing.assert_close(grad_norm(module, "inf")[key], value)
+
+
+# ---------------------------------------------------------------- the public import surface (issue 11)
+DATA = Path(__file__).parent / "data"
+
+
+def _import_lines(name: str) -> list[tuple[str, str]]:
+    lines = []
+    for raw in (DATA / name).read_text().splitlines():
+        line = raw.split("  #", 1)[0].strip()
+        if line and not line.startswith("#"):
+            lines.append((line, raw))
+    return lines
+
+
+def test_collected_public_imports_resolve() -> None:
+    """Every import line collected from Lightning's tests, examples and public projects works under the aliases."""
+    lines = _import_lines("lightning_public_imports.txt")
+    assert len(lines) > 140
+    failures = []
+    with lightning_imports():
+        for line, _ in lines:
+            try:
+                exec(line, {})  # noqa: S102 - the data file's import lines
+            except Exception as exc:  # noqa: BLE001 - collected and reported together
+                failures.append(f"{line}\n    {type(exc).__name__}: {exc}")
+    assert not failures, "\n".join(failures)
+
+
+def test_known_missing_imports_fail_with_a_clear_error() -> None:
+    """The deliberately unsupported lines (private internals, XLA) fail with fulmen's explanation, not a crash."""
+    lines = _import_lines("lightning_known_missing.txt")
+    assert lines and all("  # " in raw for _, raw in lines), "each known-missing line needs a reason"
+    with lightning_imports():
+        for line, _ in lines:
+            with pytest.raises(ImportError, match="not supported yet by fulmen|not a public Lightning 2.x module"):
+                exec(line, {})  # noqa: S102
+
+
+_PACKAGES = {
+    "_TORCHVISION_AVAILABLE": "torchvision",
+    "_OMEGACONF_AVAILABLE": "omegaconf",
+    "_RICH_AVAILABLE": "rich",
+    "_TENSORBOARD_AVAILABLE": "tensorboard",
+    "_TENSORBOARDX_AVAILABLE": "tensorboardX",
+    "_MLFLOW_AVAILABLE": "mlflow",
+    "_WANDB_AVAILABLE": "wandb",
+    "_COMET_AVAILABLE": "comet_ml",
+    "_NEPTUNE_AVAILABLE": "neptune",
+    "_DEEPSPEED_AVAILABLE": "deepspeed",
+    "_PSUTIL_AVAILABLE": "psutil",
+    "_JSONARGPARSE_AVAILABLE": "jsonargparse",
+}
+
+
+def test_flags_are_computed_facts_from_any_lightning_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import importlib.metadata
+    import importlib.util
+
+    import torch
+
+    with lightning_imports():
+        imports = importlib.import_module("lightning.pytorch.utilities.imports")
+        fabric_imports = importlib.import_module("lightning.fabric.utilities.imports")
+        mlflow_logger = importlib.import_module("lightning.pytorch.loggers.mlflow")
+        for flag, package in _PACKAGES.items():
+            expected = importlib.util.find_spec(package) is not None
+            assert getattr(imports, flag) is expected, flag
+            assert getattr(mlflow_logger, flag) is expected, flag  # a flag resolves in whichever module it is read
+        assert fabric_imports._IS_WINDOWS is (sys.platform == "win32")
+        assert fabric_imports._TORCH_GREATER_EQUAL_2_0 is True
+        assert fabric_imports._TORCH_GREATER_EQUAL_99_0 is False
+        assert fabric_imports._TORCH_LESS_2_0 is False
+        assert imports._PYTHON_GREATER_EQUAL_3_8_0 is True
+        assert imports._PYTHON_GREATER_EQUAL_3_99_0 is False
+        tm = importlib.util.find_spec("torchmetrics") is not None
+        assert imports._TORCHMETRICS_GREATER_EQUAL_0_1_0 is tm
+        assert imports._TORCHMETRICS_GREATER_EQUAL_99_0 is False
+        major, minor = (int(p) for p in torch.__version__.split(".")[:2])
+        assert getattr(fabric_imports, f"_TORCH_GREATER_EQUAL_{major}_{minor}") is True
+        assert getattr(fabric_imports, f"_TORCH_GREATER_EQUAL_{major}_{minor + 1}") is False
+        # computed, not assumed: a package appears -> its flag is True (a fresh name, so nothing is cached)
+        assert imports._FULMEN_FLAG_PROBE_AVAILABLE is False
+        (tmp_path / "fulmen_flag_probe_two").mkdir()
+        (tmp_path / "fulmen_flag_probe_two" / "__init__.py").write_text("")
+        monkeypatch.syspath_prepend(str(tmp_path))
+        importlib.invalidate_caches()
+        assert imports._FULMEN_FLAG_PROBE_TWO_AVAILABLE is True
+        with pytest.raises(AttributeError):
+            imports.not_a_flag  # noqa: B018
+
+
+_REAL_FLAG_MODULES = [
+    "utilities.imports",
+    "loggers.tensorboard",
+    "loggers.mlflow",
+    "loggers.wandb",
+    "loggers.comet",
+    "loggers.neptune",
+    "callbacks.progress.rich_progress",
+    "core.module",
+    "strategies.deepspeed",
+    "tuner.lr_finder",
+    "cli",
+]
+
+
+def test_flags_match_real_lightning() -> None:
+    """Each flag real Lightning 2.6.1's modules define has the same truth value under fulmen's aliases."""
+    import importlib
+    import re
+
+    pytest.importorskip("pytorch_lightning")
+    flag = re.compile(r"^_([A-Z0-9_]+_AVAILABLE|TORCH_(GREATER_EQUAL|LESS_EQUAL|LESS)_[0-9_]+|PYTHON_GREATER_EQUAL_[0-9_]+|IS_WINDOWS)$")
+    expected: dict[tuple[str, str], bool] = {}
+    for root, real_root in (("lightning.pytorch", "pytorch_lightning"), ("lightning.fabric", "lightning_fabric")):
+        for rel in _REAL_FLAG_MODULES if root == "lightning.pytorch" else ["utilities.imports", "loggers.tensorboard"]:
+            module = importlib.import_module(f"{real_root}.{rel}")
+            for name, value in vars(module).items():
+                if flag.match(name):
+                    expected[(f"{root}.{rel}", name)] = bool(value)
+    assert len(expected) > 20
+    with lightning_imports():
+        got = {key: bool(getattr(importlib.import_module(key[0]), key[1])) for key in expected}
+    assert got == expected
+
+
+def test_cli_lightning_logo(capsys: pytest.CaptureFixture[str]) -> None:
+    with lightning_imports():
+        from lightning.pytorch import cli_lightning_logo
+        from pytorch_lightning import cli_lightning_logo as again
+
+    assert cli_lightning_logo is again is fulmen.cli_lightning_logo
+    cli_lightning_logo()
+    out = capsys.readouterr().out
+    assert "fulmen" in out and len(out.splitlines()) > 5
+    assert "\033[" not in out  # not a terminal: no color codes
+
+
+_LU_PROGRAM = """
+    import os, sys
+    {setup}
+    from lightning_utilities.core.rank_zero import rank_zero_only
+
+    @rank_zero_only
+    def only_rank_zero():
+        return "ran"
+
+    print("RANK", rank_zero_only.rank, only_rank_zero())
+"""
+
+
+@pytest.mark.parametrize(
+    ("setup", "env_rank", "expected"),
+    [
+        ("from fulmen.compat import enable_lightning_imports; enable_lightning_imports()", None, "RANK 0 ran"),
+        ("from fulmen.compat import enable_lightning_imports; enable_lightning_imports()", "1", "RANK 1 None"),
+        # plain fulmen: the rank is set when the run is configured (Trainer/Fabric), before the library's import
+        ("import fulmen; fulmen.Fabric(accelerator='cpu', devices=1)", None, "RANK 0 ran"),
+        ("import fulmen; fulmen.Trainer(logger=False, enable_checkpointing=False)", "1", "RANK 1 None"),
+    ],
+)
+def test_lightning_utilities_rank_is_set(setup: str, env_rank: str | None, expected: str) -> None:
+    """lightning_utilities' rank_zero_only raises until its rank is set; Lightning sets it, so fulmen must."""
+    pytest.importorskip("lightning_utilities")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "SLURM_PROCID")}
+    if env_rank is not None:
+        env["RANK"] = env_rank
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_LU_PROGRAM.format(setup=setup))],
+        check=False, capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert expected in result.stdout
+
+
+def test_lightning_utilities_rank_follows_the_strategy(tmp_path: Path) -> None:
+    """Two DDP processes (gloo): each rank's lightning_utilities rank_zero_only.rank is its global rank."""
+    pytest.importorskip("lightning_utilities")
+    script = tmp_path / "prog.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import fulmen
+
+            def work(fabric):
+                from lightning_utilities.core.rank_zero import rank_zero_only
+                with open(r"{tmp_path}/rank%d.txt" % fabric.global_rank, "w") as f:
+                    f.write(str(rank_zero_only.rank))
+
+            if __name__ == "__main__":
+                fulmen.Fabric(accelerator="cpu", devices=2, strategy="ddp_spawn").launch(work)
+            """
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=180, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "rank0.txt").read_text() == "0"
+    assert (tmp_path / "rank1.txt").read_text() == "1"

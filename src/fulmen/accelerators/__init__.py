@@ -226,6 +226,9 @@ class XLAAccelerator(Accelerator):
         return 0
 
 
+TPUAccelerator = XLAAccelerator  # Lightning 2.x's deprecated name for it
+
+
 def select_accelerator(accelerator: Any) -> Accelerator:
     """Resolve ``accelerator`` (a name, "auto" or an instance) to an available accelerator."""
     if isinstance(accelerator, Accelerator):
@@ -256,6 +259,7 @@ __all__ = [
     "CPUAccelerator",
     "CUDAAccelerator",
     "MPSAccelerator",
+    "TPUAccelerator",
     "XLAAccelerator",
     "find_usable_cuda_devices",
     "is_cuda_available",

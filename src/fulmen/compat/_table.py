@@ -48,6 +48,7 @@ PYTORCH: dict[str, tuple[str, ...] | None] = {
     "accelerators.cpu": None,
     "accelerators.cuda": None,
     "accelerators.mps": None,
+    "accelerators.tpu": ("fulmen.accelerators",),  # Lightning's deprecated TPUAccelerator alias
     "accelerators.xla": None,
     # callbacks
     "callbacks": ("fulmen.callbacks",),
@@ -91,7 +92,7 @@ PYTORCH: dict[str, tuple[str, ...] | None] = {
     "demos": ("fulmen.demos",),
     "demos.boring_classes": None,
     "demos.lstm": None,
-    "demos.mnist_datamodule": ("fulmen.demos",),
+    "demos.mnist_datamodule": ("fulmen.demos.mnist_datamodule", "fulmen.demos"),
     "demos.transformer": None,
     # loggers
     "loggers": ("fulmen.loggers",),
@@ -199,11 +200,11 @@ FABRIC: dict[str, tuple[str, ...] | None] = {
     "accelerators.mps": None,
     "accelerators.registry": None,
     "accelerators.xla": None,
-    # loggers
-    "loggers": ("fulmen.loggers",),
-    "loggers.csv_logs": None,
+    # loggers: Fabric's CSV/TensorBoard loggers take root_dir (fulmen.fabric.loggers), the rest is shared
+    "loggers": ("fulmen.fabric.loggers", "fulmen.loggers"),
+    "loggers.csv_logs": ("fulmen.fabric.loggers", "fulmen.loggers.csv_logs"),
     "loggers.logger": None,
-    "loggers.tensorboard": None,
+    "loggers.tensorboard": ("fulmen.fabric.loggers", "fulmen.loggers.tensorboard"),
     # plugins
     "plugins": ("fulmen.plugins.precision", "fulmen.plugins.environments", "fulmen.checkpoint"),
     "plugins.collectives": ("fulmen.plugins.collectives",),

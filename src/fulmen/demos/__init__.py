@@ -1,8 +1,8 @@
 """Demo models and datasets (mirrors ``lightning.pytorch.demos``).
 
 ``BoringModel``/``BoringDataModule`` and the random datasets are for tests and bug reports; ``Transformer``
-and ``SimpleLSTM`` are small language models. Nothing here downloads: :class:`WikiText2` reads a local
-file, and Lightning's MNIST demo (which downloads) is not included.
+and ``SimpleLSTM`` are small language models. :class:`WikiText2` reads a local file; :class:`MNIST` reads
+Lightning's processed MNIST files and downloads them only when they are missing and ``download=True``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ _LAZY = {
     "RandomDictDataset": "boring_classes",
     "RandomIterableDataset": "boring_classes",
     "RandomIterableDatasetWithLen": "boring_classes",
+    "MNIST": "mnist_datamodule",
     "LightningLSTM": "lstm",
     "SequenceSampler": "lstm",
     "SimpleLSTM": "lstm",
@@ -39,6 +40,7 @@ __all__ = [
     "IterableBoringDataModule",
     "LightningLSTM",
     "LightningTransformer",
+    "MNIST",
     "ManualOptimBoringModel",
     "Net",
     "PositionalEncoding",

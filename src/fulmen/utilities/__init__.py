@@ -3,7 +3,7 @@
 from fulmen.utilities.apply_func import apply_to_collection, move_data_to_device
 from fulmen.utilities.data import suggested_max_num_workers
 from fulmen.utilities.exceptions import MisconfigurationException
-from fulmen.utilities.parsing import AttributeDict
+from fulmen.utilities.parsing import AttributeDict, is_picklable
 from fulmen.utilities.rank_zero import (
     rank_zero_deprecation,
     rank_zero_info,
@@ -17,6 +17,7 @@ __all__ = [
     "AttributeDict",
     "MisconfigurationException",
     "apply_to_collection",
+    "is_picklable",
     "isolate_rng",
     "measure_flops",
     "move_data_to_device",

@@ -7,6 +7,17 @@ import types
 from typing import Any
 
 
+def is_picklable(obj: object) -> bool:
+    """Whether ``pickle.dumps(obj)`` works (what can go into a checkpoint's hyperparameters or a spawn)."""
+    import pickle
+
+    try:
+        pickle.dumps(obj)
+    except (pickle.PickleError, AttributeError, RuntimeError, TypeError, ValueError):
+        return False
+    return True
+
+
 class AttributeDict(dict):  # type: ignore[type-arg]
     """A dict whose keys are also attributes: ``hparams.lr == hparams["lr"]``."""
 

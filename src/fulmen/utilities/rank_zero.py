@@ -65,9 +65,10 @@ def _set_lightning_utilities_rank(rank: int, overwrite: bool) -> None:
 def set_global_rank(rank: int) -> None:
     """Set the global rank of this process for fulmen's rank-zero helpers and ``lightning_utilities``' ones.
 
-    Strategies call this once the rank is known.
+    Strategies call this once the rank is known (in every process, spawned workers included).
     """
     rank_zero_only.rank = rank  # type: ignore[attr-defined]
+    sync_lightning_utilities()  # a fresh worker may not have imported it yet
     _set_lightning_utilities_rank(rank, overwrite=True)
 
 
