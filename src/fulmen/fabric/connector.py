@@ -14,9 +14,10 @@ from typing import Any
 
 from fulmen.accelerators import Accelerator, select_accelerator
 from fulmen.plugins.environments import ClusterEnvironment, LightningEnvironment, detect_cluster_environment
-from fulmen.plugins.precision import Precision, select_precision
+from fulmen.plugins.precision import DeepSpeedPrecision, Precision, normalize_precision, select_precision
 from fulmen.strategies import STRATEGY_REGISTRY, SingleDeviceStrategy, Strategy
 from fulmen.utilities.exceptions import MisconfigurationException
+from fulmen.utilities.rank_zero import rank_zero_warn
 from fulmen.utilities.rank_zero import sync_lightning_utilities
 
 
@@ -80,6 +81,10 @@ def build_strategy(
     devices = _devices_from_environment(devices, env, num_nodes)
     ids = acc.parse_devices(devices)
     n_procs = len(ids) * num_nodes
+    if name == "dp" and acc.name != "cuda":
+        # as Lightning: DataParallel needs CUDA GPUs; elsewhere the name means one process per device
+        rank_zero_warn(f"strategy='dp' is not supported on accelerator={acc.name!r}; using strategy='ddp' instead.")
+        name = "ddp"
     if name == "auto":
         if n_procs > 1:
             name = "ddp_fork" if _is_interactive() and not env.creates_processes_externally else "ddp"
@@ -92,7 +97,7 @@ def build_strategy(
                 f"{n_procs}. Fix: use strategy='ddp' (or 'auto'), or devices=1."
             )
         device = acc.get_device(ids[0])
-        prec = precision_plugin or select_precision(precision, device.type)
+        prec = precision_plugin or _select_precision(precision, device.type)
         return SingleDeviceStrategy(
             device=device, accelerator=acc, checkpoint_io=checkpoint_io, precision=prec
         )
@@ -161,12 +166,26 @@ def _complete(
                 "cannot support. Fix: use strategy='ddp_notebook' (or 'ddp_fork'), or run the code as a script."
             )
     else:
+        if getattr(strategy, "parallel_devices", ()) is None:  # DataParallelStrategy: the devices of one process
+            strategy.parallel_devices = [acc.get_device(i) for i in acc.parse_devices(devices)]  # type: ignore[attr-defined]
         device_type = strategy.root_device.type if _has_root_device(strategy) else "cpu"
     if precision_plugin is not None:
         strategy.precision = precision_plugin
     elif precision is not None or type(strategy.precision) is Precision:
-        strategy.precision = select_precision(precision, device_type)
+        own = isinstance(strategy.precision, DeepSpeedPrecision)  # the engine decides (and explains fp16 on CPU)
+        strategy.precision = select_precision(precision, device_type) if own else _select_precision(precision, device_type)
     return strategy
+
+
+def _select_precision(precision: Any, device_type: str) -> Precision:
+    """The plugin for a precision flag; ``16-mixed`` on the CPU becomes ``bf16-mixed`` with a warning, as in
+    Lightning (fp16 autocast on CPUs is slow and loses accuracy; bf16 is what CPUs support)."""
+    if device_type == "cpu" and not isinstance(precision, Precision) and normalize_precision(precision) == "16-mixed":
+        rank_zero_warn(
+            f"precision={precision!r} (16-bit AMP) is not supported on the CPU; using precision='bf16-mixed' instead."
+        )
+        precision = "bf16-mixed"
+    return select_precision(precision, device_type)
 
 
 def _has_root_device(strategy: Strategy) -> bool:

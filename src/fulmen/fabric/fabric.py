@@ -46,6 +46,16 @@ class _FabricModule(nn.Module):
     def module(self) -> nn.Module:
         return self._original_module
 
+    @property
+    def device(self) -> torch.device:
+        """Where the module's parameters are (its first parameter's, else first buffer's, device); the Fabric's
+        device for a module with neither."""
+        for tensor in self._original_module.parameters():
+            return tensor.device
+        for tensor in self._original_module.buffers():
+            return tensor.device
+        return self._fabric.device  # type: ignore[no-any-return]
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         precision = self._fabric.strategy.precision
         args, kwargs = precision.convert_input((args, kwargs))
@@ -64,6 +74,12 @@ class _FabricModule(nn.Module):
                 precision = self._fabric.strategy.precision
                 wrapper: Any = super().__getattr__("_forward_module")
                 count = self._count if name == "training_step" else None
+                if isinstance(wrapper, nn.DataParallel):
+                    raise MisconfigurationException(
+                        f"model.{name}(...) under strategy='dp': torch.nn.DataParallel splits only forward over "
+                        f"the GPUs, and {name} would run on one of them with the whole batch. Fix: call the model "
+                        "itself (its forward) in the loop, or use strategy='ddp'."
+                    )
                 if wrapper is not original:
                     from fulmen.strategies.parallel import forward_redirection
 
@@ -86,27 +102,107 @@ class _FabricModule(nn.Module):
 
 
 class _FabricOptimizer:
-    """Optimizer whose ``step`` goes through the precision plugin (e.g. the GradScaler)."""
+    """The optimizer ``fabric.setup`` returns: ``step`` goes through the strategy (precision plugin, GradScaler),
+    ``state_dict``/``load_state_dict`` through the strategy (sharded states are gathered), the rest reaches the
+    wrapped optimizer.
 
-    def __init__(self, optimizer: Optimizer, strategy: Strategy) -> None:
+    ``_FabricOptimizer(opt, strategy)`` builds an instance of a subclass of *both* this class and
+    ``type(opt)`` (``FabricSGD``, ``FabricAdamW``, made once per optimizer class), so that
+    ``isinstance(wrapper, torch.optim.Optimizer)`` holds and LR schedulers, which check it, accept the wrapper.
+    The optimizer's own ``__init__`` never runs for the wrapper: ``param_groups``, ``state`` and ``defaults``
+    are properties that read and write the wrapped optimizer's objects, so a scheduler that sets
+    ``param_groups[i]["lr"]`` changes the wrapped optimizer, and any other attribute is looked up on it.
+    """
+
+    def __new__(cls, optimizer: Any, *args: Any, **kwargs: Any) -> Any:
+        if cls is _FabricOptimizer:
+            cls = _fabric_optimizer_class(type(optimizer))
+        return object.__new__(cls)
+
+    def __init__(self, optimizer: Any, strategy: Strategy, callbacks: list[Any] | None = None) -> None:
+        # not the optimizer's __init__: the wrapper holds no state of its own
         self._optimizer = optimizer
         self._strategy = strategy
+        self._callbacks = callbacks if callbacks is not None else []
 
     @property
     def optimizer(self) -> Optimizer:
-        return self._optimizer
+        return self._optimizer  # type: ignore[no-any-return]
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self._optimizer.param_groups  # type: ignore[no-any-return]
+
+    @param_groups.setter
+    def param_groups(self, value: list[dict[str, Any]]) -> None:
+        self._optimizer.param_groups = value
+
+    @property
+    def state(self) -> Any:
+        return self._optimizer.state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self._optimizer.state = value
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return self._optimizer.defaults  # type: ignore[no-any-return]
+
+    @defaults.setter
+    def defaults(self, value: dict[str, Any]) -> None:
+        self._optimizer.defaults = value
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        return self._strategy.precision.optimizer_step(self._optimizer, closure)
+        output = self._strategy.optimizer_step(self._optimizer, closure)
+        for callback in self._callbacks:
+            hook = getattr(callback, "on_after_optimizer_step", None)
+            if callable(hook):
+                hook(strategy=self._strategy, optimizer=self._optimizer)
+        return output
+
+    def zero_grad(self, *args: Any, **kwargs: Any) -> None:
+        self._optimizer.zero_grad(*args, **kwargs)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self._optimizer.add_param_group(param_group)
 
     def state_dict(self) -> dict[str, Any]:
-        return self._optimizer.state_dict()
+        return self._strategy.optimizer_state(self._optimizer)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._optimizer.load_state_dict(state)
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._strategy.load_optimizer_state(self._optimizer, state_dict)
 
     def __getattr__(self, name: str) -> Any:
+        # only reached for names the wrapper lacks; "_optimizer" itself missing means a half-built object
+        if name == "_optimizer":
+            raise AttributeError(name)
         return getattr(self._optimizer, name)
+
+    def __reduce__(self) -> Any:
+        # the class is made at run time and can't be found by name: rebuild through the factory
+        return _FabricOptimizer, (self._optimizer, self._strategy, self._callbacks)
+
+
+_OPTIMIZER_CLASSES: dict[type, type] = {}
+
+
+def _fabric_optimizer_class(optimizer_class: type) -> type:
+    """``Fabric<Name>``: a subclass of :class:`_FabricOptimizer` and ``optimizer_class`` (made once per class)."""
+    cls = _OPTIMIZER_CLASSES.get(optimizer_class)
+    if cls is None:
+        if issubclass(optimizer_class, _FabricOptimizer):
+            raise ValueError(
+                "An optimizer should be passed only once to fabric.setup: this one is already the wrapper "
+                "fabric.setup returned. Fix: pass the original optimizer, or use the returned one as it is."
+            )
+        cls = type(
+            f"Fabric{optimizer_class.__name__}",
+            (_FabricOptimizer, optimizer_class),
+            {"__module__": __name__, "__doc__": _FabricOptimizer.__doc__},
+        )
+        _OPTIMIZER_CLASSES[optimizer_class] = cls
+    return cls
 
 
 class _FabricDataLoader:
@@ -252,20 +348,26 @@ class Fabric:
     def setup(
         self, module: nn.Module, *optimizers: Optimizer, scheduler: Any = None, move_to_device: bool = True
     ) -> Any:
-        """Move ``module`` to the device, apply precision, and wrap optimizers. Returns them in the same order."""
-        fabric_module = self.setup_module(module, move_to_device=move_to_device)
+        """Move ``module`` to the device, apply precision, and wrap optimizers. Returns them in the same order.
+
+        Raises:
+            ValueError: the module or an optimizer is one that ``setup`` already returned.
+        """
+        _refuse_set_up(module, optimizers, "setup")
+        fabric_module = self._setup_module(module, move_to_device)
         if not optimizers:
+            self.call("on_after_setup", fabric=self, module=fabric_module)
             return fabric_module
         joint = getattr(self._strategy, "setup_module_and_optimizers", None)
         if joint is not None:  # DeepSpeed: one engine for the module and its optimizer
             module = fabric_module._forward_module
             engine, opts_list = joint(module, list(optimizers))
             fabric_module = _FabricModule(engine, self, original_module=module)
-            opts: Any = tuple(_FabricOptimizer(o, self._strategy) for o in opts_list)
-            self._fabric_optimizers.extend(opts)
+            opts: Any = self._wrap_optimizers(opts_list)
         else:
-            opts = self.setup_optimizers(*optimizers)
-        out: list[Any] = [fabric_module, *(opts if isinstance(opts, tuple) else (opts,))]
+            opts = self._setup_optimizers(optimizers)
+        self.call("on_after_setup", fabric=self, module=fabric_module)
+        out: list[Any] = [fabric_module, *opts]
         if scheduler is not None:
             out.append(scheduler)
         return tuple(out)
@@ -273,38 +375,72 @@ class Fabric:
     def setup_module(
         self, module: nn.Module, move_to_device: bool = True, _reapply_compile: bool = True
     ) -> _FabricModule:
-        if isinstance(module, _FabricModule):
-            raise MisconfigurationException(
-                "This module was already set up. Fix: call fabric.setup() once per module."
-            )
+        """Set up a model without optimizers (e.g. FSDP: the optimizer is built from the sharded parameters).
+
+        Raises:
+            ValueError: ``module`` is one that ``setup``/``setup_module`` already returned.
+        """
+        _refuse_set_up(module, (), "setup_module")
+        return self._setup_module(module, move_to_device)
+
+    def _setup_module(self, module: nn.Module, move_to_device: bool) -> _FabricModule:
         self._check_launched()
         module = self._strategy.precision.convert_module(module)
         if move_to_device:
             self._strategy.module_to_device(module)
         wrapped = self._strategy.setup_module(module)
         if hasattr(module, "_fabric") and hasattr(module, "training_step"):
+            # a LightningModule: it reaches the Fabric (self.fabric, optimizers()) and receives the callback calls
             module.fabric = self  # type: ignore[assignment]
+            if not any(cb is module for cb in self._callbacks):
+                self._callbacks.append(module)
         return _FabricModule(wrapped, self, original_module=module)
 
     def setup_optimizers(self, *optimizers: Optimizer) -> Any:
+        """Wrap optimizers (of a model set up with ``setup_module``); one is returned as it is, several as a tuple.
+
+        Raises:
+            ValueError: an optimizer is one that ``setup``/``setup_optimizers`` already returned.
+        """
+        _refuse_set_up(None, optimizers, "setup_optimizers")
+        wrapped = self._setup_optimizers(optimizers)
+        return wrapped[0] if len(wrapped) == 1 else wrapped
+
+    def _setup_optimizers(self, optimizers: Sequence[Optimizer]) -> tuple[Any, ...]:
         self._check_launched()
         check = getattr(self._strategy, "check_optimizers", None)
         if check is not None:
             check(optimizers)
-        wrapped = tuple(_FabricOptimizer(o, self._strategy) for o in optimizers)
+        return self._wrap_optimizers(optimizers)
+
+    def _wrap_optimizers(self, optimizers: Iterable[Any]) -> tuple[Any, ...]:
+        wrapped = tuple(_FabricOptimizer(o, self._strategy, self._callbacks) for o in optimizers)
         self._fabric_optimizers.extend(wrapped)
-        return wrapped[0] if len(wrapped) == 1 else wrapped
+        return wrapped
 
     def setup_dataloaders(
         self, *dataloaders: DataLoader[Any], use_distributed_sampler: bool = True, move_to_device: bool = True
     ) -> Any:
-        """Wrap loaders: batches move to the device, and (multi-process) each rank iterates its share."""
+        """Wrap loaders: batches move to the device, and (multi-process) each rank iterates its share. After
+        ``seed_everything(..., workers=True)`` (Fabric's default) workers get distinct, reproducible seeds.
+
+        Raises:
+            ValueError: a loader is one that ``setup_dataloaders`` already returned.
+        """
         self._check_launched()
+        from fulmen.utilities.seed import _auto_add_worker_init_fn
+
         distributed = self._strategy.is_distributed
         out = []
         for dl in dataloaders:
+            if isinstance(dl, _FabricDataLoader):
+                raise ValueError(
+                    "A dataloader should be passed only once to the `setup_dataloaders` method: this one is what "
+                    "setup_dataloaders returned. Fix: pass the original DataLoader, or use the returned one as it is."
+                )
             if distributed and use_distributed_sampler:
                 dl = self._strategy.process_dataloader(dl, "train")
+            _auto_add_worker_init_fn(dl, self.global_rank)
             out.append(
                 _FabricDataLoader(dl, self.device if move_to_device else None, distributed=distributed)
             )
@@ -452,20 +588,51 @@ class Fabric:
                 state[key] = value
         return checkpoint
 
-    def load_raw(self, path: str | Path, obj: Any, strict: bool = True) -> None:
-        checkpoint = self._strategy.load_checkpoint(path)
+    def load_raw(
+        self, path: str | Path, obj: nn.Module | Optimizer, strict: bool = True, *, weights_only: bool | None = None
+    ) -> None:
+        """Load a plain state dict saved with ``torch.save(model.state_dict(), path)`` (not by ``fabric.save``)
+        into a module or optimizer, set up or not.
+
+        Args:
+            path: the file.
+            obj: a module or optimizer (what ``setup`` returned, or the original).
+            strict: for a module, whether the keys must match exactly.
+            weights_only: passed to ``torch.load``; ``None`` is the safe default (tensors and plain containers).
+
+        Raises:
+            TypeError: ``obj`` has no ``load_state_dict``.
+        """
         target = obj.module if isinstance(obj, _FabricModule) else obj
+        if not hasattr(target, "load_state_dict"):
+            raise TypeError(
+                f"fabric.load_raw(path, obj): obj is a {type(obj).__name__}, which has no load_state_dict. Fix: pass "
+                "the module or optimizer to load into (for a dict of objects, use fabric.load(path, state))."
+            )
+        checkpoint = self._strategy.load_checkpoint(path, weights_only=weights_only)
         if isinstance(target, nn.Module):
             self._strategy.load_module_state_dict(target, checkpoint, strict=strict)
+        elif isinstance(target, Optimizer):  # a Fabric optimizer too: its state goes through the strategy
+            opt = target.optimizer if isinstance(target, _FabricOptimizer) else target
+            self._strategy.load_optimizer_state(opt, checkpoint)
         else:
             target.load_state_dict(checkpoint)
 
     # ------------------------------------------------------------------ logging, callbacks, misc
     def call(self, hook_name: str, *args: Any, **kwargs: Any) -> None:
+        """Call ``hook_name(*args, **kwargs)`` on every callback that has it (LightningModules set up with this
+        Fabric included). A callback gets only the keyword arguments its method accepts (all of them if it takes
+        ``**kwargs``), so callbacks with different signatures can share a hook."""
         for cb in self._callbacks:
             method = getattr(cb, hook_name, None)
-            if callable(method):
-                method(*args, **kwargs)
+            if method is None:
+                continue
+            if not callable(method):
+                from fulmen.utilities.rank_zero import rank_zero_warn
+
+                rank_zero_warn(f"Skipping the callback `{type(cb).__name__}.{hook_name}` because it is not callable.")
+                continue
+            method(*args, **_accepted_kwargs(method, kwargs))
 
     def log(self, name: str, value: Any, step: int | None = None) -> None:
         self.log_dict({name: value}, step=step)
@@ -483,7 +650,43 @@ class Fabric:
 
     @staticmethod
     def seed_everything(seed: int | None = None, workers: bool | None = None, verbose: bool = True) -> int:
-        return _seed_everything(seed, workers=bool(workers), verbose=verbose)
+        """``fulmen.seed_everything``, except that ``workers`` defaults to True (as in Lightning's Fabric): loaders
+        from ``setup_dataloaders`` then seed each worker distinctly and reproducibly."""
+        return _seed_everything(seed, workers=True if workers is None else bool(workers), verbose=verbose)
+
+
+def _refuse_set_up(module: Any, optimizers: Sequence[Any], method: str) -> None:
+    """Lightning's rule: what ``setup`` returned is not set up again (it would be wrapped twice).
+
+    Raises:
+        ValueError: naming the object and ``method``.
+    """
+    if isinstance(module, _FabricModule):
+        raise ValueError(
+            f"A model should be passed only once to the `{method}` method: this one is what fabric.setup returned. "
+            "Fix: use the returned model as it is, or pass the original nn.Module."
+        )
+    if any(isinstance(opt, _FabricOptimizer) for opt in optimizers):
+        raise ValueError(
+            f"An optimizer should be passed only once to the `{method}` method: this one is what fabric.setup "
+            "returned. Fix: use the returned optimizer as it is, or pass the original optimizer."
+        )
+
+
+def _accepted_kwargs(method: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments ``method`` accepts by name (all of them when it takes ``**kwargs`` or can't be read)."""
+    if not kwargs:
+        return kwargs
+    import inspect
+
+    try:
+        params = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):
+        return kwargs
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return kwargs
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {k: v for k, v in kwargs.items() if k in names}
 
 
 def _unwrap_state(obj: Any, strategy: Strategy) -> Any:

@@ -53,13 +53,20 @@ def _check_name(owner: str, name: Any) -> str:
 
 
 class _DirectoryLogger(Logger, ABC):
-    """A logger that writes under ``save_dir/name/<version>``; owns the path and version logic."""
+    """A logger that writes under ``save_dir/name/<version>``; owns the path and version logic.
+
+    The Trainer's loggers call the directory ``save_dir`` and ``save_dir/name`` their ``root_dir``; Fabric's
+    (:mod:`fulmen.fabric.loggers`) call the directory ``root_dir``. ``_DIR_ARG`` is the argument's name in
+    messages, and the version folders always live in :attr:`_experiment_dir`.
+    """
+
+    _DIR_ARG = "save_dir"
 
     def __init__(self, save_dir: _PATH, name: str | None, version: int | str | None) -> None:
         from fsspec.core import url_to_fs  # type: ignore[import-untyped]
 
         owner = type(self).__name__
-        checked: str = _check_path_arg(owner, "save_dir", save_dir)  # type: ignore[assignment]
+        checked: str = _check_path_arg(owner, self._DIR_ARG, save_dir)  # type: ignore[assignment]
         self._save_dir = os.path.expanduser(os.path.expandvars(checked))
         self._name = _check_name(owner, name)
         self._version = _check_version(owner, version)
@@ -69,7 +76,7 @@ class _DirectoryLogger(Logger, ABC):
         fs: AbstractFileSystem
         fs, _ = url_to_fs(self._save_dir)
         self._fs = fs
-        _check_not_a_file(self._fs, self._save_dir, owner)
+        _check_not_a_file(self._fs, self._save_dir, owner, self._DIR_ARG)
 
     @property
     def name(self) -> str:
@@ -90,20 +97,25 @@ class _DirectoryLogger(Logger, ABC):
         return self._save_dir
 
     @property
-    def root_dir(self) -> str:
+    def _experiment_dir(self) -> str:
         """``save_dir/name``, or ``save_dir`` when the name is empty: the parent of all versions."""
         return os.path.join(self._save_dir, self._name) if self._name else self._save_dir
 
     @property
+    def root_dir(self) -> str:
+        """``save_dir/name``, or ``save_dir`` when the name is empty: the parent of all versions."""
+        return self._experiment_dir
+
+    @property
     def log_dir(self) -> str:
-        """``root_dir/version_N`` for an int version, ``root_dir/<version>`` for a str version."""
+        """``save_dir/name/version_N`` for an int version, ``save_dir/name/<version>`` for a str version."""
         version = self.version
         folder = version if isinstance(version, str) else f"version_{version}"
-        return os.path.join(self.root_dir, folder)
+        return os.path.join(self._experiment_dir, folder)
 
     def _get_next_version(self) -> int:
-        """One more than the largest ``version_N`` folder under :attr:`root_dir`, or 0 if there is none."""
-        root = self.root_dir
+        """One more than the largest ``version_N`` folder under ``save_dir/name``, or 0 if there is none."""
+        root = self._experiment_dir
         try:
             if not self._fs.isdir(root):
                 return 0

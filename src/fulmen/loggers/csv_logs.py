@@ -177,7 +177,7 @@ class CSVLogger(_DirectoryLogger):
             MisconfigurationException: If the log directory can't be created.
         """
         if self._experiment is None:
-            self._makedirs(self.root_dir)
+            self._makedirs(self._experiment_dir)
             self._experiment = _ExperimentWriter(self.log_dir, self._fs, type(self).__name__)
         return self._experiment
 

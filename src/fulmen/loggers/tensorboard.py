@@ -31,6 +31,7 @@ from fulmen.loggers.utilities import (
     _flatten_dict,
     _metric_to_float,
     _require,
+    _require_installed,
     _sanitize_params,
     _save_hparams_to_yaml,
 )
@@ -87,7 +88,9 @@ class TensorBoardLogger(_DirectoryLogger):
         sub_dir: _PATH | None = None,
         **kwargs: Any,
     ) -> None:
-        _require("tensorboard", "TensorBoardLogger", "tensorboard")
+        # only checked here: the (heavy) import happens when the writer is first needed, so a default
+        # Trainer() stays cheap
+        _require_installed("tensorboard", "TensorBoardLogger", "tensorboard")
         super().__init__(save_dir, name, version)
         owner = type(self).__name__
         for arg, value in (("log_graph", log_graph), ("default_hp_metric", default_hp_metric)):
@@ -133,7 +136,7 @@ class TensorBoardLogger(_DirectoryLogger):
             _require("tensorboard", "TensorBoardLogger", "tensorboard")
             from torch.utils.tensorboard import SummaryWriter
 
-            self._makedirs(self.root_dir)
+            self._makedirs(self._experiment_dir)
             self._makedirs(self.log_dir)
             self._experiment = SummaryWriter(log_dir=self.log_dir, **self._kwargs)
         return self._experiment

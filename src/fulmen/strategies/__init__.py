@@ -301,19 +301,25 @@ class _StrategyRegistry(Registry[Strategy]):
 # ddp, deepspeed and fsdp register their names at the bottom of their modules, imported on the first lookup
 # that needs them (fsdp last: it is the heaviest import).
 STRATEGY_REGISTRY: _StrategyRegistry = _StrategyRegistry(
-    "strategy", providers=("fulmen.strategies.ddp", "fulmen.strategies.deepspeed", "fulmen.strategies.fsdp")
+    "strategy",
+    providers=(
+        "fulmen.strategies.ddp",
+        "fulmen.strategies.dp",
+        "fulmen.strategies.deepspeed",
+        "fulmen.strategies.fsdp",
+    ),
 )
 STRATEGY_REGISTRY.register("single_device", SingleDeviceStrategy, "a single device (CPU, one GPU)")
 StrategyRegistry = STRATEGY_REGISTRY  # ``lightning.pytorch.strategies.StrategyRegistry``
 
 # Names Lightning accepts that are not built: a clear error instead of silently running something else.
-_NOT_YET = ["xla", "xla_debug", "single_xla", "single_tpu", "dp", "xla_fsdp"]
+_NOT_YET = ["xla", "xla_debug", "single_xla", "single_tpu", "xla_fsdp"]
 
 
 def _not_yet(name: str) -> Any:
     def factory(**_: Any) -> Strategy:
         raise NotSupportedYetError(
-            f"strategy={name!r} is not supported (fulmen has no XLA/TPU or DataParallel strategy). "
+            f"strategy={name!r} is not supported (fulmen has no XLA/TPU strategy). "
             "Fix: use 'ddp' for several devices, or 'auto'."
         )
 
@@ -327,6 +333,7 @@ for _name in _NOT_YET:
 def __getattr__(name: str) -> Any:
     lazy = {
         "DDPStrategy": "fulmen.strategies.ddp",
+        "DataParallelStrategy": "fulmen.strategies.dp",
         "ParallelStrategy": "fulmen.strategies.parallel",
         "FSDPStrategy": "fulmen.strategies.fsdp",
         "ModelParallelStrategy": "fulmen.strategies.fsdp",
@@ -343,6 +350,7 @@ __all__ = [
     "STRATEGY_REGISTRY",
     "StrategyRegistry",
     "DDPStrategy",
+    "DataParallelStrategy",
     "DeepSpeedStrategy",
     "FSDPStrategy",
     "ModelParallelStrategy",

@@ -308,6 +308,16 @@ class FSDPStrategy(ParallelStrategy):
             with super().module_init_context(empty_init):
                 yield
 
+    @contextmanager
+    def tensor_init_context(self, empty_init: bool | None = None) -> Any:
+        # as module_init_context: tensors made on the meta device are materialized when the module is sharded
+        if empty_init:
+            with torch.device("meta"), self.precision.tensor_init_context():
+                yield
+        else:
+            with super().tensor_init_context(empty_init):
+                yield
+
     # ------------------------------------------------------------------ state
     def _options(self, full: bool) -> Any:
         from torch.distributed.checkpoint.state_dict import StateDictOptions

@@ -65,8 +65,14 @@ class ParallelStrategy(Strategy):
         timeout: timedelta | None = fdist.default_pg_timeout,
         failure_timeout: float = 10.0,
         sync_timeout: float | None = None,
+        precision_plugin: Precision | None = None,
     ) -> None:
-        super().__init__(accelerator=accelerator, checkpoint_io=checkpoint_io, precision=precision)
+        super().__init__(
+            accelerator=accelerator,
+            checkpoint_io=checkpoint_io,
+            precision=precision,
+            precision_plugin=precision_plugin,
+        )
         self.parallel_devices = parallel_devices
         self.cluster_environment = cluster_environment
         self.num_nodes = 1

@@ -83,6 +83,17 @@ def pl_worker_init_function(worker_id: int, rank: int | None = None) -> None:
         pass
 
 
+def _auto_add_worker_init_fn(loader: Any, rank: int) -> None:
+    """Give ``loader`` :func:`pl_worker_init_function` (bound to ``rank``) when ``seed_everything(workers=True)``
+    was called and the loader has no ``worker_init_fn`` of its own (as Lightning does)."""
+    if os.environ.get("PL_SEED_WORKERS", "0") != "1" or not hasattr(loader, "worker_init_fn"):
+        return
+    if loader.worker_init_fn is None:
+        import functools
+
+        loader.worker_init_fn = functools.partial(pl_worker_init_function, rank=rank)
+
+
 def _seed_sequence(base: int, worker_id: int, rank: int) -> list[int]:
     import numpy as np
 

@@ -83,6 +83,10 @@ class Precision:
     def module_init_context(self) -> Generator[None, None, None]:
         yield
 
+    def tensor_init_context(self) -> Any:
+        """Where tensors are created (``Strategy.tensor_init_context``): the same dtype rule as for a module."""
+        return self.module_init_context()
+
     def convert_input(self, data: Any) -> Any:
         return data
 
@@ -103,17 +107,19 @@ class MixedPrecision(Precision):
         self.precision = precision
         self.device = device
         if precision == "16-mixed" and scaler is None:
-            scaler = torch.amp.GradScaler(device) if device == "cuda" else None
-            if device == "cpu":
-                scaler = torch.amp.GradScaler("cpu")
+            scaler = torch.amp.GradScaler(device)  # Lightning's default: a scaler for the autocast device
         if precision == "bf16-mixed" and scaler is not None:
             raise MisconfigurationException("bf16-mixed does not use a GradScaler. Fix: drop the scaler argument.")
         self.scaler = scaler
         self._dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float16
         self._unscaled: set[int] = set()
 
-    def forward_context(self) -> Any:
+    def autocast_context_manager(self) -> torch.autocast:
+        """The ``torch.autocast`` context the forward runs in (this plugin's device and dtype)."""
         return torch.autocast(self.device, dtype=self._dtype)
+
+    def forward_context(self) -> Any:
+        return self.autocast_context_manager()
 
     def backward(self, tensor: torch.Tensor, model: nn.Module | None, *args: Any, **kwargs: Any) -> None:
         if self.scaler is not None:
