@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import importlib
+import importlib.util
 import numbers
 import os
 import pathlib
@@ -66,6 +67,23 @@ def _require(module: str, owner: str, extra: str, pip_name: str | None = None) -
             f"(or pip install {pip_name or module}). Importing {module!r} failed with: {exc}",
             name=module,
         ) from exc
+
+
+def _require_installed(module: str, owner: str, extra: str, pip_name: str | None = None) -> None:
+    """Like :func:`_require`, without importing: for constructors that import the package on first use.
+
+    Raises:
+        ModuleNotFoundError: If the module is not installed.
+    """
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise ModuleNotFoundError(
+            f"{owner} requires {pip_name or module}: pip install 'fulmen[{extra}]' (or pip install {pip_name or module}).",
+            name=module,
+        )
 
 
 # ----------------------------------------------------------------------------------------------
