@@ -88,8 +88,9 @@ def _run_one(script: str, args: list[str]) -> None:
 
 
 def _run_jobs(path: str) -> None:
-    """Each job: ``{"script", "args", "cwd", "out", "wait_for"?}``; writes ``out`` (stdout + traceback) and
-    ``out + ".rc"``. ``wait_for`` names a file another process creates when this job's input is ready."""
+    """Each job: ``{"script", "args", "cwd", "out", "wait_for"?, "env"?}``; writes ``out`` (stdout + traceback)
+    and ``out + ".rc"``. ``wait_for`` names a file another process creates when this job's input is ready;
+    ``env`` holds environment variables set for this job only."""
     import contextlib
     import json
     import time
@@ -109,7 +110,16 @@ def _run_jobs(path: str) -> None:
                         raise TimeoutError(f"{job['wait_for']} never appeared")
                     time.sleep(0.1)
                 os.chdir(job["cwd"])
-                _run_one(job["script"], job["args"])
+                saved_env = {k: os.environ.get(k) for k in job.get("env") or {}}
+                os.environ.update(job.get("env") or {})
+                try:
+                    _run_one(job["script"], job["args"])
+                finally:
+                    for k, v in saved_env.items():
+                        if v is None:
+                            os.environ.pop(k, None)
+                        else:
+                            os.environ[k] = v
             except SystemExit as exc:
                 rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
             except BaseException:  # noqa: BLE001 - reported in the job output, like a crashed process
