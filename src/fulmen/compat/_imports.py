@@ -22,7 +22,8 @@ import importlib.metadata
 import importlib.util
 import re
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 _VERSION_FLAG = re.compile(r"^_([A-Z0-9_]+?)_(GREATER_EQUAL|LESS_EQUAL|LESS)_(\d+)_(\d+)(?:_(\d+))?$")
 _AVAILABLE = re.compile(r"^_([A-Z0-9_]+)_AVAILABLE$")

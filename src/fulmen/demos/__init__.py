@@ -33,6 +33,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "MNIST",
     "BoringDataModule",
     "BoringDataModuleNoLen",
     "BoringModel",
@@ -40,7 +41,6 @@ __all__ = [
     "IterableBoringDataModule",
     "LightningLSTM",
     "LightningTransformer",
-    "MNIST",
     "ManualOptimBoringModel",
     "Net",
     "PositionalEncoding",

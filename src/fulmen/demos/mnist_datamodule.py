@@ -55,7 +55,7 @@ class MNIST(Dataset[tuple[torch.Tensor, int]]):
                 raise FileNotFoundError(f"MNIST file {path} not found. Fix: pass download=True, or copy it there.")
             folder.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".part-{os.getpid()}")
-            urllib.request.urlretrieve(_URL + path.name, tmp)  # noqa: S310 - a fixed https URL
+            urllib.request.urlretrieve(_URL + path.name, tmp)
             os.replace(tmp, path)
         self.data, self.targets = torch.load(path, weights_only=True)
 

@@ -19,13 +19,9 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
+from typing_extensions import Self
 
 from fulmen.utilities import distributed as fdist
-
-try:
-    from typing import Self
-except ImportError:  # pragma: no cover - python < 3.11
-    from typing_extensions import Self
 
 
 class Collective(ABC):

@@ -299,8 +299,10 @@ class ThroughputMonitor(Throughput):
         self._fabric = fabric
         self.step = -1
         self.update = rank_zero_only(self.update)  # type: ignore[method-assign]
-        self.compute = rank_zero_only(self.compute, default={})  # type: ignore[method-assign]
-        self.compute_and_log = rank_zero_only(self.compute_and_log, default={})  # type: ignore[method-assign]
+        self.compute = rank_zero_only(self.compute, default={})  # type: ignore[method-assign,assignment]
+        self.compute_and_log = rank_zero_only(  # type: ignore[method-assign,assignment]
+            self.compute_and_log, default={}
+        )
         self.reset = rank_zero_only(self.reset)  # type: ignore[method-assign]
 
     def compute_and_log(self, step: int | None = None) -> dict[str, int | float]:

@@ -100,18 +100,18 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "CollectibleGroup",
     "EVAL_DATALOADERS",
-    "Optimizable",
-    "Steppable",
     "STEP_OUTPUT",
     "TRAIN_DATALOADERS",
+    "CollectibleGroup",
     "LRSchedulerConfigType",
     "LRSchedulerPLType",
     "LRSchedulerType",
     "LRSchedulerTypeTuple",
     "LRSchedulerTypeUnion",
+    "Optimizable",
     "OptimizerConfig",
     "OptimizerLRScheduler",
     "OptimizerLRSchedulerConfig",
+    "Steppable",
 ]
