@@ -136,7 +136,7 @@ def test_dataloader_iter_flavor_matches_lightning() -> None:
             return self.loss(batch)
 
         def validation_step(self, dataloader_iter):
-            batch, batch_idx, dataloader_idx = next(dataloader_iter)
+            _, batch_idx, dataloader_idx = next(dataloader_iter)
             pulled.append(("val", batch_idx, dataloader_idx))
 
     rec = Record()
@@ -176,11 +176,11 @@ def test_dataloader_iter_step_taking_two_batches_ends_the_epoch_on_stop_iteratio
 def test_dataloader_iter_predict_and_test() -> None:
     class Iter(Model):
         def predict_step(self, dataloader_iter):
-            batch, batch_idx, dataloader_idx = next(dataloader_iter)
+            _, batch_idx, _ = next(dataloader_iter)
             return batch_idx
 
         def test_step(self, dataloader_iter):
-            batch, batch_idx, _ = next(dataloader_iter)
+            batch, _, _ = next(dataloader_iter)
             self.log("t", self.loss(batch))
 
     trainer = L.Trainer(**QUIET)

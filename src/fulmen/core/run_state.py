@@ -26,6 +26,16 @@ class Progress:
 
     __slots__ = ("_c", "_cp", "_cr", "_cs", "_t", "_tp", "_tr", "_ts")
 
+    # the eight counters: properties installed below the class (annotated here for type checkers)
+    total_ready: int
+    total_started: int
+    total_processed: int
+    total_completed: int
+    current_ready: int
+    current_started: int
+    current_processed: int
+    current_completed: int
+
     def __init__(
         self, total_ready: int = 0, total_started: int = 0, total_processed: int = 0, total_completed: int = 0,
         current_ready: int = 0, current_started: int = 0, current_processed: int = 0, current_completed: int = 0,

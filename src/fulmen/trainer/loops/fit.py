@@ -347,6 +347,7 @@ class FitLoop(FitLoopViews):  # FitLoopViews: Lightning's fit_loop internals pub
         rs = t.run_state
         it = DataLoaderIter(t._data.iterate_train(loader, rs, start), start=start)
         step = t._optimization.step_auto if auto else t._optimization.step_manual
+        agreement = t.strategy.epoch_end_agreement  # None on one process
         max_steps = t.config.max_steps
         step_idx = rs.batch_progress.current_completed
         rs.is_last_batch = False
@@ -383,8 +384,14 @@ class FitLoop(FitLoopViews):  # FitLoopViews: Lightning's fit_loop internals pub
                 return True
             if max_steps >= 0 and rs.global_step >= max_steps:
                 return False
-            if rs.should_stop and self._can_stop_early():
-                return False
+            if rs.should_stop or self._end_request:
+                if agreement is None:
+                    if self._can_stop_early():
+                        return False
+                else:  # several processes: every rank ends the epoch after the same agreed step
+                    ended = self._agreed_epoch_end(agreement)
+                    if ended is not None:
+                        return ended
         return True
 
     def _after_batch(

@@ -110,9 +110,7 @@ class DataLoaderIter(Iterator[tuple[Any, int, int]]):
 
 def limited_pairs(loader: Any, limit: int | float) -> Iterator[tuple[Any, bool]]:
     """``(batch, is_last)`` of an evaluation loader under its batch limit (is_last only at the limit)."""
-    n = 0
-    for batch in loader:
-        n += 1
+    for n, batch in enumerate(loader, 1):
         at_limit = limit != math.inf and n >= limit
         yield batch, at_limit
         if at_limit:

@@ -321,7 +321,7 @@ class FitLoopViews:
         return ProgressView(rs.epoch_progress, "trainer.fit_loop.epoch_progress", on_write=sync)
 
     @property
-    def max_epochs(self) -> int:
+    def max_epochs(self) -> int | None:  # None until a fit resolves an unset max_epochs, as in Lightning
         return self.trainer.config.max_epochs
 
     @max_epochs.setter
