@@ -542,6 +542,13 @@ class LightningArgumentParser(ArgumentParser):
         for name, annotation in retyped.items():
             self.add_argument(f"--{nested_key}.{name}", type=annotation, default=params[name].default)
             added.append(f"{nested_key}.{name}")
+        if retyped:
+            # back in the signature's order, which config.yaml and --print_config follow (as Lightning's)
+            order = {f"{nested_key}.{n}": i for i, n in enumerate(params)}
+            for actions in [self._actions, *(g._group_actions for g in self._action_groups)]:
+                ours = sorted((a for a in actions if a.dest in order), key=lambda a: order[a.dest])
+                it = iter(ours)
+                actions[:] = [next(it) if a.dest in order else a for a in actions]
         return added
 
     def add_optimizer_args(

@@ -330,7 +330,7 @@ class LightningCLI:
         """A parser with ``--config``."""
         from jsonargparse import ActionConfigFile  # type: ignore[attr-defined]
 
-        kwargs.setdefault("dump_header", [f"fulmen {_version()}"])
+        kwargs.setdefault("dump_header", [f"fulmen=={_version()}"])  # Lightning's form: "pytorch_lightning==2.6.1"
         parser = self.parser_class(allowed_import_paths=self.allowed_import_paths, **kwargs)
         parser.add_argument(
             "-c",

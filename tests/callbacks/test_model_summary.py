@@ -153,7 +153,8 @@ def _fit(tmp_path: object, **trainer_kwargs: object) -> None:
 
 
 def test_e2e_default_summary(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
-    _fit(tmp_path)
+    # the plain-text summary (the default when rich is not installed; with rich, RichModelSummary as Lightning)
+    _fit(tmp_path, callbacks=[ModelSummary()])
     out = capsys.readouterr().out
     assert "| net  | Net  | 58" in out and "In sizes" in out and "[2, 4]" in out
     assert "58        Total params" in out

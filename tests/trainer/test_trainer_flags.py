@@ -273,7 +273,12 @@ def test_reload_dataloaders_every_n_epochs() -> None:
     assert calls == [0, 2]
 
 
-def test_default_logger_writes_csv_and_hparams(tmp_path) -> None:
+def test_default_logger_writes_csv_and_hparams(tmp_path, monkeypatch) -> None:
+    # without tensorboard installed, the default logger is CSVLogger, as in Lightning (with it, TensorBoardLogger:
+    # tests/trainer/test_trainer_defaults_compat.py)
+    from fulmen.trainer import lifecycle
+
+    monkeypatch.setattr(lifecycle, "_tensorboard_available", lambda: False)
     t = L.Trainer(max_epochs=1, log_every_n_steps=2, enable_progress_bar=False, enable_model_summary=False,
                   default_root_dir=tmp_path)
     t.fit(Model(), data())

@@ -39,7 +39,7 @@ class HyperparametersMixin:
 
     def __init__(self) -> None:
         super().__init__()
-        self._log_hyperparams = True
+        self._log_hyperparams = False  # as Lightning: True once save_hyperparameters(logger=True) ran
 
     def save_hyperparameters(
         self,

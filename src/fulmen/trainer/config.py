@@ -3,10 +3,52 @@
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from fulmen.utilities.exceptions import MisconfigurationException
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def defaults_from_env_vars(init: _F) -> _F:
+    """Lightning's ``PL_TRAINER_*`` environment variables as defaults of ``Trainer.__init__``'s arguments.
+
+    ``PL_TRAINER_MAX_EPOCHS=3`` or ``PL_TRAINER_ACCELERATOR=cpu`` set the argument when the call does not give it
+    (an argument given explicitly wins). As Lightning: the name is ``PL_{CLASS NAME}_{ARGUMENT}`` in capitals (a
+    subclass ``MyTrainer`` reads ``PL_MYTRAINER_*``), the value is parsed with ``ast.literal_eval`` (``3``,
+    ``False``, ``[0, 1]``, ``0.5``) and kept as the string when that fails (``cpu``), and an empty value is unset.
+    """
+    import functools
+    import os
+
+    @functools.wraps(init)
+    def with_env_defaults(self: Any, *args: Any, **kwargs: Any) -> Any:
+        cls = type(self)
+        prefix = f"PL_{cls.__name__.upper()}_"
+        if any(k.startswith(prefix) for k in os.environ):  # no inspection at all in the common case
+            kwargs = {**_env_defaults(cls, prefix), **kwargs}
+        return init(self, *args, **kwargs)
+
+    return with_env_defaults  # type: ignore[return-value]
+
+
+def _env_defaults(cls: type, prefix: str) -> dict[str, Any]:
+    import ast
+    import inspect
+    import os
+
+    out: dict[str, Any] = {}
+    for name in inspect.signature(cls).parameters:
+        raw = os.environ.get(prefix + name.upper())
+        if raw is None or raw == "":
+            continue
+        try:
+            out[name] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            out[name] = raw
+    return out
 
 
 def _err(arg: str, given: Any, expected: str, fix: str) -> MisconfigurationException:

@@ -41,36 +41,101 @@ def _build_loggers(trainer: Trainer, logger: Any) -> list[Any]:
     if logger is None:
         logger = not trainer.config.barebones
     if logger is True:
-        from fulmen.loggers import CSVLogger
-
-        return [CSVLogger(save_dir=trainer.config.default_root_dir)]
+        return [_default_logger(trainer.config.default_root_dir)]
     if logger is False:
         return []
-    loggers = list(logger) if isinstance(logger, (list, tuple)) else [logger]
-    for lg in loggers:
+    loggers = _as_list(logger)
+    for i, lg in enumerate(loggers):
         if not (hasattr(lg, "log_metrics") and hasattr(lg, "log_hyperparams")):
+            where = "" if len(loggers) == 1 and lg is logger else f" element {i}"
             raise MisconfigurationException(
-                f"Trainer(logger=...) got {lg!r}; expected True/False, a fulmen Logger or a list of them. "
-                "Fix: e.g. logger=CSVLogger('logs')."
+                f"Trainer(logger=...){where} is {lg!r} of type {type(lg).__name__}; expected True/False, a fulmen "
+                "Logger or a sequence of them. Fix: e.g. logger=CSVLogger('logs')."
             )
     return loggers
 
 
+def _is_single(value: Any) -> bool:
+    from collections.abc import Sequence
+
+    return isinstance(value, (str, bytes)) or not isinstance(value, Sequence)
+
+
+def _as_list(value: Any) -> list[Any]:
+    """``logger``/``callbacks`` as a list: one object, or any sequence (a list, a tuple, omegaconf's
+    ``ListConfig`` from a Hydra config, ...), as Lightning accepts."""
+    from collections.abc import Iterable
+
+    if _is_single(value):
+        # an iterable that is no Sequence (a generator, a set) is taken whole, as Lightning's Iterable check
+        if isinstance(value, Iterable) and not isinstance(value, (str, bytes)) and not hasattr(value, "log_metrics"):
+            return list(value)
+        return [value]
+    return list(value)
+
+
+def _default_logger(root: str) -> Any:
+    """Lightning's default logger: ``TensorBoardLogger`` when ``tensorboard`` is installed, else ``CSVLogger``
+    (with Lightning's warning). Checked with ``find_spec``: the logger imports tensorboard when it first writes."""
+    if _tensorboard_available():
+        from fulmen.loggers import TensorBoardLogger
+
+        return TensorBoardLogger(save_dir=root, version=_slurm_log_version())
+    rank_zero_warn(
+        "`logger=True` uses `CSVLogger` as the default logger because the `tensorboard` package is not installed. "
+        "Install it (`pip install 'fulmen[tensorboard]'`) to log to TensorBoard by default, as Lightning does."
+    )
+    from fulmen.loggers import CSVLogger
+
+    return CSVLogger(save_dir=root)
+
+
+@functools.cache
+def _tensorboard_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+def _slurm_log_version() -> int | None:
+    """As Lightning: a SLURM batch job's default logger version is its job id (not in an interactive job)."""
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if job_id is None:
+        return None
+    from fulmen.plugins.environments.slurm import _is_interactive
+
+    if _is_interactive():
+        return None
+    try:
+        return int(job_id)
+    except ValueError:
+        return None
+
+
+def _rich_available() -> bool:
+    from fulmen.trainer._results_table import rich_available
+
+    return rich_available()
+
+
 def build_callbacks(trainer: Trainer, callbacks: Any, max_time: Any) -> list[Callback]:
+    from collections.abc import Sequence
+
     if callbacks is None:
         cbs: list[Callback] = []
     elif isinstance(callbacks, Callback):
         cbs = [callbacks]
-    elif isinstance(callbacks, (list, tuple)):
-        cbs = list(callbacks)
+    elif isinstance(callbacks, Sequence) and not isinstance(callbacks, (str, bytes)):
+        cbs = list(callbacks)  # a list, a tuple, omegaconf's ListConfig (Hydra configs)...
     else:
         raise MisconfigurationException(
-            f"Trainer(callbacks={callbacks!r}); expected a Callback or a list of Callbacks. Fix: callbacks=[...]."
+            f"Trainer(callbacks={callbacks!r}) of type {type(callbacks).__name__}; expected a Callback or a "
+            "sequence of Callbacks. Fix: callbacks=[...]."
         )
-    for cb in cbs:
+    for i, cb in enumerate(cbs):
         if not isinstance(cb, Callback):
             raise MisconfigurationException(
-                f"Trainer(callbacks=...) contains {cb!r} ({type(cb).__name__}), which is not a fulmen Callback. "
+                f"Trainer(callbacks=...)[{i}] is {cb!r} of type {type(cb).__name__}, which is not a fulmen Callback. "
                 "Fix: subclass fulmen.Callback."
             )
     cbs += environment_callbacks(trainer, cbs)
@@ -81,7 +146,8 @@ def build_callbacks(trainer: Trainer, callbacks: Any, max_time: Any) -> list[Cal
         if bar is not None:
             cbs.append(bar)
     if cfg.enable_model_summary and "ModelSummary" not in names and "RichModelSummary" not in names:
-        summary = _optional("fulmen.callbacks.model_summary", "ModelSummary")
+        # as Lightning 2.6: the rich summary when rich is installed
+        summary = _optional("fulmen.callbacks.model_summary", "RichModelSummary" if _rich_available() else "ModelSummary")
         if summary is not None:
             cbs.append(summary())
     if max_time is not None and "Timer" not in names:
@@ -164,7 +230,8 @@ def _optional(module: str, name: str) -> Any:
 
 
 def _default_progress_bar() -> Any:
-    cls = _optional("fulmen.callbacks.progress", "TQDMProgressBar")
+    # as Lightning 2.6: RichProgressBar when rich is installed, else TQDMProgressBar
+    cls = _optional("fulmen.callbacks.progress", "RichProgressBar" if _rich_available() else "TQDMProgressBar")
     return cls() if cls is not None else None
 
 
@@ -704,14 +771,21 @@ def _check_multiple_optimizers(model: Any, n: int) -> None:
 def _log_hparams(trainer: Trainer, model: Any) -> None:
     if not trainer.loggers or not trainer.config.enable_autolog_hparams:
         return
-    params: dict[str, Any] = {}
-    if model.hparams and getattr(model, "_log_hyperparams", True):
-        params.update(dict(model.hparams_initial))
+    # as Lightning: the loggers get the hyperparameters even when there are none (TensorBoardLogger then writes
+    # hp_metric and an hparams.yaml of `{}`), once the module or the datamodule called save_hyperparameters
     dm = trainer.datamodule
-    if dm is not None and dm.hparams and getattr(dm, "_log_hyperparams", True):
-        params.update(dict(dm.hparams_initial))
+    log_module = bool(getattr(model, "_log_hyperparams", False))
+    log_dm = dm is not None and bool(getattr(dm, "_log_hyperparams", False))
+    params: dict[str, Any] | None = None
+    if log_module or log_dm:
+        params = {}
+        if log_module:
+            params.update(dict(model.hparams_initial))
+        if log_dm:
+            params.update(dict(dm.hparams_initial))
+        params.pop("_class_path", None)  # LightningCLI's internal entry is not logged (as Lightning)
     for logger in trainer.loggers:
-        if params:
+        if params is not None:
             logger.log_hyperparams(params)
         if hasattr(logger, "log_graph"):
             logger.log_graph(model)
@@ -747,19 +821,9 @@ def _teardown(trainer: Trainer, stage: str) -> None:
 
 
 def _print_results(results: list[dict[str, float]], title: str) -> None:
-    if not any(results):
-        return
-    keys = sorted({k for r in results for k in r})
-    width = max(len(k) for k in keys + [f"{title} metric"]) + 2
-    cols = [f"DataLoader {i}" for i in range(len(results))]
-    line = "─" * (width + 16 * len(cols))
-    print(line)
-    print(f"{title + ' metric':>{width}}" + "".join(f"{c:>16}" for c in cols))
-    print(line)
-    for k in keys:
-        row = "".join(f"{results[i][k]:>16.6g}" if k in results[i] else f"{'':>16}" for i in range(len(results)))
-        print(f"{k:>{width}}{row}")
-    print(line)
+    from fulmen.trainer._results_table import print_results
+
+    print_results(results, title)  # Lightning's table, character for character
 
 
 _ = RunningStage

@@ -25,7 +25,7 @@ from fulmen.core.run_state import RunState
 from fulmen.fabric.fabric import Fabric
 from fulmen.profilers import Profiler, resolve_profiler
 from fulmen.trainer import lifecycle
-from fulmen.trainer.config import TrainerConfig
+from fulmen.trainer.config import TrainerConfig, defaults_from_env_vars
 from fulmen.trainer.data import DataManager
 from fulmen.trainer.loops.evaluation import EvaluationLoop
 from fulmen.trainer.loops.fit import FitLoop, Optimization
@@ -40,6 +40,7 @@ _NOT_SUPPORTED_YET = {"model_registry": None}
 class Trainer:
     """Run a :class:`~fulmen.LightningModule` on any hardware. All arguments are keyword-only."""
 
+    @defaults_from_env_vars  # PL_TRAINER_MAX_EPOCHS=3 ... as Lightning
     def __init__(
         self,
         *,
