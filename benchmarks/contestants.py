@@ -12,6 +12,11 @@ Settings:
 * ``defaults``: the Trainer's defaults (progress bar, model summary, CSV logger, a checkpoint at each
   epoch end) and one ``self.log("loss", loss, prog_bar=True)`` per step. Lightning is given a
   ``CSVLogger`` explicitly (its default would be TensorBoard when that is installed).
+
+A workload with validation data (``tinyval``) is validated after every epoch: the hand-written loop runs
+the validation batches under ``torch.no_grad()`` in eval mode and keeps the mean loss; the frameworks get
+a ``validation_step`` that computes the same loss (and, in ``defaults``, logs it as ``val_loss``), with
+their default sanity check (2 validation batches before training).
 """
 
 from __future__ import annotations
@@ -47,11 +52,12 @@ class RunResult:
 class _StepClock:
     """Records when the first training step starts (shared by every contestant, so its cost is equal)."""
 
-    __slots__ = ("first", "steps")
+    __slots__ = ("first", "steps", "val_means")
 
     def __init__(self) -> None:
         self.first: float | None = None
         self.steps = 0
+        self.val_means: list[float] = []
 
     def tick(self) -> None:
         if self.first is None:
@@ -93,6 +99,8 @@ def run_hand(workload: Workload, root: str) -> RunResult:
     data = workload.make_data()
     loss_fn = workload.loss
 
+    val = workload.make_val_data() if workload.make_val_data is not None else None
+
     def body(clock: _StepClock) -> nn.Module:
         opt = workload.make_optimizer(net.parameters())
         net.train()
@@ -103,6 +111,15 @@ def run_hand(workload: Workload, root: str) -> RunResult:
                 loss = loss_fn(net(x), y)
                 loss.backward()
                 opt.step()
+            if val is not None:
+                net.eval()
+                total, n = torch.zeros(()), 0
+                with torch.no_grad():
+                    for x, y in val:
+                        total += loss_fn(net(x), y)  # the epoch mean a logger reports, read once per epoch
+                        n += 1
+                clock.val_means.append((total / n).item())
+                net.train()
         return net
 
     return _timed(body, workload.steps)
@@ -146,7 +163,16 @@ def _module_class(framework: str) -> type:
         def configure_optimizers(self) -> Any:
             return self._workload.make_optimizer(self.parameters())
 
+    class BenchModuleWithVal(BenchModule):
+        def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            loss = self._workload.loss(self.net(x), y)
+            if self._log_loss:
+                self.log("val_loss", loss)
+            return loss
+
     _CLASSES[framework] = BenchModule
+    _CLASSES[framework + "+val"] = BenchModuleWithVal
     return BenchModule
 
 
@@ -159,9 +185,11 @@ def _trainer_kwargs(workload: Workload, root: str, minimal: bool) -> dict[str, A
 
 def _framework_runner(framework: str, minimal: bool) -> Callable[[Workload, str], RunResult]:
     def run(workload: Workload, root: str) -> RunResult:
-        cls = _module_class(framework)
+        _module_class(framework)
+        cls = _CLASSES[framework + ("+val" if workload.make_val_data is not None else "")]
         net = workload.make_net()
         data = workload.make_data()
+        val = workload.make_val_data() if workload.make_val_data is not None else None
         if framework == "fulmen":
             import fulmen as L
 
@@ -181,7 +209,7 @@ def _framework_runner(framework: str, minimal: bool) -> Callable[[Workload, str]
                 kwargs["logger"] = CSVLogger(root)
             trainer = trainer_cls(**kwargs)
             module = cls(net, workload, not minimal, clock)
-            trainer.fit(module, data)
+            trainer.fit(module, data, val)
             return net
 
         return _timed(body, workload.steps)

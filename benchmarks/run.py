@@ -45,6 +45,8 @@ LOOP_GOALS = {
     ("fulmen_def", "tiny"): 1.3,
     ("fulmen_min", "digits"): 1.02,
     ("fulmen_def", "digits"): 1.1,
+    ("fulmen_min", "tinyval"): 1.05,
+    ("fulmen_def", "tinyval"): 1.3,
 }
 IMPORT_GOAL_S, IMPORT_GOAL_MB, PEAK_GOAL_MB = 0.15, 20.0, 20.0
 SAVE_GOAL, ASYNC_GOAL, DDP_GOAL = 1.1, 0.10, 1.05
@@ -94,7 +96,7 @@ def bench_loops(args: argparse.Namespace, log: Any) -> tuple[list[str], list[tup
 
     lines: list[str] = []
     goals: list[tuple[str, float, float]] = []
-    default_rounds = {"tiny": 15, "digits": 11, "heavy": 7}
+    default_rounds = {"tiny": 15, "digits": 11, "heavy": 7, "tinyval": 7}
     for key in args.workloads.split(","):
         workload = WORKLOADS[key](args.quick)
         torch.set_num_threads(workload.threads)
@@ -337,7 +339,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short run (fewer steps, rounds and repetitions)")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"sections to run, from {','.join(SECTIONS)}")
-    parser.add_argument("--workloads", default="tiny,digits,heavy", help="loop workloads: tiny,digits,heavy")
+    parser.add_argument("--workloads", default="tiny,digits,heavy", help="loop workloads: tiny,digits,heavy,tinyval")
     parser.add_argument("--rounds", type=int, default=None, help="measured rounds per loop workload")
     parser.add_argument("--no-lightning", action="store_true", help="leave Lightning out even if installed")
     parser.add_argument("--out", default=None,

@@ -43,6 +43,9 @@ class Workload:
     steps: int  # optimizer steps per run (all epochs)
     lr: float = 1e-3
     threads: int = 1
+    # validation after every epoch: a fresh iterable of (x, y) batches (None: no validation)
+    make_val_data: Callable[[], Any] | None = None
+    val_batches: int = 0  # validation batches per epoch
 
     def make_optimizer(self, params: Any) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=self.lr)
@@ -134,4 +137,62 @@ def wide_mlp(quick: bool) -> Workload:
     )
 
 
-WORKLOADS: dict[str, Callable[[bool], Workload]] = {"tiny": tiny_mlp, "digits": digits_cnn, "heavy": wide_mlp}
+class BatchFetchDataset:
+    """A map-style dataset over tensors that fetches a whole batch at once (``__getitems__``, which
+    ``DataLoader`` calls with the batch's indices instead of one ``__getitem__`` per sample)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[index], self.y[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.tensor(indices)
+        return self.x[idx], self.y[idx]
+
+
+def _whole_batch(batch: Any) -> Any:
+    """collate_fn for :class:`BatchFetchDataset`: ``__getitems__`` already returns the batch."""
+    return batch
+
+
+def tiny_mlp_val(quick: bool) -> Workload:
+    """The shape of an independent measurement (issue 12): tiny MLP, batch 32, 10 epochs x 200 batches, 20
+    validation batches after each epoch, plain DataLoaders (the training one shuffled by its own seeded
+    generator) over a dataset that implements ``__getitems__``."""
+    from torch.utils.data import DataLoader
+
+    epochs, per_epoch, val_batches, batch = (3 if quick else 10), 200, 20, 32
+    gen = torch.Generator().manual_seed(1234)
+    train = BatchFetchDataset(torch.randn(per_epoch * batch, 32, generator=gen),
+                              torch.randint(0, 10, (per_epoch * batch,), generator=gen))
+    val = BatchFetchDataset(torch.randn(val_batches * batch, 32, generator=gen),
+                            torch.randint(0, 10, (val_batches * batch,), generator=gen))
+
+    def data() -> DataLoader:
+        return DataLoader(train, batch_size=batch, shuffle=True, collate_fn=_whole_batch,
+                          generator=torch.Generator().manual_seed(0))
+
+    def val_data() -> DataLoader:
+        return DataLoader(val, batch_size=batch, collate_fn=_whole_batch)
+
+    return Workload(
+        key="tinyval",
+        title=f"Tiny MLP 32->64->10 with validation, batch {batch}, {epochs} epochs x {per_epoch} batches "
+        f"+ {val_batches} validation batches per epoch",
+        make_net=_seeded(lambda: nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10))),
+        make_data=data,
+        epochs=epochs,
+        steps=epochs * per_epoch,
+        make_val_data=val_data,
+        val_batches=val_batches,
+    )
+
+
+WORKLOADS: dict[str, Callable[[bool], Workload]] = {
+    "tiny": tiny_mlp, "digits": digits_cnn, "heavy": wide_mlp, "tinyval": tiny_mlp_val,
+}

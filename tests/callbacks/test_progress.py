@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import pickle
+import re
 from types import SimpleNamespace
 from typing import Any
 
@@ -617,3 +618,40 @@ def test_e2e_unknown_length_and_disabled(tmp_path: Any, capsys: pytest.CaptureFi
     )
     trainer.fit(model, train, val)
     assert "Epoch" not in capsys.readouterr().out
+
+
+class _AlwaysRedraw(RichProgressBar):
+    """A rich bar that renders at every refresh, as rich does on a terminal."""
+
+    def _start(self, trainer: Any) -> Any:
+        progress = super()._start(trainer)
+        self._live_redraws = True
+        return progress
+
+
+def test_rich_not_a_terminal_renders_only_what_it_prints(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.progress import Progress
+
+    renders: list[int] = []
+    real = Progress.make_tasks_table
+    monkeypatch.setattr(Progress, "make_tasks_table", lambda self, tasks: renders.append(1) or real(self, tasks))
+    outputs, counts = [], []
+    for cls in (RichProgressBar, _AlwaysRedraw):
+        renders.clear()
+        buffer = io.StringIO()
+        bar = cls(console_kwargs={"file": buffer, "width": 140, "force_terminal": False, "color_system": None})
+        run_fit(bar, FakeTrainer(), epochs=2)
+        outputs.append(re.sub(r"[0-9.]+it/s", "<speed>", buffer.getvalue()))  # the speed depends on the clock
+        counts.append(len(renders))
+    # a file shows only the finished lines and the final render: building every per-batch one changes nothing
+    assert outputs[0] == outputs[1]
+    assert "Epoch 1/1" in outputs[0]
+    assert counts[1] > 30  # one render per refresh (2 epochs x 14 batches + validation)
+    # not a terminal: renders per stage (the bars' openings, finished lines, the stop), none per batch
+    per_length = []
+    for batches in (7, 28):
+        renders.clear()
+        bar = RichProgressBar(console_kwargs={"file": io.StringIO(), "force_terminal": False})
+        run_fit(bar, FakeTrainer(num_training_batches=batches), epochs=2, train_batches=batches)
+        per_length.append(len(renders))
+    assert per_length[0] == per_length[1] == counts[0] < counts[1] / 2

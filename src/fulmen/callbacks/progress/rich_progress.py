@@ -154,6 +154,9 @@ class RichProgressBar(_StageProgressBar):
         self.theme = theme if theme is not None else RichProgressBarTheme()
         self._console_kwargs = dict(console_kwargs or {})
         self._console: Console | None = None
+        # whether a refresh shows anything while the display runs (see _start); a file or CI log shows only
+        # the final render, so building every intermediate one is skipped there
+        self._live_redraws = True
         self.progress: Progress | None = None
         self._train_progress_bar: TaskID | None = None  # the main bar's task (`train_progress_bar_id`)
         self.val_sanity_progress_bar_id: TaskID | None = None
@@ -206,6 +209,11 @@ class RichProgressBar(_StageProgressBar):
             self.progress = Progress(
                 *self.configure_columns(trainer), console=self._console, auto_refresh=False
             )
+            console = self._console
+            # rich's Live draws while started only on Jupyter and on a (non-dumb) terminal; elsewhere a refresh
+            # renders the whole table and discards it. The final render (at stop) and the finished-task lines
+            # are drawn from the tasks' state either way, so the output is the same.
+            self._live_redraws = console.is_jupyter or (console.is_terminal and not console.is_dumb_terminal)
             self.progress.start()
         return self.progress
 
@@ -275,11 +283,17 @@ class RichProgressBar(_StageProgressBar):
         grown = found is not None and found.total is not None and n > found.total
         # `total=None` leaves the total alone; grow it when validation ran more often than scheduled
         progress.update(bar, completed=n, total=n if grown else None, **fields)
-        progress.refresh()
+        if self._live_redraws:
+            progress.refresh()
 
     def _task(self, task_id: TaskID | None) -> Task | None:
-        if self.progress is None:
+        if self.progress is None or task_id is None:
             return None
+        # rich keeps its tasks in a dict by id; its public ``tasks`` copies them into a list under a lock, which
+        # the per-batch redraw does not need (the scan is the fallback should rich ever drop the dict)
+        by_id = getattr(self.progress, "_tasks", None)
+        if isinstance(by_id, dict):
+            return by_id.get(task_id)
         return next((task for task in self.progress.tasks if task.id == task_id), None)
 
     def _metrics_text(self, trainer: Trainer, pl_module: LightningModule) -> str:
