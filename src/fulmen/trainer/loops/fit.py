@@ -191,7 +191,8 @@ class FitLoop(FitLoopViews):  # FitLoopViews: Lightning's fit_loop internals pub
             # the checkpoint was written inside on_train_epoch_end: only the work after it remains
             self._finish_epoch(results, completed=True)
             return
-        rs.epoch_progress.start()
+        if rs.batch_in_epoch == 0:  # a run resumed mid-epoch counted this epoch's start before the checkpoint
+            rs.epoch_progress.start()
         d.both("on_train_epoch_start")
 
         n_batches = t._data.num_training_batches

@@ -202,13 +202,20 @@ class EpochLoopView(_Unsupported):
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "_batches_that_stepped":
-            self._trainer.run_state.batches_that_stepped = int(value)
+            self._trainer.run_state.batches_that_stepped = int(value) + self._stepped_shift()
             return
         raise UnsupportedLoopAttributeError(self._owner, name)
 
+    def _stepped_shift(self) -> int:
+        """fulmen counts a batch that stepped before its in-epoch validation; Lightning after it."""
+        t = self._trainer
+        rs = t.run_state
+        in_val = t.state.stage == "validate" and rs.resume_point in ("val", "after_val")
+        return 1 if in_val and rs.last_batch_stepped else 0
+
     @property
     def _batches_that_stepped(self) -> int:
-        return self._trainer.run_state.batches_that_stepped
+        return self._trainer.run_state.batches_that_stepped - self._stepped_shift()
 
     @property
     def batch_progress(self) -> ProgressView:
