@@ -239,3 +239,22 @@ def test_callbacks_and_logger_from_the_command_line(tmp_path: Path) -> None:
     assert next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "TagCallback").tag == "y"
     assert type(cli.trainer.logger).__name__ == "CSVLogger" and cli.trainer.logger.save_dir == str(tmp_path)
     assert type(cli.trainer.profiler).__name__ == "SimpleProfiler"
+
+
+def test_config_yaml_keeps_the_trainer_signature_order() -> None:
+    """config.yaml lists the Trainer's arguments in its signature's order, as Lightning's does (users diff them);
+    callbacks/logger/profiler, which fulmen retypes for class specs, keep their places."""
+    import inspect
+
+    import yaml
+
+    cli = LightningCLI(Model, Data, run=False, args=[])
+    dumped = yaml.safe_load(cli.parser.dump(cli.config, skip_none=False))
+    assert list(dumped)[:2] == ["seed_everything", "trainer"]
+    from fulmen import Trainer
+
+    keys = list(dumped["trainer"])
+    assert {"callbacks", "logger", "profiler", "max_epochs"} <= set(keys)
+    assert keys == [k for k in inspect.signature(Trainer).parameters if k in keys]
+    header = cli.parser.dump(cli.config).splitlines()[0]
+    assert header.startswith("# fulmen==")
