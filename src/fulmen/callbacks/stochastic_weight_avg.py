@@ -29,6 +29,7 @@ from typing_extensions import override
 from fulmen.callbacks.callback import Callback
 from fulmen.callbacks.weight_averaging import copy_weights, make_averaged_model
 from fulmen.utilities.apply_func import move_data_to_device
+from fulmen.utilities.combined_loader import CombinedLoader
 from fulmen.utilities.exceptions import MisconfigurationException, misconfig
 from fulmen.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
@@ -316,6 +317,8 @@ class StochasticWeightAveraging(Callback):
             m.momentum = None  # cumulative average over the pass
         pl_module.train()
         limit = trainer.num_training_batches
+        if isinstance(loader, CombinedLoader):  # its iteration yields (batch, batch_idx, dataloader_idx)
+            loader = loader._iter_batches()
         try:
             for i, batch in enumerate(loader):
                 if limit != math.inf and i >= limit:

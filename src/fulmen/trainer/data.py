@@ -7,9 +7,10 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from torch.utils._pytree import tree_unflatten
 from torch.utils.data import DataLoader, SequentialSampler
 
-from fulmen.utilities.combined_loader import CombinedLoader
+from fulmen.utilities.combined_loader import CombinedLoader, flatten_iterables
 from fulmen.utilities.data import has_len
 from fulmen.utilities.exceptions import MisconfigurationException, NotSupportedYetError
 
@@ -45,11 +46,8 @@ def as_eval_list(loaders: Any) -> list[Any]:
         return []
     if isinstance(loaders, CombinedLoader):
         return list(loaders.flattened)
-    if isinstance(loaders, Mapping):
-        return list(loaders.values())
-    if isinstance(loaders, (list, tuple)):
-        return list(loaders)
-    return [loaders]
+    # nested dicts/lists/tuples: flattened in order, as Lightning's CombinedLoader(mode="sequential") does
+    return list(flatten_iterables(loaders)[0])
 
 
 def check_iterable(loader: Any, stage: str) -> None:
@@ -148,11 +146,13 @@ class DataManager:
                 "No training data: pass train_dataloaders to trainer.fit, give the module or datamodule a "
                 "train_dataloader() method, or pass a datamodule."
             )
-        if isinstance(loaders, (list, tuple, Mapping)):
-            for ld in (loaders.values() if isinstance(loaders, Mapping) else loaders):
-                check_iterable(ld, "train")
-        else:
-            check_iterable(loaders, "train")
+        if isinstance(loaders, CombinedLoader) and loaders.mode == "sequential":
+            raise ValueError(
+                '`_FitLoop` does not support the `CombinedLoader(mode="sequential")` mode. The available modes are: '
+                "['min_size', 'max_size_cycle', 'max_size']"
+            )
+        for ld in loaders.flattened if isinstance(loaders, CombinedLoader) else flatten_iterables(loaders)[0]:
+            check_iterable(ld, "train")
         loader = as_train_loader(self._distribute(loaders, "train"))
         if cfg.overfit_batches:
             loader = overfit_loader(loader)
@@ -264,7 +264,7 @@ class DataManager:
             iterator = _skip(loader, start)
             torch.set_rng_state(resume_state)
         else:
-            iterator = iter(loader)
+            iterator = _iter_batches(loader)
         if n != math.inf:
             # A loader used in full is run to its end, as `for batch in loader` does: samplers draw from their
             # generator at exhaustion too (RandomSampler's remainder permutation), so stopping one batch short
@@ -303,11 +303,8 @@ class DataManager:
 
         if isinstance(loaders, CombinedLoader):
             return CombinedLoader(self._distribute(loaders.iterables, mode), mode=loaders.mode)
-        if isinstance(loaders, Mapping):
-            return {k: one(v) for k, v in loaders.items()}
-        if isinstance(loaders, (list, tuple)):
-            return type(loaders)(one(v) for v in loaders)
-        return one(loaders)
+        leaves, spec = flatten_iterables(loaders)  # nested dicts/lists/tuples of loaders keep their structure
+        return tree_unflatten([one(v) for v in leaves], spec)
 
     def _eval(self, stage: str, limit: int | float, arg: str) -> tuple[list[Any], list[int | float]]:
         loaders = as_eval_list(self._source(stage))
@@ -365,6 +362,12 @@ class DataManager:
         return loaders, counts
 
 
+def _iter_batches(loader: Any) -> Any:
+    """An iterator over the train batches: a CombinedLoader's combined batches alone (iterating it yields
+    Lightning's ``(batch, batch_idx, dataloader_idx)``)."""
+    return loader._iter_batches() if isinstance(loader, CombinedLoader) else iter(loader)
+
+
 def _loader_generators(loader: Any) -> list[Any]:
     """The distinct ``torch.Generator`` objects that decide a loader's order and worker seeds: the loader's own
     (``DataLoader(generator=...)``, which also shuffles when the loader built its RandomSampler), the sampler's and
@@ -415,7 +418,7 @@ def _skip(loader: Any, n: int) -> Any:
     loaded. With worker processes the indices are already dispatched, so skipped batches are loaded and
     dropped (still never run through the model).
     """
-    it = iter(loader)
+    it = _iter_batches(loader)
     sampler_iter = getattr(it, "_sampler_iter", None)
     if isinstance(loader, DataLoader) and loader.num_workers == 0 and sampler_iter is not None:
         for _ in range(n):
