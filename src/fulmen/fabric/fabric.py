@@ -506,7 +506,8 @@ class Fabric:
 
     @contextmanager
     def init_tensor(self) -> Generator[None, None, None]:
-        with self._strategy.module_init_context():
+        """Tensors created inside are on the device, in the precision's dtype."""
+        with self._strategy.tensor_init_context():
             yield
 
     def sharded_model(self) -> Any:
