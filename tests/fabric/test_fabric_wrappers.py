@@ -205,9 +205,9 @@ def test_setup_refusals_read_like_lightning() -> None:
         model = _model()
         fmodel, fopt = fab.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
         got = []
-        for call in (lambda: fab.setup(fmodel), lambda: fab.setup_module(fmodel), lambda: fab.setup_optimizers(fopt)):
+        for method, arg in (("setup", fmodel), ("setup_module", fmodel), ("setup_optimizers", fopt)):
             with pytest.raises(ValueError) as info:
-                call()
+                getattr(fab, method)(arg)
             got.append(str(info.value).split(":")[0].rstrip("."))
         messages.append(got)
     assert messages[0] == messages[1]

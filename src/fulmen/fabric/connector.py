@@ -16,9 +16,8 @@ from fulmen.accelerators import Accelerator, select_accelerator
 from fulmen.plugins.environments import ClusterEnvironment, LightningEnvironment, detect_cluster_environment
 from fulmen.plugins.precision import DeepSpeedPrecision, Precision, normalize_precision, select_precision
 from fulmen.strategies import STRATEGY_REGISTRY, SingleDeviceStrategy, Strategy
-from fulmen.utilities.exceptions import MisconfigurationException
-from fulmen.utilities.rank_zero import rank_zero_warn
-from fulmen.utilities.rank_zero import sync_lightning_utilities
+from fulmen.utilities.exceptions import MisconfigurationException, MisconfigurationValueError
+from fulmen.utilities.rank_zero import rank_zero_warn, sync_lightning_utilities
 
 
 def _is_interactive() -> bool:
@@ -42,7 +41,7 @@ def build_strategy(
             cluster environment or each other.
     """
     if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
-        raise MisconfigurationException(
+        raise MisconfigurationValueError(
             f"num_nodes={num_nodes!r}; expected a positive int. Fix: num_nodes=1."
         )
     sync_lightning_utilities()  # libraries using lightning_utilities' rank_zero_only need its rank set

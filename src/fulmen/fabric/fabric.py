@@ -50,10 +50,10 @@ class _FabricModule(nn.Module):
     def device(self) -> torch.device:
         """Where the module's parameters are (its first parameter's, else first buffer's, device); the Fabric's
         device for a module with neither."""
-        for tensor in self._original_module.parameters():
-            return tensor.device
-        for tensor in self._original_module.buffers():
-            return tensor.device
+        for param in self._original_module.parameters():
+            return param.device
+        for buffer in self._original_module.buffers():
+            return buffer.device
         return self._fabric.device  # type: ignore[no-any-return]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -79,7 +79,7 @@ class _FabricModule(nn.Module):
                         f"model.{name}(...) under strategy='dp': torch.nn.DataParallel splits only forward over "
                         f"the GPUs, and {name} would run on one of them with the whole batch. Fix: call the model "
                         "itself (its forward) in the loop, or use strategy='ddp'."
-                    )
+                    ) from None
                 if wrapper is not original:
                     from fulmen.strategies.parallel import forward_redirection
 

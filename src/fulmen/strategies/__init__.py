@@ -348,7 +348,6 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "STRATEGY_REGISTRY",
-    "StrategyRegistry",
     "DDPStrategy",
     "DataParallelStrategy",
     "DeepSpeedStrategy",
@@ -357,4 +356,5 @@ __all__ = [
     "ParallelStrategy",
     "SingleDeviceStrategy",
     "Strategy",
+    "StrategyRegistry",
 ]
