@@ -7,7 +7,6 @@ import json
 import os
 
 import pytest
-
 from tests.sweep.conftest import ARGPARSE, LIGHTNING_CLI, sweep
 
 
@@ -15,9 +14,17 @@ def status(folder) -> list[dict]:
     return json.loads(sweep("status", str(folder), "--format", "json").stdout)
 
 
-def test_argparse_script_grid_sweep_trial_folders_and_status(tmp_path):
-    d = tmp_path / "s"
-    out = sweep("--dir", str(d), "--seed", "3", ARGPARSE, "--hidden", "[2, 3]", "--lr", "0.05", "--epochs", "2").stdout
+def test_argparse_script_grid_sweep_on_disjoint_cores_trial_folders_and_status(tmp_path):
+    d, rec = tmp_path / "s", tmp_path / "rec"
+    rec.mkdir()
+    parallel = "2" if len(os.sched_getaffinity(0)) >= 2 else "1"
+    out = sweep("--dir", str(d), "--seed", "3", "--parallel", parallel, ARGPARSE, "--hidden", "[2, 3]", "--lr", "0.05",
+                "--epochs", "2", "--record", str(rec)).stdout
+    seen = [json.loads(p.read_text()) for p in rec.iterdir()]
+    assert len(seen) == 2
+    if parallel == "2":  # the two trials ran at once, each pinned to its own cores with that many torch threads
+        assert not set(seen[0]["cores"]) & set(seen[1]["cores"])
+        assert [s["threads"] for s in seen] == [len(os.sched_getaffinity(0)) // 2] * 2
     assert "sweep finished. best: trial" in out and "epoch 1 val_loss=" in out  # live lines
     rows = status(d)
     assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE"]  # auto sampler: a grid of the list
@@ -37,6 +44,10 @@ def test_argparse_script_grid_sweep_trial_folders_and_status(tmp_path):
     assert csv_text.splitlines()[0] == "trial,state,hidden,value,epochs,duration,checkpoint"
     table = sweep("status", str(d)).stdout
     assert "COMPLETE" in table and "hidden=2" in table
+    out = tmp_path / "plots"
+    written = sweep("plot", str(d), "--output-dir", str(out)).stdout
+    assert (out / "history.html").is_file() and (out / "parallel_coordinate.html").is_file(), written
+    assert "plotly" in (out / "history.html").read_text()[:5000].lower()
 
 
 def test_lightning_cli_script_with_lightning_imports(tmp_path):
@@ -67,19 +78,6 @@ def test_crash_saves_stderr_retries_and_the_sweep_goes_on(tmp_path):
     stderr = (d / f"trial_{rows[0.5]['trial']:03d}" / "stderr.log").read_text()
     assert stderr.count("crash requested: lr=0.5") == 2  # the run and its one retry
     assert "retry 1/1" in proc.stdout and "failed: crashed" in proc.stdout
-
-
-def test_parallel_trials_get_disjoint_cores(tmp_path):
-    if len(os.sched_getaffinity(0)) < 2:
-        pytest.skip("needs 2 cores")
-    rec = tmp_path / "rec"
-    rec.mkdir()
-    sweep("--dir", str(tmp_path / "p"), "--parallel", "2", ARGPARSE, "--lr", "[0.01, 0.02]", "--epochs", "1",
-          "--record", str(rec))
-    seen = [json.loads(p.read_text()) for p in rec.iterdir()]
-    assert len(seen) == 2 and not set(seen[0]["cores"]) & set(seen[1]["cores"])
-    per = len(os.sched_getaffinity(0)) // 2
-    assert [s["threads"] for s in seen] == [per, per]
 
 
 @pytest.mark.parametrize(

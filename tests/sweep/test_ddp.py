@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import optuna
-
 from tests.sweep.conftest import SCRIPTS, sweep
 
 DDP = str(SCRIPTS / "tiny_ddp.py")

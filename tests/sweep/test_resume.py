@@ -32,7 +32,8 @@ def _running_trial_pid(folder):
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         info = os.path.join(folder, name, "process.json")
         if name.startswith("trial_") and os.path.exists(info):
-            pid = json.load(open(info))["pid"]
+            with open(info) as f:
+                pid = json.load(f)["pid"]
             try:
                 os.kill(pid, 0)
                 return pid

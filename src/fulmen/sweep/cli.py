@@ -18,9 +18,9 @@ import os
 import sys
 from typing import Any
 
+from fulmen.sweep.context import RESULT_FILE, read_json
 from fulmen.sweep.driver import META_FILE, SPEC_ATTR, Options, Sweep, SweepError, trial_folder
 from fulmen.sweep.engine import PRUNERS, SAMPLERS, make_storage, optuna, redact
-from fulmen.sweep.context import RESULT_FILE, read_json
 from fulmen.sweep.space import SearchExpressionError
 
 _SUB = ("status", "best", "plot", "resume", "worker")
@@ -53,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     a("--retries", type=int, default=0, help="reruns of a crashed trial before it counts as failed (default 0)")
     a("--timeout", type=float, help="start no new trial after this many seconds")
     a("--seed", type=int, help="the sampler's seed: the same seed gives the same trials")
+    a("--heartbeat", type=int, help="seconds between a shared storage's heartbeats (default 10); a trial silent "
+      "for 3 beats is stale: failed and retried by another worker")
     a("--config", help="a YAML file with a 'parameters:' mapping of argument -> expression")
     a("--quiet", action="store_true", help="no live lines")
     a("script", help="the script to run (SCRIPT.py)")
@@ -67,7 +69,7 @@ def options_from_argv(argv: list[str]) -> Options:
         devices_per_trial=ns.devices_per_trial, trials_per_device=ns.trials_per_device, accelerator=ns.accelerator,
         metric=ns.metric, mode=ns.mode, objective=ns.objective, sampler=ns.sampler, pruner=ns.pruner, name=ns.name,
         dir=ns.dir, storage=ns.storage, retries=ns.retries, timeout=ns.timeout, seed=ns.seed, config=ns.config,
-        quiet=ns.quiet,
+        quiet=ns.quiet, heartbeat=ns.heartbeat,
     )
 
 
@@ -118,13 +120,12 @@ def _meta(folder: str) -> dict[str, Any]:
     return meta
 
 
-def _load(folder: str, storage: str | None) -> tuple[Any, dict[str, Any]]:
+def _load(folder: str, storage: str | None) -> Any:
     meta = _meta(folder)
     url = storage or meta["storage"]
     if "***" in url:
         raise SweepError(f"the sweep's storage {url} needs its password. Fix: pass --storage URL.")
-    study = optuna().load_study(study_name=meta["name"], storage=make_storage(url))
-    return study, meta
+    return optuna().load_study(study_name=meta["name"], storage=make_storage(url))
 
 
 def _folder_args(argv: list[str], extra: dict[str, dict[str, Any]] | None = None) -> argparse.Namespace:
@@ -140,7 +141,7 @@ def rows(study: Any, folder: str) -> list[dict[str, Any]]:
     """One row per trial: trial, state, params, value, epochs, duration (s), checkpoint."""
     out = []
     for t in study.get_trials(deepcopy=False):
-        result = read_json(os.path.join(trial_folder(folder, t.number), RESULT_FILE)) or {}
+        result = read_json(os.path.join(trial_folder(folder, t.number, t.user_attrs), RESULT_FILE)) or {}
         duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
         out.append({
             "trial": t.number, "state": t.state.name, "params": dict(t.params), "value": t.value,
@@ -153,7 +154,7 @@ def rows(study: Any, folder: str) -> list[dict[str, Any]]:
 def _cmd_status(argv: list[str]) -> int:
     ns = _folder_args(argv, {"--format": {"default": "table", "choices": ("table", "csv", "json")},
                              "--output": {"help": "write to this file instead of the terminal"}})
-    study, meta = _load(ns.dir, ns.storage)
+    study = _load(ns.dir, ns.storage)
     table = rows(study, os.path.abspath(ns.dir))
     if ns.format == "json":
         text = json.dumps(table, indent=2, default=str)
@@ -196,13 +197,13 @@ def _table(table: list[dict[str, Any]]) -> str:
 
 def _cmd_best(argv: list[str]) -> int:
     ns = _folder_args(argv)
-    study, meta = _load(ns.dir, ns.storage)
+    study = _load(ns.dir, ns.storage)
     try:
         t = study.best_trial
     except ValueError:
         print("no trial has completed yet")
         return 1
-    result = read_json(os.path.join(trial_folder(os.path.abspath(ns.dir), t.number), RESULT_FILE)) or {}
+    result = read_json(os.path.join(trial_folder(os.path.abspath(ns.dir), t.number, t.user_attrs), RESULT_FILE)) or {}
     print(json.dumps({"trial": t.number, "value": t.value, "params": t.params,
                       "checkpoint": result.get("best_checkpoint") or ""}, indent=2, default=str))
     return 0
@@ -210,7 +211,7 @@ def _cmd_best(argv: list[str]) -> int:
 
 def _cmd_plot(argv: list[str]) -> int:
     ns = _folder_args(argv, {"--output-dir": {"help": "where the HTML files go (default: the sweep folder)"}})
-    study, meta = _load(ns.dir, ns.storage)
+    study = _load(ns.dir, ns.storage)
     out = ns.output_dir or ns.dir
     os.makedirs(out, exist_ok=True)
     vis = optuna().visualization

@@ -106,8 +106,10 @@ def fill(template: list[str], holes: list[tuple[int, str, str]], params: dict[st
     return args
 
 
-def trial_folder(root: str, number: int) -> str:
-    return os.path.join(root, f"trial_{number:03d}")
+def trial_folder(root: str, number: int, user_attrs: dict[str, Any] | None = None) -> str:
+    """``root/trial_NNN``; a retried trial (a stale one of a dead worker) keeps the folder of the one it retries."""
+    name = (user_attrs or {}).get("folder") or f"trial_{number:03d}"
+    return os.path.join(root, name)
 
 
 @dataclass
@@ -170,6 +172,11 @@ class Sweep:
         self.name = opts.name or os.path.splitext(os.path.basename(script))[0]
         self.dir = os.path.abspath(opts.dir or os.path.join("sweeps", self.name))
         self.storage_url = opts.storage or f"sqlite:///{os.path.join(self.dir, 'study.db')}"
+        # a shared storage (PostgreSQL, or any worker): trials of other workers are theirs; a dead worker's are
+        # found by their stopped heartbeats, failed as stale and retried (Optuna's RetryFailedTrialCallback)
+        self.shared = opts.worker is not None or not self.storage_url.startswith("sqlite")
+        if self.shared and opts.heartbeat is None:
+            opts.heartbeat = 10
         self.slots = plan(opts.parallel, opts.devices_per_trial, opts.trials_per_device, opts.accelerator)
         self.argv: list[str] | None = None  # the command (without --storage): what resume and workers rerun
         self.running: dict[int, _Running] = {}
@@ -231,7 +238,7 @@ class Sweep:
         """
         os.makedirs(self.dir, exist_ok=True)
         lock = open(os.path.join(self.dir, ".driver.lock"), "w")  # noqa: SIM115 - held for the whole run
-        if self.opts.worker is None:
+        if not self.shared:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -279,37 +286,45 @@ class Sweep:
     def _loop(self, study: Any, total: int, deadline: float | None) -> None:
         op = optuna()
         TrialState = op.trial.TrialState
-        if self.opts.worker is not None:
+        if self.shared:
             op.storages.fail_stale_trials(study)
         # trials a previous driver left running: started again with their parameters (they resume)
-        left = [] if self.opts.worker is not None else study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        resumable = []
+        left = [] if self.shared else study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        resumable, folder_of = [], {}
         for t in left:
             if set(t.params) != set(self.space.names):  # killed inside ask: its parameters are drawn now
                 t = self._complete_params(study, t)
-            folder = trial_folder(self.dir, t.number)
+            folder = trial_folder(self.dir, t.number, t.user_attrs)
             self._wait_for_old_process(folder)
             result = read_json(os.path.join(folder, RESULT_FILE))
             if result is not None and result.get("state") in ("complete", "pruned"):  # done, not yet told
                 self._record(study, t.number, result, 0.0)
             else:
                 resumable.append(t)
+                folder_of[t.number] = folder
         free = list(self.slots)
+        last_stale_check = time.time()
         while True:
             while free and not self.stopping:
                 if resumable:
                     t = resumable.pop(0)
-                    self._launch(study, t.number, t._trial_id, dict(t.params), free.pop(0), resumed=True)
+                    self._launch(t.number, t._trial_id, dict(t.params), folder_of[t.number], free.pop(0), resumed=True)
                     continue
                 if deadline is not None and time.time() > deadline:
                     break
-                trial = self._ask(study, total)
-                if trial is None:
+                asked = self._ask(study, total)
+                if asked is None:
                     break
-                self._launch(study, trial[0], trial[1], trial[2], free.pop(0), resumed=False)
+                number, trial_id, params, folder, retry = asked
+                self._launch(number, trial_id, params, folder, free.pop(0), resumed=retry)
             if not self.running:
-                return
+                if self.stopping or not self._more(study, total, deadline):
+                    return
+                time.sleep(1.0)  # other workers' trials still run: one may die and come back here as a retry
             time.sleep(0.1)
+            if self.shared and time.time() - last_stale_check > (self.opts.heartbeat or 10):
+                last_stale_check = time.time()
+                op.storages.fail_stale_trials(study)  # a dead worker's trial: failed, and its retry enqueued
             for number, r in list(self.running.items()):
                 self._show_progress(r)
                 rc = r.proc.poll()
@@ -318,16 +333,26 @@ class Sweep:
                 del self.running[number]
                 again = self._finish(study, r, rc)
                 if again and not self.stopping:
-                    self._launch(study, r.number, r.trial_id, r.params, r.slot, resumed=True)
+                    self._launch(r.number, r.trial_id, r.params, r.folder, r.slot, resumed=True)
                 else:
                     free.append(r.slot)
                     free.sort(key=lambda s: s.index)
 
-    def _ask(self, study: Any, total: int) -> tuple[int, int, dict[str, Any]] | None:
+    def _more(self, study: Any, total: int, deadline: float | None) -> bool:
+        """Whether trials may still come: a shared study's running trials can fail as stale and be retried."""
+        if not self.shared or (deadline is not None and time.time() > deadline):
+            return False
+        op = optuna()
+        states = {t.state for t in study.get_trials(deepcopy=False)}
+        return op.trial.TrialState.RUNNING in states or op.trial.TrialState.WAITING in states
+
+    def _ask(self, study: Any, total: int) -> tuple[int, int, dict[str, Any], str, bool] | None:
         op = optuna()
         trials = study.get_trials(deepcopy=False)
         waiting = [t for t in trials if t.state == op.trial.TrialState.WAITING]
-        if len([t for t in trials if t.state != op.trial.TrialState.WAITING]) >= total and not waiting:
+        # a retry of a stale trial takes that trial's place: it does not count as one more
+        asked = [t for t in trials if t.state != op.trial.TrialState.WAITING and "failed_trial" not in t.system_attrs]
+        if len(asked) >= total and not waiting:
             return None
         if self.sampler == "grid" and not waiting:
             # the n-th point of the crossed grid (shuffled by the seed) is enqueued: a failed point is not
@@ -342,10 +367,16 @@ class Sweep:
         # the samplers are rebuilt for each ask; between asks a neutral one takes the tells (GridSampler's
         # after_trial calls study.stop(), which Optuna refuses outside study.optimize)
         study.sampler = optuna().samplers.RandomSampler(seed=self.seed)
-        trial.set_user_attr("folder", os.path.basename(trial_folder(self.dir, trial.number)))
+        retry = "folder" in trial.user_attrs  # a stale trial's retry: it continues in that trial's folder
+        folder = trial_folder(self.dir, trial.number, trial.user_attrs)
+        trial.set_user_attr("folder", os.path.basename(folder))
         if self.opts.worker:
             trial.set_user_attr("worker", self.opts.worker)
-        return trial.number, trial._trial_id, params
+        if retry:
+            self._wait_for_old_process(folder)
+        if self.opts.heartbeat:
+            self.storage.record_heartbeat(trial._trial_id)
+        return trial.number, trial._trial_id, params, folder, retry
 
     def _complete_params(self, study: Any, frozen: Any) -> Any:
         if self.sampler != "grid":
@@ -369,9 +400,8 @@ class Sweep:
         while pid and token and token in _environ(int(pid)) and time.time() < deadline:
             time.sleep(0.2)
 
-    def _launch(self, study: Any, number: int, trial_id: int, params: dict[str, Any], slot: Slot,
+    def _launch(self, number: int, trial_id: int, params: dict[str, Any], folder: str, slot: Slot,
                 resumed: bool) -> None:
-        folder = trial_folder(self.dir, number)
         os.makedirs(folder, exist_ok=True)
         ctx = TrialContext(
             storage=self.storage_url, study=self.name, trial_id=trial_id, number=number, metric=self.opts.metric,
@@ -390,7 +420,9 @@ class Sweep:
             proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                                     preexec_fn=slot.preexec(), start_new_session=True)
         write_json(os.path.join(folder, "process.json"), {"pid": proc.pid, "token": token})
-        self.running[number] = _Running(number, trial_id, params, slot, proc, folder, time.time())
+        # the progress a killed run left is not news: only reports of this run are shown
+        self.running[number] = _Running(number, trial_id, params, slot, proc, folder, time.time(),
+                                        read_json(os.path.join(folder, PROGRESS_FILE)))
         shown = " ".join(f"{k}={_short(v)}" for k, v in params.items())
         self._say(f"trial {number} {'resumed' if resumed else 'started'}: {shown} [{slot.describe()}]")
 

@@ -83,13 +83,20 @@ def make_storage(url: str, heartbeat: int | None = None) -> Any:
     if heartbeat:
         kwargs["heartbeat_interval"] = heartbeat
         kwargs["grace_period"] = heartbeat * 3
+        # a stale trial (its worker died) is failed and enqueued again with its parameters and folder
+        import inspect
+
+        key = "heartbeat_stale_trial_callback"  # Optuna 5's name; earlier ones call it failed_trial_callback
+        if key not in inspect.signature(op.storages.RDBStorage).parameters:
+            key = "failed_trial_callback"
+        kwargs[key] = op.storages.RetryFailedTrialCallback(max_retry=3)
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": 60}  # many processes share the file: wait for the lock
     elif url.startswith("postgresql"):
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
     try:
-        return op.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        return op.storages.RDBStorage(_with_driver(url), engine_kwargs=engine_kwargs, **kwargs)
     except Exception as exc:  # noqa: BLE001 - sqlalchemy/driver errors: shown without the password
         message = str(exc).replace(url, redact(url))
         raise ValueError(
@@ -97,3 +104,14 @@ def make_storage(url: str, heartbeat: int | None = None) -> Any:
             "Fix: check the URL, that the server is running and reachable, and that its driver is installed "
             "(psycopg2-binary for PostgreSQL)."
         ) from None
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` names no driver: SQLAlchemy 2.1 picks psycopg (3), 2.0 psycopg2. Use the one installed."""
+    if not url.startswith("postgresql://"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url

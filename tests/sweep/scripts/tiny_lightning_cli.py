@@ -1,9 +1,8 @@
 """An unmodified Lightning 2.x LightningCLI script (imports `lightning.pytorch`): `fulmen sweep` runs it as `fulmen run`."""
-import torch
-from torch.utils.data import DataLoader, TensorDataset
-
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.cli import LightningCLI
+from torch.utils.data import DataLoader, TensorDataset
 
 
 class Model(pl.LightningModule):
