@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from fulmen.utilities.exceptions import MisconfigurationException
+from fulmen.utilities.exceptions import MisconfigurationException, MisconfigurationTypeError
 from fulmen.utilities.registry import Registry
 
 
@@ -117,7 +117,7 @@ def _parse_count(devices: Any, name: str, available: int, allow_list: bool) -> i
             return len(devices)
         return len(devices)
     if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
-        raise MisconfigurationException(
+        raise MisconfigurationTypeError(
             f"devices={devices!r} is not valid; expected a positive int, a list of indices, a comma-separated "
             "string, 'auto' or -1. Fix: e.g. devices=1."
         )
@@ -140,7 +140,7 @@ def _parse_gpu_ids(devices: Any, available: int, name: str) -> list[int]:
     elif isinstance(devices, int) and not isinstance(devices, bool) and devices > 0:
         ids = list(range(devices))
     else:
-        raise MisconfigurationException(
+        raise MisconfigurationTypeError(
             f"devices={devices!r} is not valid; expected a positive int, a list, a comma-separated string, 'auto' "
             "or -1. Fix: e.g. devices=1."
         )

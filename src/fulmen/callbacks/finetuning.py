@@ -19,7 +19,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from fulmen.callbacks.callback import Callback
-from fulmen.utilities.exceptions import MisconfigurationException, misconfig
+from fulmen.utilities.exceptions import MisconfigurationAttributeError, MisconfigurationException, misconfig
 from fulmen.utilities.rank_zero import rank_zero_warn
 
 if TYPE_CHECKING:
@@ -397,7 +397,7 @@ class BackboneFinetuning(BaseFinetuning):
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not isinstance(getattr(pl_module, "backbone", None), Module):
-            raise MisconfigurationException(
+            raise MisconfigurationAttributeError(
                 f"BackboneFinetuning: the LightningModule {type(pl_module).__name__} should have a "
                 "`backbone` "
                 "attribute that is an nn.Module. Fix: assign the feature extractor to `self.backbone`."
@@ -407,7 +407,7 @@ class BackboneFinetuning(BaseFinetuning):
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if not isinstance(getattr(pl_module, "backbone", None), Module):
-            raise MisconfigurationException(
+            raise MisconfigurationAttributeError(
                 f"BackboneFinetuning: the LightningModule {type(pl_module).__name__} should have a "
                 "`backbone` "
                 "attribute that is an nn.Module. Fix: assign the feature extractor to `self.backbone`."

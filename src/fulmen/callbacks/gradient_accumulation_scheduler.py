@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from typing_extensions import override
 
 from fulmen.callbacks.callback import Callback
-from fulmen.utilities.exceptions import MisconfigurationException
+from fulmen.utilities.exceptions import MisconfigurationException, MisconfigurationTypeError
 from fulmen.utilities.rank_zero import rank_zero_warn
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ class GradientAccumulationScheduler(Callback):
     def __init__(self, scheduling: dict[int, int]) -> None:
         super().__init__()
         if not isinstance(scheduling, dict) or not scheduling:
-            raise MisconfigurationException(
+            raise MisconfigurationTypeError(
                 f"GradientAccumulationScheduler(scheduling=...): got {scheduling!r}; expected a non-empty "
                 "dict "
                 "{epoch: accumulate_grad_batches}. Fix: pass e.g. scheduling={0: 1, 4: 2}."

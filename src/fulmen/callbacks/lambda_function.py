@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fulmen.callbacks.callback import Callback
-from fulmen.utilities.exceptions import MisconfigurationException
+from fulmen.utilities.exceptions import MisconfigurationException, MisconfigurationTypeError
 
 # Methods of ``Callback`` that are not hooks and cannot be replaced by a function.
 _NOT_HOOKS = frozenset({"state_key", "state_dict", "load_state_dict"})
@@ -86,7 +86,7 @@ class LambdaCallback(Callback):
             if name not in _HOOK_NAMES:
                 close = difflib.get_close_matches(name, sorted(_HOOK_NAMES), n=1)
                 hint = f"Did you mean {close[0]!r}? " if close else ""
-                raise MisconfigurationException(
+                raise MisconfigurationTypeError(
                     f"LambdaCallback({name}=...): {name!r} is not a Callback hook. {hint}"
                     f"Expected one of: {', '.join(sorted(_HOOK_NAMES))}."
                 )

@@ -18,7 +18,11 @@ from fulmen.core.hparams import HyperparametersMixin
 from fulmen.core.logging_rules import LOG_RULES
 from fulmen.core.optimizer import LightningOptimizer
 from fulmen.core.results import _is_torchmetric, normalize_reduce_fx
-from fulmen.utilities.exceptions import MisconfigurationException
+from fulmen.utilities.exceptions import (
+    MisconfigurationAttributeError,
+    MisconfigurationException,
+    MisconfigurationValueError,
+)
 from fulmen.utilities.rank_zero import rank_zero_warn
 
 if TYPE_CHECKING:
@@ -338,7 +342,7 @@ class LightningModule(_DeviceDtypeModuleMixin, HyperparametersMixin, ModelHooks,
     def _to_loggable(self, name: str, value: Any, enable_graph: bool) -> Any:
         if isinstance(value, Tensor):
             if value.numel() != 1:
-                raise MisconfigurationException(
+                raise MisconfigurationValueError(
                     f"self.log({name!r}, value): value has shape {tuple(value.shape)}; expected a scalar "
                     "(one element). Fix: reduce it first, e.g. value.mean(), or log elements separately."
                 )
@@ -355,10 +359,10 @@ class LightningModule(_DeviceDtypeModuleMixin, HyperparametersMixin, ModelHooks,
         if _is_torchmetric(value):
             return value
         if isinstance(value, Mapping):
-            raise MisconfigurationException(
+            raise MisconfigurationValueError(
                 f"self.log({name!r}, <dict>): nested dicts cannot be logged. Fix: use self.log_dict({{...}})."
             )
-        raise MisconfigurationException(
+        raise MisconfigurationValueError(
             f"self.log({name!r}, {value!r}): got {type(value).__name__}; expected a number, a one-element tensor or "
             "a torchmetrics Metric. Fix: log a numeric value (strings go to the logger's experiment directly)."
         )
@@ -380,7 +384,7 @@ class LightningModule(_DeviceDtypeModuleMixin, HyperparametersMixin, ModelHooks,
     ) -> None:
         """``self.log`` for every key of a mapping or a torchmetrics ``MetricCollection``."""
         if not isinstance(dictionary, Mapping) and not hasattr(dictionary, "items"):
-            raise MisconfigurationException(
+            raise MisconfigurationAttributeError(
                 f"self.log_dict({dictionary!r}): expected a Mapping or MetricCollection. Fix: pass a dict."
             )
         for k, v in dictionary.items():

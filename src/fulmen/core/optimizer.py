@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.optim import Optimizer
 
-from fulmen.utilities.exceptions import MisconfigurationException
+from fulmen.utilities.exceptions import MisconfigurationException, MisconfigurationKeyError
 
 if TYPE_CHECKING:
     from fulmen.core.module import LightningModule
@@ -201,7 +201,8 @@ def init_optimizers(model: LightningModule) -> tuple[list[Optimizer], list[LRSch
 def _from_dict(d: Mapping[str, Any]) -> tuple[list[Optimizer], list[Any]]:
     extra = set(d) - {"optimizer", "lr_scheduler", "monitor"}
     if "optimizer" not in d:
-        raise _err(dict(d), "a dict with an 'optimizer' key", "return {'optimizer': opt, 'lr_scheduler': ...}.")
+        err = _err(dict(d), "a dict with an 'optimizer' key", "return {'optimizer': opt, 'lr_scheduler': ...}.")
+        raise MisconfigurationKeyError(*err.args)  # Lightning: KeyError('optimizer')
     if extra:
         raise _err(dict(d), "only the keys 'optimizer', 'lr_scheduler' and 'monitor'", f"remove {sorted(extra)}.")
     sched = d.get("lr_scheduler")

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, SequentialSampler
 
 from fulmen.utilities.combined_loader import CombinedLoader, flatten_iterables
 from fulmen.utilities.data import has_len
-from fulmen.utilities.exceptions import MisconfigurationException, NotSupportedYetError
+from fulmen.utilities.exceptions import MisconfigurationException, MisconfigurationTypeError, NotSupportedYetError
 
 _HOOK = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dataloader", "predict": "predict_dataloader"}
 
@@ -52,7 +52,7 @@ def as_eval_list(loaders: Any) -> list[Any]:
 
 def check_iterable(loader: Any, stage: str) -> None:
     if isinstance(loader, (str, bytes)) or not isinstance(loader, Iterable):
-        raise MisconfigurationException(
+        raise MisconfigurationTypeError(
             f"The {stage} dataloader is {type(loader).__name__} ({loader!r:.80}); expected an iterable such as "
             "torch.utils.data.DataLoader. Fix: return a DataLoader from "
             f"{_HOOK[stage]}() or pass one to the Trainer method."
@@ -142,7 +142,7 @@ class DataManager:
         cfg = t.config
         loaders = self._source("train")
         if loaders is None:
-            raise MisconfigurationException(
+            raise MisconfigurationTypeError(
                 "No training data: pass train_dataloaders to trainer.fit, give the module or datamodule a "
                 "train_dataloader() method, or pass a datamodule."
             )

@@ -13,7 +13,7 @@ from fulmen.callbacks.callback import Callback
 from fulmen.core.dispatch import Dispatcher
 from fulmen.core.optimizer import LightningOptimizer, init_optimizers
 from fulmen.trainer.states import RunningStage, TrainerFn, TrainerStatus, _TunerExitException
-from fulmen.utilities.exceptions import MisconfigurationException
+from fulmen.utilities.exceptions import MisconfigurationException, MisconfigurationTypeError, MisconfigurationValueError
 from fulmen.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 if TYPE_CHECKING:
@@ -317,12 +317,12 @@ def _check_model(trainer: Trainer, model: Any, fn: TrainerFn) -> Any:
     if model is None:
         model = trainer.lightning_module
         if model is None:
-            raise MisconfigurationException(
+            raise MisconfigurationTypeError(
                 f"trainer.{fn.value}() needs a model: none was passed and no previous fit attached one. "
                 f"Fix: trainer.{fn.value}(model, ...)."
             )
     if not isinstance(model, LightningModule):
-        raise MisconfigurationException(
+        raise MisconfigurationTypeError(
             f"trainer.{fn.value}() expects a fulmen LightningModule, got {type(model).__name__}. Fix: subclass "
             "fulmen.LightningModule (for a plain nn.Module write your own loop with fulmen.Fabric)."
         )
@@ -397,7 +397,7 @@ def _resolve_ckpt_path(trainer: Trainer, ckpt_path: Any, fn: TrainerFn) -> str |
         cb = trainer.checkpoint_callback
         best = getattr(cb, "best_model_path", None)
         if not best:
-            raise MisconfigurationException(
+            raise MisconfigurationValueError(
                 'ckpt_path="best" but no best checkpoint is known (no ModelCheckpoint with a saved best model). '
                 "Fix: pass a path, or fit with a ModelCheckpoint(monitor=...) first."
             )
@@ -407,7 +407,10 @@ def _resolve_ckpt_path(trainer: Trainer, ckpt_path: Any, fn: TrainerFn) -> str |
     if ckpt_path in ("hpc", "registry"):
         from fulmen.utilities.exceptions import NotSupportedYetError
 
-        raise NotSupportedYetError(f"ckpt_path={ckpt_path!r} is not supported yet. Fix: pass a path.")
+        class _NotSupportedCkptPath(NotSupportedYetError, ValueError):  # Lightning: ValueError (no such checkpoint)
+            pass
+
+        raise _NotSupportedCkptPath(f"ckpt_path={ckpt_path!r} is not supported yet. Fix: pass a path.")
     return str(ckpt_path)
 
 
@@ -715,7 +718,12 @@ def _run_stage(trainer: Trainer, fn: TrainerFn, model: Any, ckpt_path: Any, weig
         model.zero_grad()
         if checkpoint is not None:
             restore_training_state(trainer, checkpoint)
-            trainer._restored_mid_run = trainer.run_state.batch_in_epoch > 0 or trainer.run_state.global_step > 0
+            # as Lightning, the sanity check is skipped when the checkpoint was written inside an epoch or inside a
+            # validation, and runs for one written at an epoch's end (on_train_epoch_end) or after a fit
+            rs = trainer.run_state
+            trainer._restored_mid_run = rs.resume_point in ("val", "after_val") or (
+                rs.batch_in_epoch > 0 and rs.resume_point != "epoch_end"
+            )
         trainer._optimization.setup()
         from fulmen.trainer.preemption import preemption_handlers
 

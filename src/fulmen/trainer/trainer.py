@@ -32,7 +32,7 @@ from fulmen.trainer.loops.fit import FitLoop, Optimization
 from fulmen.trainer.loops.prediction import PredictionLoop
 from fulmen.trainer.metrics import MetricsStore
 from fulmen.trainer.states import RunningStage, TrainerFn, TrainerState, TrainerStatus
-from fulmen.utilities.exceptions import MisconfigurationException
+from fulmen.utilities.exceptions import MisconfigurationAttributeError, MisconfigurationException
 
 _NOT_SUPPORTED_YET = {"model_registry": None}
 
@@ -191,7 +191,7 @@ class Trainer:
     def save_checkpoint(self, filepath: Any, weights_only: bool = False, storage_options: Any = None) -> None:
         """Write a checkpoint atomically. Collective: every rank must call it (rank 0 writes)."""
         if self.lightning_module is None:
-            raise MisconfigurationException(
+            raise MisconfigurationAttributeError(
                 "trainer.save_checkpoint was called before a model was attached. Fix: call it during or after fit."
             )
         from fulmen.trainer.checkpointing import dump_checkpoint

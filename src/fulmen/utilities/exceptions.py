@@ -45,3 +45,24 @@ class RankFailedError(RuntimeError):
 
 class RanksOutOfSyncError(MisconfigurationException):
     """The ranks of a distributed run took different paths (a collective was reached by some ranks only)."""
+
+
+# Where Lightning raises a built-in type for a public misuse (``ValueError`` for a bad value, ``TypeError`` for a
+# missing/wrong-typed argument, ...), fulmen raises one of these: code that catches Lightning's type keeps working,
+# and ``except MisconfigurationException`` still catches every fulmen configuration error.
+class MisconfigurationValueError(MisconfigurationException, ValueError):
+    """A bad value where Lightning raises ``ValueError``."""
+
+
+class MisconfigurationTypeError(MisconfigurationException, TypeError):
+    """A wrong or missing argument where Lightning raises ``TypeError``."""
+
+
+class MisconfigurationKeyError(MisconfigurationException, KeyError):
+    """A missing key where Lightning raises ``KeyError``."""
+
+    __str__ = Exception.__str__  # the message as written (KeyError would quote it)
+
+
+class MisconfigurationAttributeError(MisconfigurationException, AttributeError):
+    """A missing attribute or object where Lightning raises ``AttributeError``."""

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from fulmen.utilities.apply_func import move_data_to_device
-from fulmen.utilities.exceptions import MisconfigurationException
+from fulmen.utilities.exceptions import MisconfigurationException, MisconfigurationValueError
 
 __all__ = [
     "checkpoint_to_safetensors",
@@ -43,7 +43,7 @@ _PATH = str | Path
 def _example(module: nn.Module, given: Any, what: str) -> Any:
     sample = given if given is not None else getattr(module, "example_input_array", None)
     if sample is None:
-        raise MisconfigurationException(
+        raise MisconfigurationValueError(
             f"{what} needs an example input: none was given and `example_input_array` is not set. "
             "Fix: pass one, or set `self.example_input_array = torch.randn(...)` in __init__."
         )
@@ -125,7 +125,7 @@ def to_torchscript(
         MisconfigurationException: For an unknown ``method``, or tracing without an example input.
     """
     if method not in ("script", "trace"):
-        raise MisconfigurationException(
+        raise MisconfigurationValueError(
             f"to_torchscript(method={method!r}); expected 'script' or 'trace'. Fix: use one of them."
         )
     with _eval_mode(module), _jit_scripting(module):

@@ -22,8 +22,9 @@ from fulmen.utilities.exceptions import MisconfigurationException
 T = TypeVar("T")
 
 
-class UnknownNameError(MisconfigurationException, KeyError):
-    """A registry lookup of a name nobody registered (a ``KeyError`` too, as Lightning's registries raise)."""
+class UnknownNameError(MisconfigurationException, KeyError, ValueError):
+    """A registry lookup of a name nobody registered (a ``KeyError`` too, as Lightning's registries raise, and a
+    ``ValueError``, as Lightning's ``Trainer(accelerator=/strategy=<unknown name>)`` raises)."""
 
     def __str__(self) -> str:  # KeyError would show the message in quotes
         return str(self.args[0]) if self.args else ""

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from fulmen.utilities.exceptions import MisconfigurationException
+from fulmen.utilities.exceptions import MisconfigurationException, MisconfigurationValueError
 from fulmen.utilities.registry import Registry
 
 _ALIASES = {
@@ -267,7 +267,7 @@ def normalize_precision(precision: Any) -> str:
 
         raise NotSupportedYetError(f"precision={precision!r} is not supported yet. Fix: use 'bf16-mixed' or '16-mixed'.")
     if value not in PRECISION_REGISTRY:
-        raise MisconfigurationException(
+        raise MisconfigurationValueError(
             f"precision={precision!r} is not supported. Expected one of {PRECISION_REGISTRY.names()} or the aliases "
             "64, 32, 16, '64', '32', '16', 'bf16'. Fix: e.g. precision='bf16-mixed'."
         )
