@@ -18,7 +18,12 @@ from fulmen.utilities.exceptions import misconfig
 from fulmen.utilities.model_summary import (
     ModelSummary as _Summary,
 )
-from fulmen.utilities.model_summary import format_summary_table, summarize, summary_totals
+from fulmen.utilities.model_summary import (
+    format_summary_table,
+    get_human_readable_count,
+    summarize,
+    summary_totals,
+)
 
 if TYPE_CHECKING:
     from fulmen.core.module import LightningModule
@@ -160,27 +165,34 @@ class RichModelSummary(ModelSummary):
         total_training_modes: dict[str, int],
         **summarize_kwargs: Any,
     ) -> None:
-        """Print the summary as a rich table followed by the totals."""
+        """Print the summary as a rich table followed by the totals, laid out as Lightning 2.6's (no FLOPs)."""
         from rich import get_console
         from rich.table import Table
         from rich.text import Text
 
         console = get_console()
         header_style = summarize_kwargs.get("header_style", "bold magenta")
-        if summary_data and summary_data[0][1]:
-            table = Table(header_style=header_style)
-            for header, _ in summary_data:
-                table.add_column(
-                    header, no_wrap=header in (" ", "Name"), justify="right" if header == " " else "left"
-                )
-            for row in zip(*(cells for _, cells in summary_data)):
-                table.add_row(*(Text(cell) for cell in row))  # cells are data, not markup
-            console.print(table)
-        grid = Table.grid(padding=(0, 1))
-        grid.add_column(justify="right")
+        table = Table(header_style=header_style)
+        column_styles: dict[str, dict[str, Any]] = {
+            " ": {"style": "dim"},
+            "Name": {"justify": "left", "no_wrap": True},
+            "Params": {"justify": "right"},
+            "Params per Device": {"justify": "right"},
+            "In sizes": {"justify": "right", "style": "white"},
+            "Out sizes": {"justify": "right", "style": "white"},
+        }
+        for header, _ in summary_data:
+            table.add_column(header, **column_styles.get(header, {}))
+        for row in zip(*(cells for _, cells in summary_data)):
+            table.add_row(*(Text(cell) for cell in row))  # cells are data, not markup
+        console.print(table)
+        counts = [trainable_parameters, total_parameters - trainable_parameters, total_parameters, int(model_size)]
+        labels = ["Trainable params", "Non-trainable params", "Total params", "Total estimated model params size (MB)"]
+        grid = Table.grid(expand=True)
         grid.add_column()
-        for value, label in summary_totals(
-            total_parameters, trainable_parameters, model_size, total_training_modes
-        ):
-            grid.add_row(Text(value.strip(), style="bold"), label)
+        grid.add_column()
+        for label, count in zip(labels, counts):
+            grid.add_row(f"[bold]{label}[/]: {get_human_readable_count(int(count)):<10}")
+        grid.add_row(f"[bold]Modules in train mode[/]: {total_training_modes.get('train', 0)}")
+        grid.add_row(f"[bold]Modules in eval mode[/]: {total_training_modes.get('eval', 0)}")
         console.print(grid)
