@@ -232,7 +232,7 @@ def _batch_dynamic_axes(module: nn.Module, args: tuple[Any, ...], kwargs: dict[s
     probe = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, probe, **kwargs)
+        torch.onnx.export(module, args, probe, **kwargs)  # type: ignore[arg-type]  # a file object works
     graph = onnx.load_from_string(probe.getvalue()).graph
     weights = {init.name for init in graph.initializer}
 
