@@ -230,3 +230,22 @@ def test_results_table_matches_lightning_character_for_character(tmp_path: Path,
     theirs = _table(tmp_path, "pytorch_lightning", rich, columns)
     assert ours == theirs
     assert "0.12345679104328156" in ours and ("Test metric" in ours) and "DataLoader 1" in ours
+
+
+def test_rich_model_summary_totals_read_as_lightnings(capsys: pytest.CaptureFixture[str]) -> None:
+    """The totals under the rich summary (the default with rich installed), as Lightning 2.6.1 prints them for
+    this model (its 'Total FLOPs' line aside: fulmen counts no FLOPs)."""
+    pytest.importorskip("rich")
+    from fulmen.callbacks import RichModelSummary
+
+    RichModelSummary.summarize([(" ", ["0"]), ("Name", ["enc"]), ("Type", ["Linear"]), ("Params", ["302 K"]),
+                                ("Mode", ["train"])], 303_300, 302_300, 1.21, {"train": 5, "eval": 0})
+    lines = [ln.rstrip() for ln in capsys.readouterr().out.splitlines()]
+    assert lines[-6:] == [
+        "Trainable params: 302 K",
+        "Non-trainable params: 1.0 K",
+        "Total params: 303 K",
+        "Total estimated model params size (MB): 1",
+        "Modules in train mode: 5",
+        "Modules in eval mode: 0",
+    ]
