@@ -113,3 +113,15 @@ def test_missing_script_and_folder_of_another_sweep(tmp_path):
     proc = sweep("--dir", str(d), "--name", "n", ARGPARSE, "--lr", "[0.02]", "--epochs", "1", check=False)
     assert proc.returncode == 2 and "was started by another command" in proc.stderr
     assert [r["state"] for r in status(d)] == ["COMPLETE"]  # the finished trial is untouched
+
+
+def test_a_second_driver_on_the_same_folder_is_refused(tmp_path):
+    import fcntl
+
+    d = tmp_path / "busy"
+    d.mkdir()
+    with open(d / ".driver.lock", "w") as held:  # what a running driver holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        proc = sweep("--dir", str(d), ARGPARSE, "--lr", "[0.01]", check=False)
+    assert proc.returncode == 2 and "another `fulmen sweep` is driving" in proc.stderr
+    assert not list(d.glob("trial_*"))

@@ -34,6 +34,9 @@ _INTERRUPTED = {-signal.SIGTERM, -signal.SIGKILL, -signal.SIGINT, 128 + signal.S
                 128 + signal.SIGINT}
 
 
+_MAX_INTERRUPTIONS = 10
+
+
 class SweepError(RuntimeError):
     """The sweep cannot go on (bad definition, a metric the script never logs, another sweep in the folder)."""
 
@@ -180,6 +183,7 @@ class Sweep:
         self.slots = plan(opts.parallel, opts.devices_per_trial, opts.trials_per_device, opts.accelerator)
         self.argv: list[str] | None = None  # the command (without --storage): what resume and workers rerun
         self.running: dict[int, _Running] = {}
+        self.interruptions: dict[int, int] = {}  # a trial killed again and again (OOM killer) ends as a failure
         self.stopping = False
         self.best: tuple[float, int] | None = None
 
@@ -437,16 +441,17 @@ class Sweep:
         if rc == 0 and result is not None:
             self._record(study, r.number, result, took)
             return False
-        if rc in _INTERRUPTED or self.stopping:
-            if self.stopping:
-                self._say(f"trial {r.number} stopped (exit {rc}); it resumes from its last checkpoint next time")
-                return False
+        if self.stopping:
+            self._say(f"trial {r.number} stopped (exit {rc}); it resumes from its last checkpoint next time")
+            return False
+        self.interruptions[r.number] = self.interruptions.get(r.number, 0) + 1
+        if rc in _INTERRUPTED and self.interruptions[r.number] <= _MAX_INTERRUPTIONS:
             self._say(f"trial {r.number} was interrupted (exit {rc}): resuming it from its last checkpoint")
             return True
         trial = op.trial.Trial(study, r.trial_id)
         attempts = int(study.get_trials(deepcopy=False)[r.number].user_attrs.get("attempts", 0)) + 1
         trial.set_user_attr("attempts", attempts)
-        why = "exited without reporting" if rc == 0 else f"crashed (exit {rc})"
+        why = "exited without reporting" if rc == 0 else f"was killed {_MAX_INTERRUPTIONS + 1} times" if rc in _INTERRUPTED else f"crashed (exit {rc})"
         tail = _tail(os.path.join(r.folder, "stderr.log"))
         if attempts <= self.opts.retries:
             self._say(f"trial {r.number} {why}; retry {attempts}/{self.opts.retries}. stderr: {r.folder}/stderr.log")
