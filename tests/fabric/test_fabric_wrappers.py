@@ -345,3 +345,37 @@ def test_load_raw_weights_only(tmp_path: Path) -> None:
     target = TakesAnything()
     fabric.load_raw(tmp_path / "unsafe.pt", target, weights_only=False)
     assert target.got["ns"].a == 1
+
+
+def test_setup_calls_on_after_setup_and_a_lightning_module_receives_calls() -> None:
+    from fulmen import LightningModule
+
+    events: list[tuple[str, Any]] = []
+
+    class Hooks:
+        def on_after_setup(self, fabric: Fabric, module: Any) -> None:
+            events.append(("on_after_setup", type(module).__name__))
+
+    class Module(LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(2, 2)
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            return self.layer(batch).sum()
+
+        def on_train_start(self) -> None:
+            events.append(("on_train_start", self.fabric is fabric))
+
+    fabric = _fabric(callbacks=[Hooks()])
+    module = Module()
+    fabric.setup(module, torch.optim.SGD(module.parameters(), lr=0.1))
+    fabric.call("on_train_start")
+    fabric.setup(module)  # the original again: not added to the callbacks twice
+    fabric.call("on_train_start")
+    assert events == [
+        ("on_after_setup", "_FabricModule"),
+        ("on_train_start", True),
+        ("on_after_setup", "_FabricModule"),
+        ("on_train_start", True),
+    ]
