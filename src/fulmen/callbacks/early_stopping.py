@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from typing_extensions import override
@@ -193,7 +193,7 @@ class EarlyStopping(Callback):
         trainer = Trainer(callbacks=[EarlyStopping(monitor="val_loss", patience=3)])
     """
 
-    mode_dict = {"min": torch.lt, "max": torch.gt}
+    mode_dict: ClassVar[dict[str, Any]] = {"min": torch.lt, "max": torch.gt}
     order_dict = _ORDER
 
     def __init__(

@@ -404,14 +404,14 @@ class FitLoop(FitLoopViews):  # FitLoopViews: Lightning's fit_loop internals pub
         rs = t.run_state
         if stepped and not skip_logging:
             log_n = t.config.log_every_n_steps
-            if log_n and (rs.batches_that_stepped + 1) % log_n == 0 or rs.should_stop:
+            if (log_n and (rs.batches_that_stepped + 1) % log_n == 0) or rs.should_stop:
                 t._metrics.log_train_step(results)
             rs.batches_that_stepped += 1
         if results.metrics:
             results.reset_step()
         rs.resume_point = "val"
         # time-based: a checkpoint written inside this batch's validation (resume point "val") resumes into it
-        if check_val and (skip_logging and val_batch is None or self._val_due(batch_idx, is_last, val_batch)):
+        if check_val and ((skip_logging and val_batch is None) or self._val_due(batch_idx, is_last, val_batch)):
             # logged at the step of this batch, which was already counted in batches_that_stepped
             with t._metrics.logging_step_offset(-1 if stepped else 0):
                 self._run_validation()
