@@ -9,9 +9,10 @@ Settings:
 
 * ``minimal``: no logger, checkpointing, progress bar or model summary, and a training step that
   does not log.
-* ``defaults``: the Trainer's defaults (progress bar, model summary, CSV logger, a checkpoint at each
-  epoch end) and one ``self.log("loss", loss, prog_bar=True)`` per step. Lightning is given a
-  ``CSVLogger`` explicitly (its default would be TensorBoard when that is installed).
+* ``defaults``: the Trainer's defaults (progress bar, model summary, logger, a checkpoint at each
+  epoch end) and one ``self.log("loss", loss, prog_bar=True)`` per step. Both frameworks pick the same
+  defaults: TensorBoardLogger when tensorboard is installed (else CSVLogger), the rich bar and summary
+  when rich is installed (else tqdm and the plain summary).
 
 A workload with validation data (``tinyval``) is validated after every epoch: the hand-written loop runs
 the validation batches under ``torch.no_grad()`` in eval mode and keeps the mean loss; the frameworks get
@@ -203,10 +204,6 @@ def _framework_runner(framework: str, minimal: bool) -> Callable[[Workload, str]
 
         def body(clock: _StepClock) -> nn.Module:
             kwargs = _trainer_kwargs(workload, root, minimal)
-            if framework == "lightning" and not minimal:
-                from pytorch_lightning.loggers import CSVLogger
-
-                kwargs["logger"] = CSVLogger(root)
             trainer = trainer_cls(**kwargs)
             module = cls(net, workload, not minimal, clock)
             trainer.fit(module, data, val)
