@@ -89,6 +89,7 @@ def test_crash_saves_stderr_retries_and_the_sweep_goes_on(tmp_path):
         (["--mode", "up", "--lr", "[1]"], "--mode 'up' is not known"),
         (["--parallel", "999", "--lr", "[1]"], "need at least one core each"),
         (["--lr", "0.1"], "nothing to sweep"),
+        (["--sampler", "grid", "--lr", "uniform(0, 1)"], "is continuous: a grid cannot cross it"),
         (["--storage", "postgresql://me:s3cret@127.0.0.1:1/db", "--lr", "[1]"], "cannot open the storage"),
     ],
 )

@@ -170,6 +170,8 @@ class Sweep:
         try:
             self.sampler = check_choice("--sampler", sampler, SAMPLERS)
             check_choice("--pruner", opts.pruner, PRUNERS)
+            if self.sampler == "grid":
+                self.space.grid(0)  # every parameter must be finite: the error names the continuous one
         except ValueError as exc:
             raise SweepError(str(exc)) from None
         self.name = opts.name or os.path.splitext(os.path.basename(script))[0]

@@ -309,7 +309,7 @@ def _flatten(mapping: dict[str, Any], prefix: str) -> list[tuple[str, Any]]:
 
 
 def load_config(path: str) -> dict[str, Any]:
-    """Read a sweep YAML file: ``parameters:`` (the space) and optional sweep options (``trials:``, ...).
+    """Read a sweep YAML file: a mapping whose ``parameters:`` section is the space.
 
     Raises:
         FileNotFoundError: no such file.
@@ -327,6 +327,6 @@ def load_config(path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(
             f"--config {path!r} holds {type(data).__name__}, expected a mapping with a 'parameters:' section, e.g.\n"
-            "parameters:\n  --lr: loguniform(1e-5, 1e-1)\n  --layers: [2, 4, 8]\ntrials: 20"
+            "parameters:\n  --lr: loguniform(1e-5, 1e-1)\n  --layers: [2, 4, 8]"
         )
     return data
