@@ -340,3 +340,35 @@ def test_trainer_and_progress_bar_pickle_and_deepcopy_mid_fit(bar: str, tmp_path
     loaded = torch.load(tmp_path / "trainer.pt", weights_only=False)
     assert loaded.global_step == 2
     assert isinstance(loaded.optimizers[0], torch.optim.SGD)
+
+
+# ---------------------------------------------------------------------------------------------- resume
+
+
+class SaveAtStep(Callback):
+    def __init__(self, path, hook: str, step: int) -> None:
+        self.path, self.step, self.done = path, step, False
+        setattr(self, hook, self._save)
+
+    def _save(self, trainer, *args) -> None:
+        if trainer.global_step == self.step and not self.done and not trainer.sanity_checking:
+            trainer.save_checkpoint(self.path)
+            self.done = True
+
+
+@pytest.mark.parametrize(("hook", "step", "sanity"), [
+    ("on_train_batch_end", 2, False),  # inside an epoch
+    ("on_validation_end", 4, False),  # inside a validation
+    ("on_train_epoch_end", 4, True),  # at an epoch's end
+])
+def test_sanity_check_on_resume_as_lightning(tmp_path, hook, step, sanity) -> None:
+    """Lightning 2.6.1 skips the sanity check when resuming inside an epoch or a validation, not at an epoch end."""
+    path = tmp_path / "a.ckpt"
+    saver = SaveAtStep(path, hook, step)
+    L.Trainer(max_epochs=2, callbacks=[saver], limit_val_batches=1, **QUIET).fit(Model(), data(), data())
+    assert saver.done
+    events = Events()
+    trainer = L.Trainer(max_epochs=3, callbacks=[events], limit_val_batches=1, **QUIET)
+    trainer.fit(Model(), data(), data(), ckpt_path=path)
+    assert ("on_sanity_check_start" in events.seen) is sanity
+    assert trainer.global_step == 12
