@@ -508,7 +508,9 @@ def _reap_writer(pid: int, report_fd: int) -> float | None:
                 error = None
         if error is None:
             error = RuntimeError(f"{name}: {text}")
-        error.add_note(f"Raised in the checkpoint writer process (pid {pid}):\n{trace.rstrip()}")
+        add_note = getattr(error, "add_note", None)  # Python 3.11+ (fulmen supports 3.10)
+        if add_note is not None:
+            add_note(f"Raised in the checkpoint writer process (pid {pid}):\n{trace.rstrip()}")
         raise error
     raise RuntimeError(
         f"the checkpoint writer process (pid {pid}) ended without reporting a result: {_describe_status(status)}"

@@ -101,7 +101,8 @@ class _Metric:
 
     def epoch_value(self, reduce: Callable[[torch.Tensor, str], torch.Tensor] | None) -> torch.Tensor | None:
         if self.metric_obj is not None:
-            return self.metric_obj.compute()
+            computed: torch.Tensor = self.metric_obj.compute()  # a torchmetrics Metric (untyped here)
+            return computed
         if self.acc is None:
             return None
         value = self.acc

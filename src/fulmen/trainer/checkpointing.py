@@ -164,7 +164,7 @@ def restore_training_state(trainer: Trainer, ckpt: dict[str, Any]) -> None:
     # applied when the train loader is built: its own generators continue where the saved run's were
     trainer._data.pending_generator_states = (extra or {}).get("loader_generators")
     cfg = trainer.config
-    if cfg.max_epochs >= 0 and rs.epoch > cfg.max_epochs:
+    if cfg.max_epochs >= 0 and rs.epoch > cfg.max_epochs:  # type: ignore[operator]  # resolved (not None) by now
         raise MisconfigurationException(
             f"You restored a checkpoint with current_epoch={rs.epoch}, but max_epochs={cfg.max_epochs}. Fix: raise "
             "max_epochs to continue training, or use a checkpoint from an earlier epoch."

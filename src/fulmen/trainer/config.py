@@ -266,6 +266,7 @@ class TrainerConfig:
                 )
             nsv = 0
 
+        limits: dict[str, int | float]
         if fast:
             max_steps, max_epochs, nsv, log_n = fast, 1, 0, 1
             limits = {k: fast for k in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches")}

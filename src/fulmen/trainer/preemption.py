@@ -102,7 +102,7 @@ def handle_preemption(trainer: Trainer) -> None:
     path = preemption_checkpoint_path(trainer)
     trainer.save_checkpoint(path)  # collective, ends with a barrier: every rank's part is on disk
     for cb in trainer.checkpoint_callbacks:
-        if getattr(cb, "dirpath", None) and os.path.dirname(path) == str(cb.dirpath):
+        if getattr(cb, "dirpath", None) and os.path.dirname(path) == str(cb.dirpath):  # type: ignore[attr-defined]
             try:
                 cb.last_model_path = path  # type: ignore[attr-defined]
             except AttributeError:  # pragma: no cover

@@ -114,7 +114,7 @@ class Tqdm(_tqdm):  # type: ignore[misc,type-arg,unused-ignore]
     """``tqdm`` that prints floats with 3 significant digits padded to a steady width (``0.100``)."""
 
     @staticmethod
-    def format_num(n: float | str) -> str:
+    def format_num(n: float | str | Number) -> str:
         """Format a number for the postfix: ints as is, floats with 3 significant digits, zero-padded.
 
         Example::

@@ -610,7 +610,7 @@ class Optimization:
                     "optimizer.step(closure=optimizer_closure), which runs training_step and backward."
                 )
         elif self.plain_step:
-            self.opt.step(closure=closure)
+            self.opt.step(closure=closure)  # type: ignore[arg-type]  # torch types the closure as returning float
         else:
             self.precision.optimizer_step(self.opt, closure, self.after_closure)
         rs.optimizer_steps.increment()
@@ -635,6 +635,7 @@ class Optimization:
             with self.forward_ctx():
                 output = self.training_step(self._batch, self._batch_idx)
         t._current_fx = None
+        loss: torch.Tensor | None
         if type(output) is torch.Tensor and output.numel() == 1:  # the common case, checked without a call
             loss = output
         else:
@@ -649,7 +650,7 @@ class Optimization:
         self._last_loss = loss
         if self._zero_now:
             if self.plain_zero_grad:
-                self.opt.zero_grad()
+                self.opt.zero_grad()  # type: ignore[union-attr]  # plain_zero_grad implies an optimizer
                 t.run_state.zero_grad_progress.increment()
             else:
                 self._zero_grad(self._batch_idx)
