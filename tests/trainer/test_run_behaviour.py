@@ -113,15 +113,26 @@ def test_should_stop_is_reset_by_the_next_fit() -> None:
 # ---------------------------------------------------------------------------------------------- max_epochs
 
 
+class StopAfter(Callback):
+    """Stops the fit after ``n`` epochs (the runs below would otherwise train their resolved 1000 epochs)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch + 1 >= self.n:
+            trainer.should_stop = True
+
+
 def test_max_epochs_reads_none_until_fit_resolves_it_with_lightnings_warning() -> None:
-    trainer = L.Trainer(limit_train_batches=1, limit_val_batches=0, **QUIET)
+    trainer = L.Trainer(limit_train_batches=1, limit_val_batches=0, callbacks=[StopAfter(3)], **QUIET)
     assert trainer.max_epochs is None
     with pytest.warns(UserWarning, match=r"^`max_epochs` was not set\. Setting it to 1000 epochs\. To train without "
                                          r"an epoch limit, set `max_epochs=-1`\.$"):
         trainer.estimated_stepping_batches  # noqa: B018 - reading it warns nothing and changes nothing
         assert trainer.max_epochs is None
         trainer.fit(Model(), data())
-    assert trainer.max_epochs == 1000 and trainer.current_epoch == 1000
+    assert trainer.max_epochs == 1000 and trainer.current_epoch == 3
 
 
 @pytest.mark.parametrize("kwargs", [{"max_steps": 3}, {"max_time": {"seconds": 30}}])
@@ -372,3 +383,13 @@ def test_sanity_check_on_resume_as_lightning(tmp_path, hook, step, sanity) -> No
     trainer.fit(Model(), data(), data(), ckpt_path=path)
     assert ("on_sanity_check_start" in events.seen) is sanity
     assert trainer.global_step == 12
+
+
+def test_fit_loop_max_epochs_set_to_none_is_resolved_by_the_next_fit() -> None:
+    """Lightning 2.6.1: ``trainer.fit_loop.max_epochs = None`` reads None, and the next fit makes it 1000 (warning)."""
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0, callbacks=[StopAfter(3)], **QUIET)
+    trainer.fit_loop.max_epochs = None
+    assert trainer.max_epochs is None and trainer.fit_loop.max_epochs is None
+    with pytest.warns(UserWarning, match="`max_epochs` was not set. Setting it to 1000 epochs."):
+        trainer.fit(Model(), data())
+    assert trainer.fit_loop.max_epochs == 1000 and trainer.current_epoch == 3

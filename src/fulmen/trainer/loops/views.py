@@ -333,9 +333,8 @@ class FitLoopViews:
 
     @max_epochs.setter
     def max_epochs(self, value: int | None) -> None:
-        if value is None:
-            value = -1
-        if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+        # None: resolved by the next fit, as Lightning (1000 with its warning, or -1 with max_steps/max_time)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < -1):
             raise ValueError(
                 f"trainer.fit_loop.max_epochs = {value!r}: expected -1 (infinite), a non-negative int or None"
             )
