@@ -127,8 +127,10 @@ def _run_jobs(path: str) -> None:
                 print("TRACEBACK\n" + traceback.format_exc())
             finally:
                 os.chdir(home)
-        with open(job["out"] + ".rc", "w") as f:
+        # written whole, then renamed: the test polls for this file and reads it as soon as it exists
+        with open(job["out"] + ".rc.tmp", "w") as f:
             f.write(str(rc))
+        os.replace(job["out"] + ".rc.tmp", job["out"] + ".rc")
 
 
 if __name__ == "__main__":

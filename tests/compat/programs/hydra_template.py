@@ -8,7 +8,8 @@ Run: ``python hydra_template.py [key=value overrides]``
 
 import logging
 import os
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import hydra
 import lightning as L
@@ -25,11 +26,11 @@ class RankedLogger(logging.LoggerAdapter):
     """A multi-GPU-friendly python command line logger: messages carry the rank, or go out on rank zero."""
 
     def __init__(self, name: str = __name__, rank_zero_only: bool = False,
-                 extra: Optional[Mapping[str, object]] = None) -> None:
+                 extra: Mapping[str, object] | None = None) -> None:
         super().__init__(logger=logging.getLogger(name), extra=extra)
         self.rank_zero_only = rank_zero_only
 
-    def log(self, level: int, msg: str, rank: Optional[int] = None, *args, **kwargs) -> None:
+    def log(self, level: int, msg: str, rank: int | None = None, *args, **kwargs) -> None:
         if not self.isEnabledFor(level):
             return
         msg, kwargs = self.process(msg, kwargs)
@@ -58,7 +59,7 @@ class MoonsDataModule(LightningDataModule):
         super().__init__()
         self.save_hyperparameters(logger=False)
 
-    def setup(self, stage: Optional[str] = None) -> None:
+    def setup(self, stage: str | None = None) -> None:
         g = torch.Generator().manual_seed(0)
         t = torch.rand(self.hparams.n, generator=g) * 3.14
         y = (torch.arange(self.hparams.n) % 2).long()
@@ -79,7 +80,7 @@ class SimpleDenseNet(nn.Module):
     def __init__(self, sizes):
         super().__init__()
         layers = []
-        for a, b in zip(sizes[:-2], sizes[1:-1]):
+        for a, b in zip(sizes[:-2], sizes[1:-1]):  # noqa: RUF007 - the hidden layers only
             layers += [nn.Linear(a, b), nn.ReLU()]
         layers.append(nn.Linear(sizes[-2], sizes[-1]))
         self.model = nn.Sequential(*layers)
@@ -128,7 +129,7 @@ def instantiate_list(cfg: ListConfig, kind: str) -> list:
 
 
 @hydra.main(version_base="1.3", config_path="hydra_configs", config_name="train.yaml")
-def main(cfg: DictConfig) -> Optional[float]:
+def main(cfg: DictConfig) -> float | None:
     logging.getLogger(__name__).addHandler(_Collect())
     L.seed_everything(cfg.seed, workers=True)
     log.info(f"Instantiating datamodule <{cfg.data._target_}>")

@@ -5,8 +5,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, random_split
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, TensorDataset, random_split
 
 
 class LitRegression(pl.LightningModule):

@@ -16,7 +16,8 @@ them), is in docs/migration.md ("Loop internals"). Any other attribute raises
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from fulmen.core.run_state import Progress
 
@@ -69,7 +70,7 @@ def _no_shift() -> tuple[int, int, int, int]:
 class _ScopeView(_Unsupported):
     """``progress.total`` or ``progress.current``: the four counters, read and written."""
 
-    __slots__ = ("_progress", "_scope", "_shift", "_on_write", "_owner")
+    __slots__ = ("_on_write", "_owner", "_progress", "_scope", "_shift")
 
     def __init__(self, progress: Progress, scope: str, shift: _Shift, on_write: Callable[[], None] | None,
                  owner: str) -> None:
@@ -80,7 +81,7 @@ class _ScopeView(_Unsupported):
         object.__setattr__(self, "_owner", f"{owner}.{scope}")
 
     def _values(self) -> list[int]:
-        stored = getattr(self._progress, "_get")(self._scope)
+        stored = self._progress._get(self._scope)
         return [v + d for v, d in zip(stored, self._shift())]
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -310,7 +311,7 @@ class FitLoopViews:
     trainer: Trainer
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") and name.endswith("__") or name == "trainer":
+        if (name.startswith("__") and name.endswith("__")) or name == "trainer":
             raise AttributeError(name)
         raise UnsupportedLoopAttributeError("trainer.fit_loop", name)
 
