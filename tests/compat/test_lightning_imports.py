@@ -515,3 +515,30 @@ def test_lightning_utilities_rank_follows_the_strategy(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "rank0.txt").read_text() == "0"
     assert (tmp_path / "rank1.txt").read_text() == "1"
+
+
+def test_more_public_helpers() -> None:
+    """Enums, ``is_wrapped``, the tuner's attribute helpers and the OOM helpers under their Lightning paths."""
+    import torch
+
+    import fulmen.fabric
+
+    with lightning_imports():
+        from lightning.fabric import is_wrapped
+        from lightning.fabric.utilities.enums import LightningEnum
+        from lightning.pytorch.utilities import GradClipAlgorithmType
+        from lightning.pytorch.utilities.memory import garbage_collection_cuda, is_oom_error
+        from lightning.pytorch.utilities.parsing import lightning_getattr, lightning_hasattr
+
+    assert GradClipAlgorithmType.NORM == "norm" == GradClipAlgorithmType.from_str("Norm")
+    assert issubclass(GradClipAlgorithmType, LightningEnum)
+    fabric = fulmen.fabric.Fabric(accelerator="cpu", devices=1)
+    module = torch.nn.Linear(2, 2)
+    assert not is_wrapped(module) and is_wrapped(fabric.setup_module(module))
+    assert is_oom_error(RuntimeError("CUDA out of memory. Tried to allocate")) and not is_oom_error(ValueError("x"))
+    garbage_collection_cuda()  # no CUDA here: a no-op, not an error
+
+    class Model(torch.nn.Module):
+        lr = 0.1
+
+    assert lightning_hasattr(Model(), "lr") and lightning_getattr(Model(), "lr") == 0.1

@@ -169,7 +169,7 @@ PYTORCH: dict[str, tuple[str, ...] | None] = {
     "utilities.exceptions": None,
     "utilities.grads": None,
     "utilities.imports": ("fulmen.compat._imports",),
-    "utilities.memory": None,
+    "utilities.memory": ("fulmen.tuner._trial",),  # is_oom_error, garbage_collection_cuda
     "utilities.migration": ("fulmen.compat._migration",),
     "utilities.migration.migration": ("fulmen.compat._migration",),
     "utilities.migration.utils": ("fulmen.compat._migration",),
@@ -177,7 +177,7 @@ PYTORCH: dict[str, tuple[str, ...] | None] = {
     "utilities.model_summary": None,
     "utilities.model_summary.model_summary": ("fulmen.utilities.model_summary",),
     "utilities.parameter_tying": None,
-    "utilities.parsing": None,
+    "utilities.parsing": ("fulmen.utilities.parsing", "fulmen.tuner._attr"),  # + lightning_{has,get,set}attr
     "utilities.rank_zero": None,
     "utilities.seed": None,
     "utilities.signature_utils": None,

@@ -2,6 +2,7 @@
 
 from fulmen.utilities.apply_func import apply_to_collection, move_data_to_device
 from fulmen.utilities.data import suggested_max_num_workers
+from fulmen.utilities.enums import GradClipAlgorithmType, LightningEnum
 from fulmen.utilities.exceptions import MisconfigurationException
 from fulmen.utilities.parsing import AttributeDict, is_picklable
 from fulmen.utilities.rank_zero import (
@@ -15,6 +16,8 @@ from fulmen.utilities.throughput import measure_flops
 
 __all__ = [
     "AttributeDict",
+    "GradClipAlgorithmType",
+    "LightningEnum",
     "MisconfigurationException",
     "apply_to_collection",
     "is_picklable",
