@@ -188,6 +188,7 @@ def test_keyboard_interrupt_shuts_down_then_exits_the_process_with_status_1(tmp_
     assert "AFTER-FIT" not in proc.stdout  # as Lightning: sys.exit(1), the script does not go on
     assert "TEARDOWN-HOOK" not in proc.stdout  # Lightning tears the strategy down, not the teardown hooks
     assert "Traceback" not in proc.stderr
+    assert "Detected KeyboardInterrupt, attempting graceful shutdown ..." in proc.stderr
 
 
 # ---------------------------------------------------------------------------------------------- DataModule slot

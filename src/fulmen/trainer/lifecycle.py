@@ -589,7 +589,8 @@ def _run(trainer: Trainer, fn: TrainerFn, model: Any, datamodule: Any, loaders: 
         # As Lightning: a graceful shutdown (on_exception hooks, loggers finalized, the strategy torn down; not the
         # teardown hooks), then the process exits with status 1, so the code after ``fit`` does not run. A second
         # Ctrl-C during the shutdown is ignored.
-        rank_zero_info("\nDetected KeyboardInterrupt, attempting graceful shutdown ...")
+        # Lightning logs it at INFO level, which its console handler shows; fulmen configures no log handler
+        rank_zero_warn("Detected KeyboardInterrupt, attempting graceful shutdown ...")
         previous = _ignore_sigint()
         try:
             trainer.state.status = TrainerStatus.INTERRUPTED
