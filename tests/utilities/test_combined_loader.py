@@ -122,3 +122,56 @@ def test_sequential_mode_is_refused_for_training() -> None:
     trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False)
     with pytest.raises(ValueError, match="does not support the `CombinedLoader"):
         trainer.fit(M(), CombinedLoader([[1], [2]], "sequential"))
+
+
+def _loader_props(lib_name: str) -> list[Any]:
+    lib = importlib.import_module(lib_name)
+    cls = importlib.import_module(f"{lib_name}.utilities.combined_loader").CombinedLoader
+
+    def dl(n: int) -> DataLoader:
+        return DataLoader(list(range(n)), batch_size=1)
+
+    def shape(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: shape(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return (type(x).__name__, [shape(v) for v in x])
+        return type(x).__name__
+
+    class M(lib.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(1, 1)
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            return self.layer(torch.ones(1)).sum()
+
+        def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+            pass
+
+        def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+            pass
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    warnings.filterwarnings("ignore")
+    out = []
+    for train, val in (({"a": dl(2), "b": [dl(1), dl(3)]}, {"x": dl(2), "y": [dl(1)]}),
+                       (cls([dl(2), dl(3)], "min_size"), [dl(2)]),
+                       (dl(2), dl(2))):
+        trainer = lib.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                              enable_checkpointing=False, num_sanity_val_steps=0)
+        trainer.fit(M(), train, val)
+        out.append((shape(trainer.train_dataloader), shape(trainer.val_dataloaders)))
+        trainer.test(M(), {"t": dl(1)}, verbose=False)
+        out.append(shape(trainer.test_dataloaders))
+    return out
+
+
+def test_trainer_loader_properties_keep_the_given_structure() -> None:
+    ours = _loader_props("fulmen")
+    assert ours[0] == ({"a": "DataLoader", "b": ("list", ["DataLoader", "DataLoader"])},
+                       {"x": "DataLoader", "y": ("list", ["DataLoader"])})
+    pytest.importorskip("pytorch_lightning")
+    assert ours == _loader_props("pytorch_lightning")

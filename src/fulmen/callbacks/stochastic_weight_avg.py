@@ -17,7 +17,7 @@ run continues the same average.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -317,6 +317,8 @@ class StochasticWeightAveraging(Callback):
             m.momentum = None  # cumulative average over the pass
         pl_module.train()
         limit = trainer.num_training_batches
+        if isinstance(loader, (Mapping, list, tuple)):  # several train loaders, combined as the fit loop does
+            loader = CombinedLoader(loader, "max_size_cycle")
         if isinstance(loader, CombinedLoader):  # its iteration yields (batch, batch_idx, dataloader_idx)
             loader = loader._iter_batches()
         try:

@@ -118,6 +118,9 @@ class DataManager:
         self.num_test_batches: list[int | float] = []
         self.predict_loaders: list[Any] = []
         self.num_predict_batches: list[int | float] = []
+        # per evaluation stage, its loaders in the structure the user gave (a dict, nested lists, ...), what
+        # trainer.val_dataloaders & co. return as in Lightning; the loops run the flat lists above
+        self.eval_iterables: dict[str, Any] = {}
         # None when val_check_interval is time-based (Lightning's value too): the fit loop reads a clock instead
         self.val_check_batch: int | float | None = math.inf
         # seconds of the time-based val_check_interval, else None
@@ -307,10 +310,13 @@ class DataManager:
         return tree_unflatten([one(v) for v in leaves], spec)
 
     def _eval(self, stage: str, limit: int | float, arg: str) -> tuple[list[Any], list[int | float]]:
-        loaders = as_eval_list(self._source(stage))
+        source = self._source(stage)
+        loaders = as_eval_list(source)
         for ld in loaders:
             check_iterable(ld, stage)
         loaders = self._distribute(loaders, "predict" if stage == "predict" else "eval")
+        structure = source.iterables if isinstance(source, CombinedLoader) else source
+        self.eval_iterables[stage] = tree_unflatten(loaders, flatten_iterables(structure)[1]) if loaders else None
         return loaders, [num_batches(ld, limit, arg) for ld in loaders]
 
     def load_val(self) -> None:
@@ -331,6 +337,7 @@ class DataManager:
         self.eval_log_steps = {}
         if not has_step or cfg.limit_val_batches == 0:
             self.val_loaders, self.num_val_batches = [], []
+            self.eval_iterables.pop("val", None)
             return
         self.val_loaders, self.num_val_batches = self._eval("val", cfg.limit_val_batches, "limit_val_batches")
         if not self.val_loaders:

@@ -32,6 +32,7 @@ from fulmen.trainer.loops.fit import FitLoop, Optimization
 from fulmen.trainer.loops.prediction import PredictionLoop
 from fulmen.trainer.metrics import MetricsStore
 from fulmen.trainer.states import RunningStage, TrainerFn, TrainerState, TrainerStatus
+from fulmen.utilities.combined_loader import CombinedLoader
 from fulmen.utilities.exceptions import MisconfigurationAttributeError, MisconfigurationException
 
 _NOT_SUPPORTED_YET = {"model_registry": None}
@@ -430,24 +431,23 @@ class Trainer:
         self._user_managed_ckpt_path = path is not None
 
     # ------------------------------------------------------------------ data
+    # as in Lightning, the loaders in the structure they were given (a CombinedLoader's iterables, a dict, ...)
     @property
     def train_dataloader(self) -> Any:
-        return self._data.train_loader
+        loader = self._data.train_loader
+        return loader.iterables if isinstance(loader, CombinedLoader) else loader
 
     @property
     def val_dataloaders(self) -> Any:
-        v = self._data.val_loaders
-        return v[0] if len(v) == 1 else (v or None)
+        return self._data.eval_iterables.get("val") if self._data.val_loaders else None
 
     @property
     def test_dataloaders(self) -> Any:
-        v = self._data.test_loaders
-        return v[0] if len(v) == 1 else (v or None)
+        return self._data.eval_iterables.get("test") if self._data.test_loaders else None
 
     @property
     def predict_dataloaders(self) -> Any:
-        v = self._data.predict_loaders
-        return v[0] if len(v) == 1 else (v or None)
+        return self._data.eval_iterables.get("predict") if self._data.predict_loaders else None
 
     @property
     def num_training_batches(self) -> int | float:
