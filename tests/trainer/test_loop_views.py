@@ -152,6 +152,7 @@ def _counters(trainer: Any) -> tuple[int, ...]:
         bp.total.ready, bp.total.completed, ep.current.ready, ep.current.completed, ep.total.completed,
         step.total.completed, loop._batches_that_stepped, loop.global_step,
         loop.val_loop.batch_progress.total.completed, trainer.fit_loop.total_batch_idx, trainer.fit_loop.batch_idx,
+        loop.scheduler_progress.total.ready, loop.scheduler_progress.total.completed,
     )
 
 
@@ -193,6 +194,11 @@ def _val_model(fw: types.ModuleType) -> Any:
         def validation_step(self, batch: Any, batch_idx: int) -> None:
             x, y = batch
             self.log("val_loss", nn.functional.mse_loss(self.layer(x), y))
+
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.9)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     return WithVal()
 
