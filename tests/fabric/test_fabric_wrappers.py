@@ -379,3 +379,18 @@ def test_setup_calls_on_after_setup_and_a_lightning_module_receives_calls() -> N
         ("on_after_setup", "_FabricModule"),
         ("on_train_start", True),
     ]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["setup", "setup_module", "setup_optimizers", "setup_dataloaders", "load_raw", "call", "seed_everything"],
+)
+def test_signatures_match_lightning(name: str) -> None:
+    import inspect
+
+    lf = pytest.importorskip("lightning_fabric")
+    theirs = inspect.signature(getattr(lf.Fabric, name)).parameters
+    ours = inspect.signature(getattr(Fabric, name)).parameters
+    assert [(p.name, p.kind, p.default) for p in ours.values()] == [
+        (p.name, p.kind, p.default) for p in theirs.values()
+    ]

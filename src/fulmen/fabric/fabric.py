@@ -346,7 +346,12 @@ class Fabric:
         return self.launch(lambda f, *a, **k: f.run(*a, **k), *args, **kwargs)
 
     def setup(
-        self, module: nn.Module, *optimizers: Optimizer, scheduler: Any = None, move_to_device: bool = True
+        self,
+        module: nn.Module,
+        *optimizers: Optimizer,
+        scheduler: Any = None,
+        move_to_device: bool = True,
+        _reapply_compile: bool = True,
     ) -> Any:
         """Move ``module`` to the device, apply precision, and wrap optimizers. Returns them in the same order.
 
