@@ -9,7 +9,7 @@ What it shows:
 * ``L.seed_everything`` for a reproducible run,
 * the model summary table (with input/output shapes, from ``example_input_array``),
 * a live progress bar (rich when installed, tqdm otherwise),
-* ``self.log`` of ``val_loss``/``val_acc`` (shown on the bar, written by the default CSV logger),
+* ``self.log`` of ``val_loss``/``val_acc`` (shown on the bar, written by the default logger),
 * ``trainer.test`` on the held-out split.
 
 The 8x8 digits (1797 images, 10 classes) ship with scikit-learn, so nothing is downloaded.

@@ -60,11 +60,21 @@ def test_digits_demo_fast() -> None:
     assert test_acc >= 0.9
     assert "OK: validation accuracy" in out
     assert re.search(r"test metrics: test_acc=\d\.\d+, test_loss=\d\.\d+", out)
-    # the default CSV logger wrote the run's metrics under the working directory
-    metrics = list(Path("lightning_logs").glob("version_*/metrics.csv"))
-    assert metrics, "no lightning_logs/version_*/metrics.csv written"
-    header = metrics[0].read_text().splitlines()[0].split(",")
-    assert {"val_acc", "val_loss", "train_loss", "test_acc"} <= set(header), header
+    # the default logger (TensorBoard when installed, as in Lightning; else CSV) wrote the run's metrics
+    # under the working directory
+    expected = {"val_acc", "val_loss", "train_loss", "test_acc"}
+    events = list(Path("lightning_logs").glob("version_*/events.out.tfevents.*"))
+    if events:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        acc = EventAccumulator(str(events[0].parent))
+        acc.Reload()
+        assert expected <= set(acc.Tags()["scalars"]), acc.Tags()["scalars"]
+    else:
+        metrics = list(Path("lightning_logs").glob("version_*/metrics.csv"))
+        assert metrics, "no lightning_logs/version_*/metrics.csv or TensorBoard event file written"
+        header = metrics[0].read_text().splitlines()[0].split(",")
+        assert expected <= set(header), header
 
 
 def test_torchmetrics_example() -> None:
