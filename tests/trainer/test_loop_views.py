@@ -235,3 +235,16 @@ def test_counters_equal_lightning_at_every_hook(tmp_path: Any) -> None:
     for a, b in zip(ours, theirs):
         assert a == b
     assert len(ours) == len(theirs)
+
+
+@pytest.mark.parametrize("fw", _frameworks())
+def test_max_epochs_none_is_resolved_by_the_next_fit(fw: Any) -> None:
+    fw = _fw(fw)
+    trainer = _trainer(fw, max_epochs=None, max_steps=4)
+    assert trainer.fit_loop.max_epochs is None
+    model = _model(fw)
+    trainer.fit(model, _loader())
+    assert (trainer.fit_loop.max_epochs, trainer.global_step) == (-1, 4)
+    trainer.fit_loop.max_epochs = None
+    assert (trainer.fit_loop.max_steps, trainer.fit_loop.epoch_loop.max_steps) == (4, 4)
+    assert trainer.fit_loop.max_epochs is None
