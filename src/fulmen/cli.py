@@ -573,7 +573,9 @@ class LightningCLI:
         value = config.get(key)
         if value is None:
             value = []
-        elif not isinstance(value, list):
+        elif isinstance(value, (list, tuple)):
+            value = list(value)
+        else:
             value = [value]
         value = [*value, *callbacks]
         if key in self.trainer_defaults:
