@@ -122,6 +122,7 @@ def test_epoch_progress_reset_and_min_epochs(fw: Any) -> None:
     progress = trainer.fit_loop.epoch_progress
     assert (progress.total.ready, progress.current.completed) == (2, 2)
     assert trainer.fit_loop.min_epochs == 0
+    assert trainer.fit_loop.epoch_loop.batch_progress.is_last_batch is True  # stays up after fit, as in Lightning
     trainer.fit_loop.min_epochs = 1
     assert trainer.min_epochs == 1
 
@@ -152,7 +153,7 @@ def _counters(trainer: Any) -> tuple[int, ...]:
         bp.total.ready, bp.total.completed, ep.current.ready, ep.current.completed, ep.total.completed,
         step.total.completed, loop._batches_that_stepped, loop.global_step,
         loop.val_loop.batch_progress.total.completed, trainer.fit_loop.total_batch_idx, trainer.fit_loop.batch_idx,
-        loop.scheduler_progress.total.ready, loop.scheduler_progress.total.completed,
+        loop.scheduler_progress.total.ready, loop.scheduler_progress.total.completed, int(bp.is_last_batch),
     )
 
 

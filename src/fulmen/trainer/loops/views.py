@@ -193,6 +193,17 @@ def _batch_shift(trainer: Trainer) -> tuple[int, int, int, int]:
     return (0, 0, 0, 0)
 
 
+def _is_last_batch(trainer: Trainer) -> bool:
+    """Lightning's flag stays up from the epoch's last batch until the next batch is fetched (after fit too);
+    fulmen lowers its own when the epoch ends."""
+    rs = trainer.run_state
+    fx = trainer._current_fx
+    in_batch = fx == "on_train_batch_start" or fx in _IN_BATCH or rs.resume_point in ("batch_end", "val", "after_val")
+    if in_batch or rs.is_last_batch:
+        return rs.is_last_batch
+    return rs.batch_in_epoch == 0 and rs.epoch_progress.total_completed > 0
+
+
 class EpochLoopView(_Unsupported):
     """``trainer.fit_loop.epoch_loop`` (Lightning's ``_TrainingEpochLoop``)."""
 
@@ -227,7 +238,7 @@ class EpochLoopView(_Unsupported):
             rs.batch_in_epoch = rs.batch_progress.current_completed
 
         return ProgressView(rs.batch_progress, f"{self._owner}.batch_progress", lambda: _batch_shift(t), sync,
-                            lambda: rs.is_last_batch)
+                            lambda: _is_last_batch(t))
 
     @property
     def scheduler_progress(self) -> ProgressView:
