@@ -6,7 +6,9 @@
 
 Sections (``--only``, comma-separated):
 
-* ``loops``: training-loop time per workload (``--workloads tiny,digits,heavy``). Contestants run
+* ``loops``: training-loop time per workload (``--workloads tiny,digits,heavy``; ``tinyval``, issue 12's
+  shape with validation after every epoch and a ``__getitems__`` dataset, runs only when named: about 40 s a
+  round with Lightning). Contestants run
   interleaved in one process (A B C ... then the reverse order, so drift favours no one), after
   warm-up rounds that are discarded. Each round's time is divided by the hand-written loop's time in
   the same round; the table shows the median of those paired ratios and their interquartile range.
