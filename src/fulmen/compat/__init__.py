@@ -11,7 +11,9 @@ Which module owns what:
 * ``_finder.py``: the meta-path finder, the alias modules and the "not supported yet" errors;
 * ``run.py``: the ``run`` subcommand (argv, ``sys.path``, ``runpy``, worker processes);
 * ``_spawn_main.py``: the main module of ``spawn``-ed workers under ``fulmen run``;
-* ``_imports.py``: ``lightning.*.utilities.imports`` flags (``_TORCH_GREATER_EQUAL_2_4``, ...).
+* ``_imports.py``: the version/availability flags (``_TORCH_GREATER_EQUAL_2_4``, ``_TENSORBOARD_AVAILABLE``...),
+  computed for this environment and answered by every Lightning alias module;
+* ``_migration.py``: ``lightning.pytorch.utilities.migration`` (``migrate_checkpoint``, ``pl_legacy_patch``).
 
 In-process use (tests, notebooks)::
 
