@@ -308,6 +308,10 @@ class Sweep:
             else:
                 resumable.append(t)
                 folder_of[t.number] = folder
+        try:  # the best so far includes the trials of earlier runs
+            self.best = (float(study.best_trial.value), study.best_trial.number)
+        except ValueError:
+            self.best = None
         free = list(self.slots)
         last_stale_check = time.time()
         while True:
