@@ -35,7 +35,7 @@ test: $(VENV)/.dev
 	$(PY) -m pytest tests -q -p no:cacheprovider
 
 # ruff (rules and the reason for each exclusion: pyproject.toml [tool.ruff.lint]) and mypy (strict on fulmen.core
-# and fulmen.fabric: [tool.mypy]) over the whole tree
+# and fulmen.fabric, strict but for warn_return_any on fulmen.trainer: [tool.mypy]) over the whole tree
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy

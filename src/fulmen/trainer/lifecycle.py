@@ -12,7 +12,8 @@ import torch
 from fulmen.callbacks.callback import Callback
 from fulmen.core.dispatch import Dispatcher
 from fulmen.core.optimizer import LightningOptimizer, init_optimizers
-from fulmen.trainer.states import RunningStage, TrainerFn, TrainerStatus, _TunerExitException
+from fulmen.core.states import _TunerExitException
+from fulmen.trainer.states import RunningStage, TrainerFn, TrainerStatus
 from fulmen.utilities.exceptions import MisconfigurationException, MisconfigurationTypeError, MisconfigurationValueError
 from fulmen.utilities.rank_zero import rank_zero_info, rank_zero_warn
 

@@ -155,11 +155,8 @@ class TrialSession:
 
     def __exit__(self, *exc: object) -> None:
         from fulmen.checkpoint.sharded import ShardedEntry
-        from fulmen.trainer.checkpointing import (
-            load_state_dict_strictly,
-            restore_sharded_weights,
-            restore_training_state,
-        )
+        from fulmen.core.saving import load_state_dict_strictly
+        from fulmen.trainer.checkpointing import restore_sharded_weights, restore_training_state
 
         t = self.trainer
         saved = self._saved
