@@ -133,6 +133,26 @@ def test_onnx_batch_dimension_is_dynamic_by_default(tmp_path: Path) -> None:
         session.run(None, {session.get_inputs()[0].name: torch.randn(5, 1, 8, 8).numpy()})
 
 
+def test_onnx_dynamic_batch_with_constant_and_fixed_outputs(tmp_path: Path) -> None:
+    """Outputs the exporter names with bare numbers, a constant output and a reshape to a fixed size still export;
+    the batch-dependent output follows the batch."""
+    ort = pytest.importorskip("onnxruntime")
+
+    class Mixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4, 2))
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            return x @ self.w.t(), self.w * 1, x.view(3, -1)
+
+    path = tmp_path / "mixed.onnx"
+    to_onnx(Mixed(), path, torch.randn(3, 2))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = session.run(None, {session.get_inputs()[0].name: torch.randn(6, 2).numpy()})
+    assert [o.shape for o in out] == [(6, 4), (4, 2), (3, 4)]
+
+
 def test_onnx_dynamo_batch_dimension_is_dynamic_by_default(tmp_path: Path) -> None:
     pytest.importorskip("onnxscript")
     ort = pytest.importorskip("onnxruntime")

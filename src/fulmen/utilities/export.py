@@ -236,16 +236,20 @@ def _batch_dynamic_axes(module: nn.Module, args: tuple[Any, ...], kwargs: dict[s
     graph = onnx.load_from_string(probe.getvalue()).graph
     weights = {init.name for init in graph.initializer}
 
-    def ranked(values: Any) -> list[tuple[str, int]]:
+    def ranked(values: Any, skip_weights: bool) -> list[tuple[str, int]]:
         out = []
         for v in values:
-            if v.name in weights:
+            if skip_weights and v.name in weights:  # weights listed as inputs (keep_initializers_as_inputs)
                 continue
             has_shape = v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")
             out.append((v.name, len(v.type.tensor_type.shape.dim) if has_shape else 0))
         return out
 
-    inputs, outputs = ranked(graph.input), ranked(graph.output)
+    def named(values: list[tuple[str, int]], prefix: str) -> list[tuple[str, int]]:
+        # the exporter's own numbered names ("7") cannot be given back to it: those get "output_<i>"
+        return [(f"{prefix}_{i}" if name.isdigit() else name, rank) for i, (name, rank) in enumerate(values)]
+
+    inputs, outputs = named(ranked(graph.input, True), "input"), named(ranked(graph.output, False), "output")
     return {
         "input_names": [name for name, _ in inputs],
         "output_names": [name for name, _ in outputs],
