@@ -126,3 +126,14 @@ def test_a_second_driver_on_the_same_folder_is_refused(tmp_path):
         proc = sweep("--dir", str(d), ARGPARSE, "--lr", "[0.01]", check=False)
     assert proc.returncode == 2 and "another `fulmen sweep` is driving" in proc.stderr
     assert not list(d.glob("trial_*"))
+
+
+def test_config_file_errors_before_any_trial(tmp_path):
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text("parameters:\n  --lr: uniform(0.01, 0.1)\n")
+    proc = sweep("--dir", str(tmp_path / "c1"), "--config", str(cfg), ARGPARSE, "--lr", "[0.01]", check=False)
+    assert proc.returncode == 2 and "--lr is given both on the command line and in --config" in proc.stderr
+    cfg.write_text("parameters:\n  hidden: int(1, x)\n")
+    proc = sweep("--dir", str(tmp_path / "c2"), "--config", str(cfg), ARGPARSE, check=False)
+    assert proc.returncode == 2 and "bad search expression for hidden" in proc.stderr and "^" in proc.stderr
+    assert not list(tmp_path.glob("c*/trial_*"))
