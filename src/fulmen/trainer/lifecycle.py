@@ -495,8 +495,14 @@ def run(trainer: Trainer, fn: TrainerFn, model: Any, datamodule: Any, loaders: d
         return _run(trainer, fn, model, datamodule, loaders, ckpt_path, weights_only, verbose, return_predictions)
     from fulmen.trainer import _launch
 
-    out = launcher.launch(_launch.run_launched, _run, trainer, fn, model, datamodule, loaders, ckpt_path, weights_only,
-                          verbose, return_predictions)
+    try:
+        out = launcher.launch(_launch.run_launched, _run, trainer, fn, model, datamodule, loaders, ckpt_path,
+                              weights_only, verbose, return_predictions)
+    except KeyboardInterrupt as exc:
+        # Ctrl-C while worker processes run the stage (each shuts itself down): as Lightning, exit with status 1
+        rank_zero_warn("Detected KeyboardInterrupt, attempting graceful shutdown ...")
+        trainer.state.status = TrainerStatus.INTERRUPTED
+        raise SystemExit(1) from exc
     return _launch.apply_worker_output(trainer, fn, model, datamodule, out)
 
 
