@@ -8,7 +8,6 @@ decide differently and the ranks hang or diverge. Here global rank 0 alone talks
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 from typing_extensions import override
@@ -51,7 +50,6 @@ class PruningCallback(Callback):
         self.values: list[float] = []
         self.pruned = False
         self._reported_epoch = -1
-        self._started = time.time()
 
     @property
     @override
