@@ -153,6 +153,30 @@ def test_onnx_dynamic_batch_with_constant_and_fixed_outputs(tmp_path: Path) -> N
     assert [o.shape for o in out] == [(6, 4), (4, 2), (3, 4)]
 
 
+def test_onnx_falls_back_to_fixed_shapes_when_the_dynamic_export_fails(tmp_path: Path) -> None:
+    """The first (fixed-shape, in-memory) export works and the dynamic one raises: the file is the fixed-shape
+    export, with a warning naming the fix."""
+    ort = pytest.importorskip("onnxruntime")
+
+    class FailsSecondTrace(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(2, 3)
+            self.traced = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.traced += 1
+            if self.traced > 1:
+                raise RuntimeError("this model cannot be traced twice")
+            return self.layer(x)
+
+    path = tmp_path / "fixed_fallback.onnx"
+    with pytest.warns(UserWarning, match="dynamic batch dimension failed.*dynamic_axes"):
+        to_onnx(FailsSecondTrace(), path, torch.randn(3, 2))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == [3, 2]
+
+
 def test_onnx_dynamo_batch_dimension_is_dynamic_by_default(tmp_path: Path) -> None:
     pytest.importorskip("onnxscript")
     ort = pytest.importorskip("onnxruntime")

@@ -187,6 +187,7 @@ def to_onnx(
     args, sample_kwargs = _as_args(sample)
     if sample_kwargs:
         kwargs.setdefault("kwargs", sample_kwargs)
+    static_export: bytes | None = None  # the fixed-shape export, kept in case the dynamic one fails
     with _eval_mode(module):
         if kwargs.get("dynamic_axes") is None and kwargs.get("dynamic_shapes") is None:
             # a model is served at any batch size: dim 0 of every input and output is dynamic unless the user
@@ -197,12 +198,28 @@ def to_onnx(
                 if not sample_kwargs:
                     kwargs["dynamic_shapes"] = _batch_dynamic_shapes(args)
             else:
-                kwargs.update(_batch_dynamic_axes(module, args, kwargs))
+                dynamic, static_export = _batch_dynamic_axes(module, args, kwargs)
+                kwargs.update(dynamic)
         if file_path is not None:
             parent = os.path.dirname(os.fspath(file_path))
             if parent:
                 os.makedirs(parent, exist_ok=True)
-        return torch.onnx.export(module, args, None if file_path is None else os.fspath(file_path), **kwargs)
+        try:
+            return torch.onnx.export(module, args, None if file_path is None else os.fspath(file_path), **kwargs)
+        except Exception as err:
+            if static_export is None or file_path is None:
+                raise
+            # the model does not export with a dynamic batch (a shape fixed in forward): keep the fixed-shape file
+            from fulmen.utilities.rank_zero import rank_zero_warn
+
+            rank_zero_warn(
+                f"to_onnx: exporting with a dynamic batch dimension failed ({type(err).__name__}: {err}); "
+                f"{os.fspath(file_path)} is exported with the example input's fixed shapes instead. Fix: pass "
+                "dynamic_axes={input_name: {0: 'batch'}, ...} for the dims that may vary, or dynamic_axes={}."
+            )
+            with open(os.fspath(file_path), "wb") as f:
+                f.write(static_export)
+            return None
 
 
 def _batch_dynamic_shapes(args: tuple[Any, ...]) -> Any:
@@ -217,12 +234,15 @@ def _batch_dynamic_shapes(args: tuple[Any, ...]) -> Any:
     return tuple(tree_map(spec, a) for a in args)
 
 
-def _batch_dynamic_axes(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+def _batch_dynamic_axes(
+    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[dict[str, Any], bytes]:
     """``input_names``/``output_names``/``dynamic_axes`` for the TorchScript-based exporter with dim 0 of every
     input and output dynamic.
 
     The exporter names unnamed inputs and outputs itself (``onnx::Flatten_0``, ``17``) and flattens nested inputs,
     so the names and ranks are read from a first export to memory; the real export then names them the same way.
+    Also returns that first (fixed-shape) export.
     """
     import io
     import warnings
@@ -254,7 +274,7 @@ def _batch_dynamic_axes(module: nn.Module, args: tuple[Any, ...], kwargs: dict[s
         "input_names": [name for name, _ in inputs],
         "output_names": [name for name, _ in outputs],
         "dynamic_axes": {name: {0: "batch"} for name, rank in inputs + outputs if rank > 0},
-    }
+    }, probe.getvalue()
 
 
 def to_torch_export(
