@@ -104,10 +104,7 @@ def main(argv: list[str]) -> int:
             return int(globals()[f"_cmd_{argv[0]}"](argv[1:]) or 0)
         run_sweep(argv)
         return 0
-    except (SweepError, SearchExpressionError, ValueError, FileNotFoundError) as exc:
-        print(f"fulmen sweep: error: {exc}", file=sys.stderr)
-        return 2
-    except ModuleNotFoundError as exc:
+    except (SweepError, SearchExpressionError, ValueError, FileNotFoundError, ModuleNotFoundError) as exc:
         print(f"fulmen sweep: error: {exc}", file=sys.stderr)
         return 2
 
@@ -125,7 +122,14 @@ def _load(folder: str, storage: str | None) -> Any:
     url = storage or meta["storage"]
     if "***" in url:
         raise SweepError(f"the sweep's storage {url} needs its password. Fix: pass --storage URL.")
-    return optuna().load_study(study_name=meta["name"], storage=make_storage(url))
+    return _load_study(meta["name"], url)
+
+
+def _load_study(name: str, url: str) -> Any:
+    try:
+        return optuna().load_study(study_name=name, storage=make_storage(url))
+    except KeyError:
+        raise SweepError(f"there is no study {name!r} in {redact(url)}. Fix: check the name and --storage.") from None
 
 
 def _folder_args(argv: list[str], extra: dict[str, dict[str, Any]] | None = None) -> argparse.Namespace:
@@ -254,7 +258,7 @@ def _cmd_worker(argv: list[str]) -> int:
     p.add_argument("--heartbeat", type=int, default=10, help="seconds between heartbeats (default 10)")
     p.add_argument("--parallel", type=int, help="trials at once on this machine")
     ns = p.parse_args(argv)
-    study = optuna().load_study(study_name=ns.name, storage=make_storage(ns.storage))
+    study = _load_study(ns.name, ns.storage)
     spec = study.user_attrs.get(SPEC_ATTR)
     if not spec or not spec.get("argv"):
         raise SweepError(f"the study {ns.name!r} in {redact(ns.storage)} was not started by `fulmen sweep`.")
