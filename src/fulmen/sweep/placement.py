@@ -39,22 +39,27 @@ class Slot:
             os.sched_setaffinity(0, set(self.cores))
 
     def preexec(self) -> Callable[[], None]:
-        cores = self
+        """What the child runs between fork and exec: its cores, and SIGTERM when the driver dies.
+
+        libc is loaded here, in the parent: the child (forked from a process with a heartbeat thread) only
+        makes two system calls, no dlopen and no allocation that could wait on a lock another thread held.
+        """
+        slot = self
+        prctl = _prctl()
 
         def run() -> None:
-            cores.apply()
-            _die_with_parent()
+            slot.apply()
+            if prctl is not None:  # PR_SET_PDEATHSIG: a trial checkpoints and exits even if the driver is SIGKILLed
+                prctl(1, int(signal.SIGTERM))
 
         return run
 
 
-def _die_with_parent() -> None:
-    """A trial gets SIGTERM when the driver dies, even by SIGKILL: it checkpoints and exits (Linux only)."""
+def _prctl() -> Callable[..., int] | None:
     try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl  # type: ignore[no-any-return]
     except (OSError, AttributeError):  # pragma: no cover - not Linux
-        pass
+        return None
 
 
 def visible_gpus() -> list[int]:
