@@ -114,6 +114,7 @@ CORPUS = [
         needs="fulmen.cli",
     ),
     Program("hydra_template"),
+    Program("torchmetrics_logging"),
     # Lightning's DDP launcher re-runs the script in a child process and changes the parent's environment:
     # it gets a reference process of its own
     Program("ddp_cpu_two_processes", isolated=True),
