@@ -175,3 +175,29 @@ def test_trainer_loader_properties_keep_the_given_structure() -> None:
                        {"x": "DataLoader", "y": ("list", ["DataLoader"])})
     pytest.importorskip("pytorch_lightning")
     assert ours == _loader_props("pytorch_lightning")
+
+
+def _limits_and_errors(lib_name: str) -> list[Any]:
+    cls = importlib.import_module(f"{lib_name}.utilities.combined_loader").CombinedLoader
+    warnings.filterwarnings("ignore")
+    out: list[Any] = []
+    for mode in MODES:
+        cl = cls({"a": [0, 1, 2, 3], "b": ([10, 11, 12], [20, 21, 22, 23, 24])}, mode)
+        cl.limits = [2, 3, 4]
+        batches = list(cl)  # Lightning's len() needs an iterator first
+        out.append((mode, len(cl), batches))
+    cl = cls([[1, 2], [3, 4]], "sequential")
+    cl.limits = 1
+    out.append((cl.limits, list(cl), cl.sampler, cls({"a": DataLoader([1])}).batch_sampler["a"].batch_size))
+    for bad in (lambda: setattr(cl, "limits", [1, 2, 3]), lambda: setattr(cl, "flattened", [[1]]),
+                lambda: cls([[1]], "foo")):
+        with pytest.raises(ValueError):
+            bad()
+    return out
+
+
+def test_limits_sampler_and_errors_match_lightning() -> None:
+    ours = _limits_and_errors("fulmen")
+    assert ours[-1][:2] == ([1, 1], [(1, 0, 0), (3, 0, 1)])
+    pytest.importorskip("pytorch_lightning")
+    assert ours == _limits_and_errors("pytorch_lightning")

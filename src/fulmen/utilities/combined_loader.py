@@ -7,6 +7,7 @@ batch has the same nested structure.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from fulmen.utilities.data import has_len
-from fulmen.utilities.exceptions import MisconfigurationException
+from fulmen.utilities.exceptions import MisconfigurationValueError
 
 _MODES = ("max_size_cycle", "min_size", "max_size", "sequential")
 
@@ -50,9 +51,47 @@ class CombinedLoader:
 
     def __init__(self, iterables: Any, mode: str = "min_size") -> None:
         if mode not in _MODES:
-            raise MisconfigurationException(f"CombinedLoader(mode={mode!r}); expected one of {_MODES}.")
+            raise MisconfigurationValueError(f"CombinedLoader(mode={mode!r}); expected one of {_MODES}.")
         self.iterables = iterables
         self.mode = mode
+        self._limits: list[int | float] | None = None
+
+    @property
+    def sampler(self) -> Any:
+        """Each iterable's ``sampler`` (None where it has none), in the iterables' structure."""
+        flat, spec = flatten_iterables(self.iterables)
+        return tree_unflatten([getattr(x, "sampler", None) for x in flat], spec)
+
+    @property
+    def batch_sampler(self) -> Any:
+        """Each iterable's ``batch_sampler`` (None where it has none), in the iterables' structure."""
+        flat, spec = flatten_iterables(self.iterables)
+        return tree_unflatten([getattr(x, "batch_sampler", None) for x in flat], spec)
+
+    @property
+    def limits(self) -> list[int | float] | None:
+        """The most batches taken from each iterable (None: all)."""
+        return self._limits
+
+    @limits.setter
+    def limits(self, limits: int | float | list[int | float] | None) -> None:
+        n = len(self.flattened)
+        if isinstance(limits, (int, float)):
+            limits = [limits] * n
+        elif limits is not None and len(limits) != n:
+            raise MisconfigurationValueError(
+                f"CombinedLoader.limits: got {len(limits)} limits for {n} iterables. Fix: pass one limit per "
+                "iterable (or one number for all)."
+            )
+        self._limits = None if limits is None else list(limits)
+
+    def reset(self) -> None:
+        """Nothing to reset: every ``iter()`` starts fresh iterators (Lightning keeps one and shuts it down here)."""
+
+    def _limited(self, flat: list[Any]) -> list[Any]:
+        if self._limits is None:
+            return flat
+        return [x if limit == math.inf else _Limited(x, int(limit)) for x, limit in zip(flat, self._limits)]
 
     @property
     def flattened(self) -> list[Any]:
@@ -62,11 +101,17 @@ class CombinedLoader:
     @flattened.setter
     def flattened(self, flattened: list[Any]) -> None:
         """Replace the iterables, keeping the nested structure (e.g. after wrapping each loader)."""
-        spec = flatten_iterables(self.iterables)[1]
+        current, spec = flatten_iterables(self.iterables)
+        if len(flattened) != len(current):
+            raise MisconfigurationValueError(
+                f"CombinedLoader.flattened: got {len(flattened)} iterables to replace {len(current)}. Fix: set as "
+                "many as there are."
+            )
         self.iterables = tree_unflatten(list(flattened), spec)
 
-    def _lengths(self) -> list[float]:
-        return [len(x) if has_len(x) else math.inf for x in self.flattened]
+    def _lengths(self, limited: bool = True) -> list[float]:
+        flat = self._limited(self.flattened) if limited else self.flattened
+        return [len(x) if has_len(x) else math.inf for x in flat]
 
     def __len__(self) -> int:
         lengths = self._lengths()
@@ -83,7 +128,7 @@ class CombinedLoader:
     def __iter__(self) -> Iterator[Any]:
         """``(batch, batch_idx, dataloader_idx)`` per step, as Lightning's CombinedLoader yields."""
         if self.mode == "sequential":
-            for dl_idx, it in enumerate(self.flattened):
+            for dl_idx, it in enumerate(self._limited(self.flattened)):
                 for batch_idx, batch in enumerate(it):
                     yield batch, batch_idx, dl_idx
             return
@@ -92,9 +137,11 @@ class CombinedLoader:
 
     def _iter_batches(self) -> Iterator[Any]:
         """The combined batches alone (what the fit loop hands to ``training_step``); not for ``sequential``."""
+        # as in Lightning, limits cap len() in every mode but the batches only in sequential mode (the Trainer
+        # applies its limit_*_batches itself)
         flat, spec = flatten_iterables(self.iterables)
         iters = [iter(x) for x in flat]
-        lengths = self._lengths()
+        lengths = self._lengths(limited=False)
         if self.mode == "min_size":
             total = min(lengths)
         else:
@@ -117,3 +164,17 @@ class CombinedLoader:
                     values.append(next(iters[i]))
             yield tree_unflatten(values, spec)
             count += 1
+
+
+class _Limited:
+    """The first ``limit`` items of an iterable (with a length where the iterable has one)."""
+
+    def __init__(self, iterable: Any, limit: int) -> None:
+        self.iterable = iterable
+        self.limit = limit
+
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.islice(iter(self.iterable), self.limit)
+
+    def __len__(self) -> int:
+        return min(len(self.iterable), self.limit) if has_len(self.iterable) else self.limit
