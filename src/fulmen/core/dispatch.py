@@ -16,10 +16,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fulmen.core.callback import Callback
-from fulmen.core.events import check_hook_name
 
 if TYPE_CHECKING:
     from fulmen.trainer.trainer import Trainer
+
+
+def check_hook_name(name: str) -> None:
+    """:func:`fulmen.core.events.check_hook_name`, importing the enum at the first check of a run, not with
+    ``import fulmen`` (building its 65 members costs about a millisecond)."""
+    from fulmen.core.events import check_hook_name as check
+
+    check(name)
 
 
 def _overrides(obj: Any, base: type, name: str) -> bool:
