@@ -115,6 +115,7 @@ CORPUS = [
     ),
     Program("hydra_template"),
     Program("torchmetrics_logging"),
+    Program("finetuning_backbone"),
     # Lightning's DDP launcher re-runs the script in a child process and changes the parent's environment:
     # it gets a reference process of its own
     Program("ddp_cpu_two_processes", isolated=True),
