@@ -154,6 +154,7 @@ def _counters(trainer: Any) -> tuple[int, ...]:
         step.total.completed, loop._batches_that_stepped, loop.global_step,
         loop.val_loop.batch_progress.total.completed, trainer.fit_loop.total_batch_idx, trainer.fit_loop.batch_idx,
         loop.scheduler_progress.total.ready, loop.scheduler_progress.total.completed, int(bp.is_last_batch),
+        ep.current.started, ep.current.processed, ep.total.ready,
     )
 
 

@@ -31,7 +31,6 @@ _STAGES = ("ready", "started", "processed", "completed")
 _IN_BATCH = frozenset({
     "training_step", "on_before_backward", "backward", "on_after_backward", "on_before_optimizer_step",
     "optimizer_step", "configure_gradient_clipping", "on_before_zero_grad", "optimizer_zero_grad",
-    "lr_scheduler_step",
 })
 
 
@@ -337,7 +336,16 @@ class FitLoopViews:
         def sync() -> None:  # Lightning's current_epoch is epoch_progress.current.completed
             rs.epoch = rs.epoch_progress.current_completed
 
-        return ProgressView(rs.epoch_progress, "trainer.fit_loop.epoch_progress", on_write=sync)
+        t = self.trainer
+
+        def shift() -> tuple[int, int, int, int]:
+            # Lightning counts the epoch started after on_train_epoch_start and processed before on_train_epoch_end
+            fx = t._current_fx
+            if fx == "on_train_epoch_start":
+                return (0, -1, 0, 0)
+            return (0, 0, 1, 0) if fx == "on_train_epoch_end" else (0, 0, 0, 0)
+
+        return ProgressView(rs.epoch_progress, "trainer.fit_loop.epoch_progress", shift, on_write=sync)
 
     @property
     def max_epochs(self) -> int | None:  # None until a fit resolves an unset max_epochs, as in Lightning
