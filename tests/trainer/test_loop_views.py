@@ -250,3 +250,43 @@ def test_max_epochs_none_is_resolved_by_the_next_fit(fw: Any) -> None:
     trainer.fit_loop.max_epochs = None
     assert (trainer.fit_loop.max_steps, trainer.fit_loop.epoch_loop.max_steps) == (4, 4)
     assert trainer.fit_loop.max_epochs is None
+
+
+@pytest.mark.skipif(not HAS_LIGHTNING, reason="compares with pytorch-lightning")
+def test_manual_optimization_counters_equal_lightning() -> None:
+    import pytorch_lightning
+
+    def run(fw: types.ModuleType) -> list[Any]:
+        seen: list[Any] = []
+
+        class Manual(fw.LightningModule):
+            def __init__(self) -> None:
+                super().__init__()
+                self.layer = nn.Linear(3, 1)
+                self.automatic_optimization = False
+
+            def training_step(self, batch: Any, batch_idx: int) -> None:
+                opt = self.optimizers()
+                x, y = batch
+                loss = nn.functional.mse_loss(self.layer(x), y)
+                seen.append(("before_step", _counters(self.trainer)))
+                if batch_idx % 2 == 0:  # every other batch steps
+                    opt.zero_grad()
+                    self.manual_backward(loss)
+                    opt.step()
+                seen.append(("after_step", _counters(self.trainer),
+                             self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress.total.ready))
+
+            def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+                seen.append(("batch_end", _counters(self.trainer)))
+
+            def configure_optimizers(self) -> Any:
+                return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        torch.manual_seed(0)
+        trainer = _trainer(fw, max_epochs=2)
+        trainer.fit(Manual(), _loader())
+        seen.append(("after_fit", _counters(trainer)))
+        return seen
+
+    assert run(L) == run(pytorch_lightning)
