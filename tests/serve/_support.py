@@ -24,16 +24,24 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, args: list[str], ready_timeout: float = 90.0, cwd: Path | None = None) -> None:
+    def __init__(
+        self, args: list[str], ready_timeout: float = 90.0, cwd: Path | None = None, wait: bool = True
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PORT": str(self.port)}
         env.pop("LIT_SERVER_API_KEY", None)
         argv = [a.replace("{port}", str(self.port)) for a in args]
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)  # noqa: SIM115 (read at the end)
         self.proc = subprocess.Popen(
             [sys.executable, *argv], stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=cwd, text=True
         )
+        self.ready_timeout = ready_timeout
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        ready_timeout = self.ready_timeout
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -37,12 +37,20 @@ def _require_serving_deps() -> None:
         raise ModuleNotFoundError(f"fulmen.serve needs {', '.join(missing)} to run a server; {_EXTRA_HINT}.")
 
 
-def _resolve_devices(accelerator: str, devices: Any) -> list[str]:
+def _cuda_count() -> int:
     import torch
 
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+
+
+def _resolve_devices(accelerator: str, devices: Any) -> list[str]:
     if accelerator == "auto":
-        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+        # without an NVIDIA driver there is no CUDA: don't import torch (seconds) just to learn that
+        maybe_cuda = "torch" in sys.modules or os.path.exists("/dev/nvidiactl")
+        accelerator = "cuda" if maybe_cuda and _cuda_count() > 0 else "cpu"
     if accelerator in ("gpu", "cuda"):
+        import torch
+
         count = torch.cuda.device_count()
         if count == 0:
             raise ValueError(f"LitServer(accelerator={accelerator!r}): no CUDA device is available; use 'cpu'.")
@@ -489,4 +497,3 @@ class LitServer:
             f"example: curl -X POST {url}{first.api_path} -H 'Content-Type: application/json'{key} -d '{example}'"
         )
         print("\n".join(lines), flush=True)
-        _ = sys
