@@ -26,6 +26,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "main",
         "run many trials of one unmodified script over a search space (`fulmen sweep --help`)",
     ),
+    "serve": (
+        "fulmen.serve.cli",
+        "main",
+        "serve a checkpoint's predict_step or a file defining a LitAPI over HTTP (`fulmen serve --help`)",
+    ),
     "run": (
         "fulmen.compat.run",
         "main",
