@@ -110,10 +110,12 @@ def test_missing_script_and_folder_of_another_sweep(tmp_path):
     proc = sweep("--dir", str(tmp_path / "x"), str(tmp_path / "nope.py"), "--lr", "[1]", check=False)
     assert proc.returncode == 2 and "does not exist" in proc.stderr
     d = tmp_path / "y"
-    sweep("--dir", str(d), "--name", "n", "--trials", "1", ARGPARSE, "--lr", "[0.01]", "--epochs", "1")
+    # --timeout 0: the sweep is defined (its study and folder) but starts no trial
+    out = sweep("--dir", str(d), "--name", "n", "--timeout", "0", ARGPARSE, "--lr", "[0.01]", "--epochs", "1").stdout
+    assert "no trial completed" in out and not list(d.glob("trial_*"))
     proc = sweep("--dir", str(d), "--name", "n", ARGPARSE, "--lr", "[0.02]", "--epochs", "1", check=False)
-    assert proc.returncode == 2 and "was started by another command" in proc.stderr
-    assert [r["state"] for r in status(d)] == ["COMPLETE"]  # the finished trial is untouched
+    assert proc.returncode == 2 and "was started by another command (different args, space" in proc.stderr
+    assert status(d) == []
 
 
 def test_a_second_driver_on_the_same_folder_is_refused(tmp_path):

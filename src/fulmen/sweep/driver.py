@@ -260,7 +260,7 @@ class Sweep:
             raise SweepError(f"--trials {total} is more than the grid's {self.space.grid_size(self.seed)} points.")
         self._say(f"sweep {self.name!r}: {total} trials of {os.path.basename(self.script)}, {len(self.slots)} at a "
                   f"time, study in {redact(self.storage_url)}, folder {self.dir}")
-        deadline = time.time() + self.opts.timeout if self.opts.timeout else None
+        deadline = time.time() + self.opts.timeout if self.opts.timeout is not None else None
         previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
         if threading.current_thread() is threading.main_thread():
             for s in previous:
