@@ -26,6 +26,14 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "main",
         "run many trials of one unmodified script over a search space (`fulmen sweep --help`)",
     ),
+    "launch": (
+        "fulmen.launch.cli",
+        "main",
+        "run a script on SLURM, Kubernetes, SkyPilot or here, resumed after preemptions (`fulmen launch --help`)",
+    ),
+    "runs": ("fulmen.launch.cli", "runs_main", "list launches and their status (`fulmen runs --root DIR`)"),
+    "logs": ("fulmen.launch.cli", "logs_main", "print or follow a launch's log (`fulmen logs ID [-f]`)"),
+    "stop": ("fulmen.launch.cli", "stop_main", "cancel a launch (`fulmen stop ID`)"),
     "serve": (
         "fulmen.serve.cli",
         "main",
