@@ -515,16 +515,18 @@ def _model_and_data() -> tuple[Any, Any, Any]:
 
 
 def _count_metric_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    from fulmen.trainer.trainer import Trainer
+    # both routes a bar reads by (trainer.progress_bar_metrics, exact; the deferred mid-epoch read) go through
+    # MetricsStore.progress_bar_values once
+    from fulmen.trainer.metrics import MetricsStore
 
     reads = [0]
-    original = Trainer.progress_bar_metrics
+    original = MetricsStore.progress_bar_values
 
     def counting(self: Any) -> Any:
         reads[0] += 1
-        return original.fget(self)  # type: ignore[attr-defined]
+        return original(self)
 
-    monkeypatch.setattr(Trainer, "progress_bar_metrics", property(counting))
+    monkeypatch.setattr(MetricsStore, "progress_bar_values", counting)
     return reads
 
 

@@ -78,11 +78,15 @@ class MetricsStore:
             out.update(self.eval_epoch_end.epoch_metrics()[0])
         return out
 
-    def progress_bar_metrics(self) -> dict[str, float]:
+    def progress_bar_values(self) -> dict[str, Any]:
+        """What ``progress_bar_metrics`` shows, before conversion (device tensors stay on the device)."""
         merged = dict(self.pbar)
         if self.live is not None:
             merged.update(self.live.progress_bar_step_metrics())
-        return {k: _to_float(v) for k, v in merged.items()}
+        return merged
+
+    def progress_bar_metrics(self) -> dict[str, float]:
+        return {k: _to_float(v) for k, v in self.progress_bar_values().items()}
 
     def logged_metrics(self) -> dict[str, Any]:
         return dict(self.logged)

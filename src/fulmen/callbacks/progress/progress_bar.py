@@ -7,6 +7,11 @@ The one performance rule every bar follows: ``trainer.progress_bar_metrics`` con
 values to host numbers (a device->host sync), so a bar reads it (through :meth:`get_metrics`) only
 when it refreshes, i.e. every ``refresh_rate`` batches and at the end of an epoch, never on every
 batch. Between refreshes a bar only bumps an integer.
+
+The refreshes inside a training epoch do not sync at all: there :meth:`get_metrics` reads CUDA values
+through a :class:`~fulmen.core.host_read.DeferredHostRead` (a non-blocking copy to pinned memory and
+an event), so they are shown one refresh late. The epoch end and other refreshes read exact values.
+CPU values are always exact (reading them waits for nothing).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from typing_extensions import override
 
 from fulmen.callbacks.callback import Callback
+from fulmen.core.host_read import DeferredHostRead
 from fulmen.utilities.exceptions import misconfig
 from fulmen.utilities.rank_zero import rank_zero_warn
 
@@ -71,6 +77,8 @@ class ProgressBar(Callback):
         self._current_eval_dataloader_idx: int | None = None
         self._enabled = True
         self._duplicate_warned = False
+        self._deferred_read = False  # True while a mid-epoch training refresh draws (see get_metrics)
+        self._host_reader = DeferredHostRead()
         self.train_batch_idx = 0
         self.val_batch_idx = 0
         self.test_batch_idx = 0
@@ -222,7 +230,13 @@ class ProgressBar(Callback):
             The metrics by name; a logged metric wins over a standard one of the same name.
         """
         standard = get_standard_metrics(trainer)
-        logged = trainer.progress_bar_metrics
+        store = getattr(trainer, "_metrics", None)  # fulmen's Trainer (a stand-in trainer reads exactly)
+        if self._deferred_read and store is not None:
+            # a refresh inside the training batches: CUDA values one refresh late, without a host sync
+            logged = self._host_reader.read(store.progress_bar_values())
+        else:
+            logged = trainer.progress_bar_metrics
+            self._host_reader.settle(logged)  # the next deferred read starts from these exact values
         clashes = standard.keys() & logged.keys()
         if clashes and not self._duplicate_warned:
             self._duplicate_warned = True
@@ -370,7 +384,11 @@ class _StageProgressBar(ProgressBar):
         if self._train_progress_bar is not None and self._is_refresh_point(
             self.train_batch_idx, self._train_total, self._refresh_rate or 1
         ):
-            self._refresh_main(trainer, pl_module, with_metrics=True)
+            self._deferred_read = True
+            try:
+                self._refresh_main(trainer, pl_module, with_metrics=True)
+            finally:
+                self._deferred_read = False
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
