@@ -93,3 +93,16 @@ def test_bad_arguments():
         fulmen.sweep.run(objective, trials=1, sampler="bayes")
     with pytest.raises(Exception, match="mode='avg'"):
         PruningCallback(None, mode="avg")
+
+
+def test_digits_example_runs(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("sklearn")
+    example = Path(__file__).parents[2] / "examples" / "sweep_digits.py"
+    proc = subprocess.run([sys.executable, str(example), "--trials", "3", "--parallel", "2", "--epochs", "1",
+                           "--dir", str(tmp_path)], capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "best: trial" in proc.stdout and (tmp_path / "study.db").is_file()
