@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fcntl
 import itertools
-import json
 import os
 import random
 import signal
@@ -536,6 +535,3 @@ def _tail(path: str, lines: int = 15) -> str:
     except OSError:
         return ""
 
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=str)
