@@ -394,3 +394,22 @@ def test_fit_loop_max_epochs_set_to_none_is_resolved_by_the_next_fit() -> None:
     with pytest.warns(UserWarning, match="`max_epochs` was not set. Setting it to 1000 epochs."):
         trainer.fit(Model(), data())
     assert trainer.fit_loop.max_epochs == 1000 and trainer.current_epoch == 3
+
+
+@pytest.mark.parametrize(("kwargs", "expected"), [  # read in configure_optimizers under Lightning 2.6.1
+    ({"max_epochs": 2, "max_steps": 1000}, 8),  # max_steps caps the estimate, it does not replace it
+    ({"max_epochs": 2, "max_steps": 5}, 5),
+    ({"max_epochs": -1, "max_steps": 7}, 7),
+    ({"max_epochs": 0}, 4),  # at least one epoch
+    ({"max_epochs": 3, "accumulate_grad_batches": 3}, 6),
+])
+def test_estimated_stepping_batches_as_lightning(kwargs, expected) -> None:
+    seen = []
+
+    class Estimate(Model):
+        def configure_optimizers(self):
+            seen.append(self.trainer.estimated_stepping_batches)
+            return super().configure_optimizers()
+
+    L.Trainer(limit_val_batches=0, **kwargs, **QUIET).fit(Estimate(), data())
+    assert seen == [expected]

@@ -476,17 +476,19 @@ class Trainer:
 
     @property
     def estimated_stepping_batches(self) -> int | float:
-        """Optimizer steps the fit will take (``max_steps`` if set, else epochs x batches / accumulation)."""
-        if self.config.max_steps != -1:
-            return self.config.max_steps
+        """Optimizer steps the fit will take, as Lightning computes it: epochs (at least 1) x batches /
+        accumulation, capped by ``max_steps`` when set; ``max_steps`` (or inf) without an epoch or batch limit."""
+        max_steps = self.config.max_steps
+        max_epochs = lifecycle.resolved_max_epochs(self)
+        if max_epochs == -1:
+            return math.inf if max_steps == -1 else max_steps
         if self._data.train_loader is None and self.lightning_module is not None:
             self._data.load_train()
         n = self._data.num_training_batches
-        max_epochs = lifecycle.resolved_max_epochs(self)
-        if max_epochs == -1 or n == math.inf:
-            return math.inf
-        per_epoch = math.ceil(n / self.run_state.accumulate_grad_batches)
-        return per_epoch * max_epochs
+        if n == math.inf:
+            return math.inf if max_steps == -1 else max_steps
+        estimate = math.ceil(n / self.run_state.accumulate_grad_batches) * max(max_epochs, 1)
+        return estimate if max_steps == -1 else min(estimate, max_steps)
 
     @property
     def distributed_sampler_kwargs(self) -> dict[str, int] | None:
