@@ -146,7 +146,12 @@ def test_array_job_is_requeued_by_its_array_id(tmp_path: Path) -> None:
 @pytest.mark.parametrize("broken", ["missing", "failing"])
 def test_scontrol_missing_or_failing_still_saves_and_exits_138(tmp_path: Path, broken: str) -> None:
     bin_dir = _fake_scontrol(tmp_path, exit_code=1) if broken == "failing" else None
-    code, err = _run_and_signal(tmp_path / "r", tmp_path / "o.pt", "detect", _env(bin_dir), signal.SIGUSR1)
+    env = _env(bin_dir)
+    if broken == "missing":  # a machine with SLURM's client installed (the launch tests install it): hide it
+        env["PATH"] = os.pathsep.join(
+            d for d in env["PATH"].split(os.pathsep) if not (Path(d) / "scontrol").exists()
+        )
+    code, err = _run_and_signal(tmp_path / "r", tmp_path / "o.pt", "detect", env, signal.SIGUSR1)
     assert code == 138, err[-3000:]
     assert _last(tmp_path / "r").exists()
     assert "ERROR fulmen: Could not requeue the SLURM job: " in err
