@@ -317,7 +317,7 @@ class Sweep:
             while free and not self.stopping:
                 if resumable:
                     t = resumable.pop(0)
-                    self._launch(t.number, t._trial_id, dict(t.params), folder_of[t.number], free.pop(0), resumed=True)
+                    self._launch(t.number, _storage_id(t), dict(t.params), folder_of[t.number], free.pop(0), resumed=True)
                     continue
                 if deadline is not None and time.time() > deadline:
                     break
@@ -384,13 +384,13 @@ class Sweep:
         if retry:
             self._wait_for_old_process(folder)
         if self.opts.heartbeat:
-            self.storage.record_heartbeat(trial._trial_id)
-        return trial.number, trial._trial_id, params, folder, retry
+            self.storage.record_heartbeat(_storage_id(trial))
+        return trial.number, _storage_id(trial), params, folder, retry
 
     def _complete_params(self, study: Any, frozen: Any) -> Any:
         if self.sampler != "grid":
             study.sampler = make_sampler(self.sampler, self.seed + frozen.number)
-        self.space.suggest(optuna().trial.Trial(study, frozen._trial_id), self.seed)
+        self.space.suggest(optuna().trial.Trial(study, _storage_id(frozen)), self.seed)
         study.sampler = make_sampler("random", self.seed)
         return study.get_trials(deepcopy=False)[frozen.number]
 
@@ -522,6 +522,12 @@ def _environ(pid: int) -> str:
             return f.read().decode(errors="replace")
     except OSError:
         return ""
+
+
+def _storage_id(trial: Any) -> int:
+    """A trial's id in the storage (what ``optuna.trial.Trial(study, id)`` and heartbeats take). Optuna exposes it
+    only as ``_trial_id`` (its own integrations read it the same way); one place to change if it ever moves."""
+    return int(trial._trial_id)
 
 
 def _short(value: Any) -> str:
