@@ -143,6 +143,10 @@ PYTORCH: dict[str, tuple[str, ...] | None] = {
     "strategies.single_xla": None,
     "strategies.strategy": None,
     "strategies.xla": None,
+    # serve (ServableModule, ServableModuleValidator)
+    "serve": ("fulmen.serve.servable",),
+    "serve.servable_module": ("fulmen.serve.servable",),
+    "serve.servable_module_validator": ("fulmen.serve.servable",),
     # trainer
     "trainer": ("fulmen.trainer", "fulmen.utilities.seed"),
     "trainer.states": None,
