@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench clean slurm
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,14 @@ venv: $(VENV)/.dev
 demo: $(VENV)/.demo
 	$(PY) examples/digits_demo.py
 
-test: $(VENV)/.dev
+# tests/launch/test_slurm.py starts a real single-node SLURM cluster: install slurm-wlm where it is missing and we
+# can (root with apt-get); a no-op when slurmctld exists, never a failure (the SLURM tests then skip with the reason)
+slurm:
+	@command -v slurmctld >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null) ; } \
+	  || echo "make: could not install slurm-wlm; the SLURM launch tests will be skipped"
+
+test: $(VENV)/.dev slurm
 	$(PY) -m pytest tests -q -p no:cacheprovider
 
 # ruff (rules and the reason for each exclusion: pyproject.toml [tool.ruff.lint]) and mypy (strict on fulmen.core
