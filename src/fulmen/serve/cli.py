@@ -131,10 +131,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--devices", default="auto")
-    p.add_argument("--workers-per-device", type=int, default=1)
-    p.add_argument("--max-batch-size", type=int, default=1)
-    p.add_argument("--batch-timeout", default="0.0", help="seconds, or 'auto' (an adaptive window)")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds before a request gets a 504")
+    p.add_argument("--workers-per-device", type=int, default=None, help="worker processes per device (default 1)")
+    p.add_argument("--max-batch-size", type=int, default=None, help="requests per predict call (default 1)")
+    p.add_argument("--batch-timeout", default=None, help="seconds, or 'auto' (an adaptive window); default 0")
+    p.add_argument("--timeout", type=float, default=None, help="seconds before a request gets a 504 (default 30)")
     p.add_argument(
         "--dockerfile",
         metavar="DIR",
@@ -145,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    batch_timeout: Any = args.batch_timeout if args.batch_timeout == "auto" else float(args.batch_timeout)
+    batch_timeout: Any = args.batch_timeout if args.batch_timeout in (None, "auto") else float(args.batch_timeout)
     devices: Any = int(args.devices) if str(args.devices).isdigit() else args.devices
     target = args.target
     if not os.path.exists(target):
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dockerfile:
         from fulmen.serve.deploy import write_deployment
 
-        for written in write_deployment(args.dockerfile, target, args):
+        for written in write_deployment(args.dockerfile, target, args, port=args.port):
             print(f"wrote {written}")
         return 0
     server: LitServer | None = None
@@ -167,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
             )
         apis = [
             CheckpointAPI(
-                os.path.abspath(target), model_class, max_batch_size=args.max_batch_size, batch_timeout=batch_timeout
+                os.path.abspath(target),
+                model_class,
+                max_batch_size=args.max_batch_size or 1,
+                batch_timeout=0.0 if batch_timeout is None else batch_timeout,
             )
         ]
     if server is None:
@@ -175,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             apis if len(apis) > 1 else apis[0],
             accelerator=args.accelerator,
             devices=devices,
-            workers_per_device=args.workers_per_device,
-            timeout=args.timeout,
+            workers_per_device=args.workers_per_device or 1,
+            timeout=30.0 if args.timeout is None else args.timeout,
             api_key=args.api_key,
         )
     elif args.api_key:

@@ -287,7 +287,8 @@ class LitServer:
                 if hasattr(cb, "on_server_start"):
                     cb.on_server_start(server)
             yield
-            engine.stop()
+            engine.stop()  # uvicorn has drained the requests in flight by now
+            print("fulmen.serve: stopped (requests in flight answered, workers stopped)", flush=True)
             for cb in server.callbacks:
                 if hasattr(cb, "on_server_end"):
                     cb.on_server_end(server)

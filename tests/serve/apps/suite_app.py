@@ -29,6 +29,15 @@ class Batched(ls.LitAPI):
         return [{"output": 2 * x, "batch": len(xs)} for x in xs]
 
 
+class Auto(ls.LitAPI):
+    def decode_request(self, request):
+        return request["input"]
+
+    def predict(self, xs):
+        time.sleep(0.05)  # a model that takes 50 ms per call: batching pays under load
+        return [{"output": x, "batch": len(xs)} for x in xs]
+
+
 class Failing(ls.LitAPI):
     def decode_request(self, request):
         return request["input"]
@@ -92,6 +101,7 @@ if __name__ == "__main__":
         Stream(api_path="/stream", stream=True),
         Echo(spec=ls.OpenAISpec()),
         Sick(flag, api_path="/sick"),
+        Auto(api_path="/auto", max_batch_size=8, batch_timeout="auto"),
     ]
     server = ls.LitServer(apis, accelerator="cpu", max_payload_size=10_000, api_key="s3cret", timeout=20)
     server.run(port=port, log_level="warning")
