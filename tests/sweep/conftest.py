@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("optuna", reason="the sweep tests need the fulmen[sweep] extra (optuna)")
-
 SCRIPTS = Path(__file__).parent / "scripts"
 ARGPARSE = str(SCRIPTS / "tiny_argparse.py")
 LIGHTNING_CLI = str(SCRIPTS / "tiny_lightning_cli.py")

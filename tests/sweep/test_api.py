@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 
-import optuna
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -13,6 +12,8 @@ from torch.utils.data import DataLoader, TensorDataset
 import fulmen as L
 import fulmen.sweep
 from fulmen.sweep import PruningCallback
+
+optuna = pytest.importorskip("optuna", reason="the sweep tests need the fulmen[sweep] extra (optuna)")
 
 
 class Tiny(L.LightningModule):

@@ -9,6 +9,8 @@ import os
 import pytest
 from tests.sweep.conftest import ARGPARSE, LIGHTNING_CLI, sweep
 
+pytest.importorskip("optuna", reason="the sweep tests need the fulmen[sweep] extra (optuna)")
+
 
 def status(folder) -> list[dict]:
     return json.loads(sweep("status", str(folder), "--format", "json").stdout)

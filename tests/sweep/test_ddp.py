@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 
-import optuna
+import pytest
 from tests.sweep.conftest import SCRIPTS, sweep
+
+optuna = pytest.importorskip("optuna", reason="the sweep tests need the fulmen[sweep] extra (optuna)")
 
 DDP = str(SCRIPTS / "tiny_ddp.py")
 

@@ -10,10 +10,12 @@ import subprocess
 import sys
 import time
 
-import optuna
+import pytest
 from tests.sweep.conftest import ARGPARSE, PG_PASSWORD, sweep
 
 from fulmen.sweep.engine import make_storage
+
+optuna = pytest.importorskip("optuna", reason="the sweep tests need the fulmen[sweep] extra (optuna)")
 
 
 def _popen(*args):

@@ -11,7 +11,10 @@ import subprocess
 import sys
 import time
 
+import pytest
 from tests.sweep.conftest import ARGPARSE, sweep
+
+pytest.importorskip("optuna", reason="the sweep tests need the fulmen[sweep] extra (optuna)")
 
 ARGS = [ARGPARSE, "--lr", "loguniform(0.01, 0.2)", "--hidden", "choice(2, 3)", "--epochs", "3", "--sleep", "0.15"]
 OPTS = ["--trials", "3", "--seed", "11", "--name", "k"]
