@@ -166,6 +166,18 @@ def test_skypilot_task_matches_the_documented_schema() -> None:
     assert "accelerators" not in cpu["resources"] and cpu["resources"]["use_spot"] is False
 
 
+def test_skypilot_task_parses_with_skypilots_own_parser(tmp_path: Path) -> None:
+    """Runs where SkyPilot is importable (it is not in fulmen[dev]: it would change packages the project pins, e.g.
+    uvicorn and click; checked by hand with skypilot 0.14.1 installed apart, see docs/launch.md)."""
+    sky = pytest.importorskip("sky", reason="SkyPilot is not installed (not part of fulmen[dev])")
+    path = tmp_path / "task.yaml"
+    path.write_text(skypilot_yaml(_config("skypilot", nodes=2, devices=8, spot=True, gpu_type="H100")))
+    task = sky.Task.from_yaml(str(path))
+    (res,) = list(task.resources)
+    assert task.num_nodes == 2 and res.use_spot and res.accelerators == {"H100": 8}
+    assert task.envs["FULMEN_AUTO_RESUME"] == "1"
+
+
 def _run_with_python_on_path(tmp_path: Path, argv: list[str], env: dict[str, str]) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
