@@ -33,6 +33,7 @@ import gc
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -390,9 +391,19 @@ def write_docs(path: str, text: str) -> None:
         f.write(head + DOCS_START + "\n" + text + DOCS_END + tail)
 
 
+def _write(out: str, results: dict[str, Any]) -> str:
+    text = table(results)
+    with open(os.path.join(out, "gpu_bench.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    with open(os.path.join(out, "gpu_bench.md"), "w") as f:
+        f.write(text)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True, help="folder for gpu_bench.json and gpu_bench.md")
+    ap.add_argument("--out", help="folder for gpu_bench.json and gpu_bench.md")
+    ap.add_argument("--from-json", default=None, help="render an earlier run's gpu_bench.json (with --docs: into the docs)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU, one round (tests the script)")
     ap.add_argument("--workloads", default="cnn,gpt")
     ap.add_argument("--precisions", default=None, help="default bf16-mixed,16-mixed (smoke: bf16-mixed)")
@@ -401,6 +412,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-lightning", action="store_true")
     ap.add_argument("--docs", default=None, help="also write the table into this markdown file's gpu-bench block")
     args = ap.parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as f:
+            text = table(json.load(f))
+        print(text)
+        if args.docs:
+            write_docs(args.docs if os.path.isabs(args.docs) else os.path.join(ROOT, args.docs), text)
+        return 0
+    if not args.out:
+        ap.error("--out is required (or --from-json)")
 
     if args.smoke:
         device = torch.device("cpu")
@@ -411,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     precisions = (args.precisions or ("bf16-mixed" if args.smoke else "bf16-mixed,16-mixed")).split(",")
     rounds = args.rounds if args.rounds is not None else (1 if args.smoke else 3)
     os.makedirs(args.out, exist_ok=True)
-    root = os.path.join(args.out, "runs")
+    root = tempfile.mkdtemp(prefix="gpu_bench_runs_")  # the frameworks' logs and checkpoints: not results
     parts = set(args.only.split(","))
     runners = contestants(with_lightning=not args.no_lightning)
     results: dict[str, Any] = {"device": device_line(device), "rounds": rounds, "rows": [], "smoke": args.smoke}
@@ -442,14 +462,11 @@ def main(argv: list[str] | None = None) -> int:
                         "extra_mb": median([m.peak_mb - h.peak_mb for m, h in zip(per[key], hand)]),
                         "final_loss": [m.final_loss for m in per[key]], "workload_title": wl.title,
                     })
+                _write(args.out, results)  # after each block: a run stopped by its time limit keeps what it measured
     if "curves" in parts:
         results["curves"] = loss_curves(device, args.smoke, root)
 
-    text = table(results)
-    with open(os.path.join(args.out, "gpu_bench.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    with open(os.path.join(args.out, "gpu_bench.md"), "w") as f:
-        f.write(text)
+    text = _write(args.out, results)
     print(text)
     if args.docs:
         write_docs(args.docs if os.path.isabs(args.docs) else os.path.join(ROOT, args.docs), text)

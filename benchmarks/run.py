@@ -337,6 +337,20 @@ def bench_ddp(args: argparse.Namespace, log: Any) -> tuple[list[str], list[tuple
 
 
 # --------------------------------------------------------------------------------------------------
+def _kept_gpu_section(path: str | None) -> str | None:
+    """The '## GPU' section of the file being rewritten (written by benchmarks/gpu_bench.py on a GPU machine, or
+    by hand), kept as it is: this CPU run does not measure it."""
+    if not path or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        text = f.read()
+    start, end_marker = text.find("\n## GPU\n"), "<!-- gpu-bench:end -->"
+    end = text.find(end_marker, start)
+    if start < 0 or end < 0:
+        return None
+    return text[start + 1 : end + len(end_marker)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short run (fewer steps, rounds and repetitions)")
@@ -387,6 +401,9 @@ def main() -> None:
     ]
     doc += [f"| {name} | {value:.3g} | {_verdict(value, goal)} |" for name, value, goal in goals]
     doc += ["", "## Results", "", *body]
+    gpu = _kept_gpu_section(out)
+    if gpu:
+        doc += [gpu, ""]
     notes = os.path.join(HERE, "notes.md")
     if os.path.exists(notes):
         with open(notes) as f:
