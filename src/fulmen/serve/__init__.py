@@ -10,4 +10,13 @@ from fulmen.serve.api import LitAPI
 from fulmen.serve.server import LitServer
 from fulmen.serve.specs import LitSpec, OpenAISpec
 
-__all__ = ["LitAPI", "LitServer", "LitSpec", "OpenAISpec"]
+__all__ = ["LitAPI", "LitServer", "LitSpec", "OpenAISpec", "ServableModule", "ServableModuleValidator"]
+
+
+def __getattr__(name: str) -> object:
+    # Lightning's serving callback needs torch and the callbacks package: imported on first use only
+    if name in ("ServableModule", "ServableModuleValidator"):
+        from fulmen.serve import servable
+
+        return getattr(servable, name)
+    raise AttributeError(f"module 'fulmen.serve' has no attribute {name!r}")
