@@ -265,17 +265,18 @@ def test_mode_max_slash_metric_and_save_last(tmp_path: Path) -> None:
     assert _files(tmp_path) == {"e1-acc0.80.ckpt", "last.ckpt"}
     assert mc.last_model_path == str(tmp_path / "last.ckpt")
     last = torch.load(mc.last_model_path, weights_only=True)
-    assert last["global_step"] == 6 and last["epoch"] == 2
+    # as Lightning 2.6.1: last.ckpt is written only with a top-k save, so it stays at the best epoch (1)
+    assert last["global_step"] == 4 and last["epoch"] == 1
 
 
 def test_save_last_link(tmp_path: Path) -> None:
     mc = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", save_top_k=1, save_last="link")
     _fit(tmp_path, [mc], 3, Scripted([0.5, 0.2, 0.9]))
     last = tmp_path / "last.ckpt"
-    # the last save point (epoch 2) was not a top-k save: linking would point at epoch 1's file, so
-    # last.ckpt is written as a real file holding epoch 2's state (and the top-k file is untouched)
-    assert not last.is_symlink()
-    assert torch.load(last, weights_only=True)["epoch"] == 2
+    # as Lightning 2.6.1: the last save point (epoch 2) was not a top-k save, and last.ckpt stays a link to
+    # the checkpoint saved last (epoch 1's, the last improvement)
+    assert last.is_symlink() and os.readlink(last) == "epoch=1-step=4.ckpt"
+    assert torch.load(last, weights_only=True)["epoch"] == 1
     assert torch.load(tmp_path / "epoch=1-step=4.ckpt", weights_only=True)["epoch"] == 1
     mc2 = ModelCheckpoint(dirpath=tmp_path / "b", monitor="val_loss", save_top_k=1, save_last="link")
     _fit(tmp_path, [mc2], 2, Scripted([0.5, 0.2]))

@@ -255,8 +255,10 @@ class ModelCheckpoint(Checkpoint):
         filename: a template such as ``"{epoch:02d}-{val_loss:.2f}"``; ``None`` means ``"{epoch}-{step}"``.
         monitor: the metric to rank checkpoints by; ``None`` keeps only the latest checkpoint.
         verbose: log what is saved and why.
-        save_last: also save ``last.ckpt`` at every save point. ``"link"`` makes it a symbolic link to
-            the checkpoint just saved (a copy on filesystems without symlinks).
+        save_last: also save ``last.ckpt``, as Lightning: at every step/time-triggered save, and at an epoch or
+            validation end when a top-k checkpoint was saved there (so with a monitor it holds the last
+            improvement), and once when training ends if nothing was saved. ``"link"`` makes it a symbolic
+            link to the checkpoint saved last (a copy on filesystems without symlinks).
         save_top_k: how many checkpoints to keep (``-1``: all, ``0``: none).
         save_on_exception: save a checkpoint when ``fit`` raises.
         save_weights_only: save only the model weights.
@@ -518,7 +520,7 @@ class ModelCheckpoint(Checkpoint):
             candidates = self._monitor_candidates(trainer)
             if self._every_n_epochs >= 1 and (trainer.current_epoch + 1) % self._every_n_epochs == 0:
                 self._save_topk_checkpoint(trainer, candidates)
-            self._save_last_checkpoint(trainer, candidates)
+            self._save_last_if_saved(trainer, candidates)
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -536,7 +538,23 @@ class ModelCheckpoint(Checkpoint):
                 return
             if self._every_n_epochs >= 1 and (trainer.current_epoch + 1) % self._every_n_epochs == 0:
                 self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_if_saved(trainer, candidates)
+
+    def _save_last_if_saved(self, trainer: Trainer, candidates: dict[str, Any]) -> None:
+        """As Lightning 2.6.1 at an epoch-end or validation-end save point: ``last.ckpt`` is written only when a
+        top-k checkpoint was saved at this step (or re-linked with ``save_last="link"``), so with a monitored metric
+        that stops improving it stays at the last improvement; ``on_train_end`` writes it once if nothing did."""
+        if self._last_global_step_saved == trainer.global_step or (
+            self.save_last == "link" and self._last_checkpoint_saved
+        ):
             self._save_last_checkpoint(trainer, candidates)
+
+    @override
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # as Lightning: a fit that saved nothing at all (save_top_k=0, every save point skipped) still ends with a
+        # last.ckpt when save_last is set
+        if self.save_last and not self._last_checkpoint_saved:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
@@ -739,14 +757,9 @@ class ModelCheckpoint(Checkpoint):
         filepath = trainer.strategy.broadcast(filepath)
         previous = self.last_model_path
         self.last_model_path = filepath  # part of the saved state
-        # Link only to a checkpoint of *this* step; otherwise last.ckpt would not be the last state.
+        # as Lightning: link to the checkpoint saved last, of this step or an earlier one (the last improvement)
         link_target = self._last_checkpoint_saved
-        can_link = (
-            self.save_last == "link"
-            and self.save_top_k != 0
-            and bool(link_target)
-            and self._last_global_step_saved == trainer.global_step
-        )
+        can_link = self.save_last == "link" and self.save_top_k != 0 and bool(link_target)
         try:
             if can_link:
                 self._link_checkpoint(trainer, link_target, filepath)

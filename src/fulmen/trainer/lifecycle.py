@@ -442,8 +442,27 @@ def _slurm_resume_path(trainer: Trainer) -> str | None:
     return path
 
 
+def _remote_mtime(info: dict[str, Any]) -> float:
+    """A listed remote file's modification time (object stores name it differently); 0 when unknown."""
+    for key in ("LastModified", "mtime", "updated", "last_modified", "created"):
+        value = info.get(key)
+        if hasattr(value, "timestamp"):
+            return float(value.timestamp())
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            from datetime import datetime
+
+            try:
+                return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                continue
+    return 0.0
+
+
 def _find_last(trainer: Trainer, warn: bool = True) -> str | None:
     candidates: list[str] = []
+    remote: dict[str, float] = {}  # last*.ckpt in remote checkpoint folders (fsspec URLs) -> modification time
     for cb in trainer.checkpoint_callbacks:
         last = getattr(cb, "last_model_path", None)
         if last:
@@ -455,11 +474,15 @@ def _find_last(trainer: Trainer, warn: bool = True) -> str | None:
             import fsspec
 
             fs, root = fsspec.core.url_to_fs(str(dirpath))
+            local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
             if fs.exists(root):
                 for f in fs.ls(root, detail=True):
                     name = os.path.basename(f["name"])
                     if name.startswith("last") and name.endswith(".ckpt"):
-                        candidates.append(f["name"])
+                        if local:
+                            candidates.append(f["name"])
+                        else:  # s3://, gs://...: keep the URL; an object store's file is complete once listed
+                            remote[fs.unstrip_protocol(f["name"])] = _remote_mtime(f)
         except Exception:  # noqa: BLE001 - an unreadable dir just has no candidates
             continue
     # a restarted job (preemption, requeue) has a new logger version: look across the whole root too
@@ -468,14 +491,15 @@ def _find_last(trainer: Trainer, warn: bool = True) -> str | None:
     root = trainer.default_root_dir
     candidates += glob.glob(os.path.join(root, "checkpoints", "last*.ckpt"))
     candidates += glob.glob(os.path.join(root, "**", "checkpoints", "last*.ckpt"), recursive=True)
-    existing = [c for c in candidates if os.path.exists(c)]
-    if not existing:
+    found = {c: os.path.getmtime(c) for c in candidates if os.path.exists(c)}
+    found.update(remote)
+    if not found:
         if warn:
             rank_zero_warn(
                 'ckpt_path="last" is set, but there is no last checkpoint yet; training starts from scratch.'
             )
         return None
-    return max(existing, key=os.path.getmtime)
+    return max(found, key=lambda c: found[c])
 
 
 def run(trainer: Trainer, fn: TrainerFn, model: Any, datamodule: Any, loaders: dict[str, Any], ckpt_path: Any,
@@ -538,10 +562,15 @@ def resolved_max_epochs(trainer: Trainer) -> int:
 
 def resolve_max_epochs(trainer: Trainer) -> None:
     """At the start of each fit, as Lightning: an unset ``max_epochs`` becomes 1000 (with a warning), or -1 with
-    ``max_steps``/``max_time``; ``trainer.max_epochs`` reads the value from then on."""
+    ``max_steps``/``max_time``; an unset ``min_epochs`` becomes 1 with ``min_steps``, else 0;
+    ``trainer.max_epochs``/``min_epochs`` (and ``fit_loop``'s) read the values from then on."""
+    import dataclasses
+
+    if trainer.config.min_epochs is None:
+        min_epochs = 1 if trainer.config.min_steps is not None else 0
+        trainer.config = dataclasses.replace(trainer.config, min_epochs=min_epochs)
     if trainer.config.max_epochs is not None:
         return
-    import dataclasses
 
     from fulmen.utilities.rank_zero import PossibleUserWarning
 
@@ -559,6 +588,9 @@ def _run(trainer: Trainer, fn: TrainerFn, model: Any, datamodule: Any, loaders: 
          weights_only: bool | None, verbose: bool = True, return_predictions: bool = True) -> Any:
     trainer.state.fn = fn
     trainer.state.status = TrainerStatus.RUNNING
+    # as Lightning: the run's stage holds from the setup hooks through teardown (trainer.training is True in
+    # setup/on_fit_start/on_fit_end/teardown of a fit, trainer.validating in those of a validate, ...)
+    trainer.state.stage = _RUN_STAGE[fn]
     trainer.lightning_module = model
     trainer.datamodule = datamodule if datamodule is not None else (trainer.datamodule if fn != TrainerFn.FITTING else None)
     model.trainer = trainer
@@ -589,8 +621,9 @@ def _run(trainer: Trainer, fn: TrainerFn, model: Any, datamodule: Any, loaders: 
         return _run_stage(trainer, fn, model, ckpt_path, weights_only, verbose, return_predictions)
     except _TunerExitException:
         # a Tuner ended the run after tuning: not a failure, so no on_exception and the loggers finalize "success"
+        _teardown(trainer, stage, success=True)
         trainer.state.status = TrainerStatus.FINISHED
-        _teardown(trainer, stage)
+        trainer.state.stage = None
         return None
     except KeyboardInterrupt as exc:
         # As Lightning: a graceful shutdown (on_exception hooks, loggers finalized, the strategy torn down; not the
@@ -603,8 +636,7 @@ def _run(trainer: Trainer, fn: TrainerFn, model: Any, datamodule: Any, loaders: 
             trainer.state.status = TrainerStatus.INTERRUPTED
             _strategy_on_exception(trainer, exc)
             _on_exception(trainer, exc)
-            trainer.strategy.teardown()
-            trainer.state.stage = None
+            trainer.strategy.teardown()  # as Lightning, trainer.state.stage keeps the stage that was interrupted
         finally:
             _restore_sigint(previous)
         raise SystemExit(1) from exc
@@ -613,7 +645,8 @@ def _run(trainer: Trainer, fn: TrainerFn, model: Any, datamodule: Any, loaders: 
         # in a multi-process run: tell the other ranks (they stop), or learn that a peer failed first
         reported = _strategy_on_exception(trainer, exc)
         _on_exception(trainer, reported)
-        _teardown(trainer, stage)
+        _teardown(trainer, stage, success=False)
+        trainer.state.stage = None
         if reported is not exc:
             raise reported from exc
         raise
@@ -739,7 +772,7 @@ def _run_stage(trainer: Trainer, fn: TrainerFn, model: Any, ckpt_path: Any, weig
         # Lightning: detect_anomaly applies to the whole fit loop (set_detect_anomaly restores the mode after)
         with preemption_handlers(trainer), torch.autograd.set_detect_anomaly(trainer.config.detect_anomaly):
             trainer.fit_loop.run()
-        trainer.state.stage = None
+        trainer.state.stage = RunningStage.TRAINING  # as Lightning: on_fit_end and teardown see TRAINING
         d.both("on_fit_end")
         result = None
     elif fn in (TrainerFn.VALIDATING, TrainerFn.TESTING):
@@ -752,9 +785,11 @@ def _run_stage(trainer: Trainer, fn: TrainerFn, model: Any, ckpt_path: Any, weig
     else:
         loaders, limits = trainer._data.load_eval("predict")
         result = trainer.predict_loop.run(loaders, limits, return_predictions)
+    trainer.state.stage = _RUN_STAGE[fn]
+    # as Lightning: the teardown hooks run while the status is still RUNNING; FINISHED once they are done
+    _teardown(trainer, stage, success=True)
     trainer.state.status = TrainerStatus.FINISHED
     trainer.state.stage = None
-    _teardown(trainer, stage)
     return result
 
 
@@ -818,13 +853,13 @@ def _on_exception(trainer: Trainer, exc: BaseException) -> None:
             trainer.datamodule.on_exception(exc)
     finally:
         for logger in trainer.loggers:
-            logger.finalize("failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted")
+            logger.finalize("failed")  # as Lightning 2.6.1, a Ctrl-C too
 
 
-def _teardown(trainer: Trainer, stage: str) -> None:
+def _teardown(trainer: Trainer, stage: str, success: bool) -> None:
     d = trainer._dispatcher
     trainer._current_fx = None
-    if trainer.state.status == TrainerStatus.FINISHED:
+    if success:
         for logger in trainer.loggers:
             logger.finalize("success")
     d.callbacks_hook("teardown", stage)
@@ -833,7 +868,6 @@ def _teardown(trainer: Trainer, stage: str) -> None:
     if trainer.lightning_module is not None:
         d.module_hook("teardown", stage)
     trainer.strategy.teardown()
-    trainer.state.stage = None
 
 
 def _print_results(results: list[dict[str, float]], title: str) -> None:
@@ -842,4 +876,9 @@ def _print_results(results: list[dict[str, float]], title: str) -> None:
     print_results(results, title)  # Lightning's table, character for character
 
 
-_ = RunningStage
+_RUN_STAGE = {
+    TrainerFn.FITTING: RunningStage.TRAINING,
+    TrainerFn.VALIDATING: RunningStage.VALIDATING,
+    TrainerFn.TESTING: RunningStage.TESTING,
+    TrainerFn.PREDICTING: RunningStage.PREDICTING,
+}

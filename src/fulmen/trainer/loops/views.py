@@ -215,6 +215,16 @@ class EpochLoopView(_Unsupported):
         if name == "_batches_that_stepped":
             self._trainer.run_state.batches_that_stepped = int(value) + self._stepped_shift()
             return
+        if name == "max_steps":  # as Lightning, the fit's step limit (trainer.max_steps reads it)
+            if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+                raise ValueError(f"{self._owner}.max_steps = {value!r}: expected -1 (no limit) or a non-negative int")
+            _set_config(self._trainer, max_steps=value)
+            return
+        if name == "min_steps":
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"{self._owner}.min_steps = {value!r}: expected a non-negative int or None")
+            _set_config(self._trainer, min_steps=value)
+            return
         raise UnsupportedLoopAttributeError(self._owner, name)
 
     def _stepped_shift(self) -> int:
@@ -361,11 +371,9 @@ class FitLoopViews:
         _set_config(self.trainer, max_epochs=value)
 
     @property
-    def min_epochs(self) -> int:
-        cfg = self.trainer.config
-        if cfg.min_epochs is None:  # Lightning's parsed default: 1 when min_steps is set (see should_stop), else 0
-            return 1 if cfg.min_steps is not None else 0
-        return cfg.min_epochs
+    def min_epochs(self) -> int | None:
+        # as Lightning: the Trainer's argument (None when not given) until a fit resolves it (lifecycle.resolve_max_epochs)
+        return self.trainer.config.min_epochs
 
     @min_epochs.setter
     def min_epochs(self, value: int | None) -> None:
