@@ -1,10 +1,12 @@
 """Tiny training script for the launch tests (unmodified by the launcher: no ckpt_path, no root dir).
 
 Usage: _train.py OUT DEVICES STEPS SLEEP [crash]
+``LAUNCH_TEST_CKPT_DIR`` (e.g. an ``s3://`` URL): the ModelCheckpoint folder (so the preemption checkpoint too).
 Rank 0 appends the finished step to ``OUT.progress`` (the tests signal once it reaches a step) and saves the final
 weights to OUT. ``crash`` raises in the third step.
 """
 
+import os
 import sys
 import time
 
@@ -12,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import fulmen as L
+from fulmen.callbacks import ModelCheckpoint
 
 
 class Net(L.LightningModule):
@@ -42,9 +45,11 @@ def main(out: str, devices: int, steps: int, sleep: float, crash: bool) -> None:
     g = torch.Generator().manual_seed(0)
     ds = TensorDataset(torch.randn(64, 5, generator=g), torch.randn(64, 1, generator=g))
     model = Net(out, sleep, crash)
+    ckpt_dir = os.environ.get("LAUNCH_TEST_CKPT_DIR")
     trainer = L.Trainer(
         max_steps=steps,
         logger=False,
+        callbacks=[ModelCheckpoint(dirpath=ckpt_dir)] if ckpt_dir else None,
         enable_progress_bar=False,
         enable_model_summary=False,
         deterministic=True,

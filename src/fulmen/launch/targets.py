@@ -30,7 +30,7 @@ FINAL = (
     "DEADLINE",
     "SUCCEEDED",
     "STOPPED",
-    "PREEMPTED_GAVE_UP",
+    "PREEMPTED",
 )
 
 
@@ -213,7 +213,8 @@ def run_local(config: LaunchConfig, run_dir: str) -> int:
             if rc in PREEMPTED_EXIT_CODES and restarts < config.max_restarts:
                 restarts += 1
                 continue
-            state = "COMPLETED" if rc == 0 else "FAILED"
+            # out of restarts after a preemption: PREEMPTED (a later launch with FULMEN_AUTO_RESUME=1 resumes)
+            state = "COMPLETED" if rc == 0 else "PREEMPTED" if rc in PREEMPTED_EXIT_CODES else "FAILED"
             update_record(run_dir, status=state, exit_code=rc, restarts=restarts)
             return rc
     finally:
