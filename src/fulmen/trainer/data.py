@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -12,7 +13,12 @@ from torch.utils.data import DataLoader, SequentialSampler
 
 from fulmen.utilities.combined_loader import CombinedLoader, flatten_iterables
 from fulmen.utilities.data import has_len
-from fulmen.utilities.exceptions import MisconfigurationException, MisconfigurationTypeError, NotSupportedYetError
+from fulmen.utilities.exceptions import (
+    MisconfigurationException,
+    MisconfigurationTypeError,
+    MisconfigurationValueError,
+    NotSupportedYetError,
+)
 
 _HOOK = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dataloader", "predict": "predict_dataloader"}
 
@@ -208,10 +214,12 @@ class DataManager:
             self.val_check_seconds = vci.total_seconds()
         elif isinstance(vci, int):
             if cfg.check_val_every_n_epoch is not None and n != math.inf and vci > n:
-                raise MisconfigurationException(
-                    f"Trainer(val_check_interval={vci}) is larger than the number of training batches per epoch "
-                    f"({n}). Fix: use val_check_interval <= {n}, a float fraction, or check_val_every_n_epoch=None "
-                    "to count batches across epochs."
+                # a ValueError as Lightning's, with Lightning's wording (programs match on it)
+                raise MisconfigurationValueError(
+                    f"`val_check_interval` ({vci}) must be less than or equal to the number of the training batches "
+                    f"({n}). Trainer(val_check_interval={vci}) is larger than the number of training batches per "
+                    f"epoch. Fix: use val_check_interval <= {n}, a float fraction, set `limit_val_batches=0.0` to "
+                    "disable validation, or check_val_every_n_epoch=None to count batches across epochs."
                 )
             self.val_check_batch = vci
         elif n == math.inf:
@@ -296,13 +304,21 @@ class DataManager:
 
     # ---- evaluation
     def _distribute(self, loaders: Any, mode: str) -> Any:
-        """Give this rank its share of every loader (``use_distributed_sampler``; multi-process strategies only)."""
+        """Give this rank its share of every loader (``use_distributed_sampler``; multi-process strategies only), and,
+        as Lightning, after ``seed_everything(workers=True)`` give every loader without a ``worker_init_fn`` one that
+        seeds each worker's torch/random/numpy distinctly per worker and rank (``pl_worker_init_function``)."""
+        from fulmen.utilities.seed import _auto_add_worker_init_fn
+
         t = self.trainer
-        if not t.config.use_distributed_sampler or not t.strategy.is_distributed:
-            return loaders
+        distribute = t.config.use_distributed_sampler and t.strategy.is_distributed
+        if not distribute and os.environ.get("PL_SEED_WORKERS", "0") != "1":
+            return loaders  # nothing to do (the common case: no tree walk)
 
         def one(ld: Any) -> Any:
-            return t.strategy.process_dataloader(ld, mode)
+            if distribute:
+                ld = t.strategy.process_dataloader(ld, mode)
+            _auto_add_worker_init_fn(ld, t.global_rank)
+            return ld
 
         if isinstance(loaders, CombinedLoader):
             return CombinedLoader(self._distribute(loaders.iterables, mode), mode=loaders.mode)
