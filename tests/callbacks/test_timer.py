@@ -38,7 +38,7 @@ def test_parse_duration(duration: Any, seconds: float | None) -> None:
         ({"duration": "00:1:00:00"}, r"DD:HH:MM:SS"),
         ({"duration": {"hourz": 1}}, r"dict of datetime.timedelta arguments"),
         ({"duration": 30}, r"got 30"),
-        ({"interval": "batch"}, r"Timer\(interval=...\): got 'batch'; expected 'step' or 'epoch'"),
+        ({"interval": "batch"}, r"Unsupported parameter value `Timer\(interval=batch\)`. Possible choices are: epoch, step"),
     ],
 )
 def test_bad_arguments(kwargs: dict[str, Any], match: str) -> None:

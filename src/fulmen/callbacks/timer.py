@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from typing_extensions import override
 
 from fulmen.callbacks.callback import Callback
-from fulmen.utilities.exceptions import misconfig
+from fulmen.utilities.exceptions import MisconfigurationException, misconfig
 from fulmen.utilities.rank_zero import rank_zero_info
 
 if TYPE_CHECKING:
@@ -111,8 +111,10 @@ class Timer(Callback):
         super().__init__()
         interval_value = getattr(interval, "value", interval)
         if interval_value not in _INTERVALS:
-            raise misconfig(
-                "Timer(interval=...)", interval, "'step' or 'epoch'", "pass interval='step' or 'epoch'"
+            # Lightning's wording first (programs match on it), then fulmen's fix
+            raise MisconfigurationException(
+                f"Unsupported parameter value `Timer(interval={interval})`. Possible choices are: epoch, step. "
+                "Fix: pass interval='step' or 'epoch'."
             )
         self._duration = parse_duration(duration)
         self._interval = str(interval_value)

@@ -154,6 +154,29 @@ class LightningAlias(types.ModuleType):
             error.name, error.obj = attr, self
         raise error
 
+    def __setattr__(self, attr: str, value: Any) -> None:
+        # ``mock.patch("lightning.pytorch.callbacks.timer.time", ...)`` must reach the code that reads the name:
+        # a non-dunder attribute that a fulmen target module defines is set there too (its original kept, so
+        # ``del``/``mock``'s restore puts it back). Submodules bound by the import system stay on the alias.
+        if not (attr.startswith("__") and attr.endswith("__")) and not isinstance(value, LightningAlias):
+            for target in self.__dict__["_fulmen_targets"]:
+                module = sys.modules.get(target) or _import_target(target)
+                if module is not None and attr in vars(module):
+                    forwarded = self.__dict__.setdefault("_fulmen_forwarded", {})
+                    forwarded.setdefault(attr, (module, vars(module)[attr]))
+                    setattr(module, attr, value)
+                    break
+        super().__setattr__(attr, value)
+
+    def __delattr__(self, attr: str) -> None:
+        forwarded = self.__dict__.get("_fulmen_forwarded", {})
+        if attr in forwarded:
+            module, original = forwarded.pop(attr)
+            setattr(module, attr, original)  # the fulmen module gets its own value back
+            self.__dict__.pop(attr, None)
+            return
+        super().__delattr__(attr)
+
     def _not_supported_message(self, attr: str, missing: list[str]) -> str:
         targets = self.__dict__["_fulmen_targets"]
         present = [t for t in targets if t not in missing]

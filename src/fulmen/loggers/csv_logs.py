@@ -117,6 +117,14 @@ class _ExperimentWriter:
         _atomic_write_text(self._fs, self.metrics_file_path, buffer.getvalue())
 
 
+class ExperimentWriter(_ExperimentWriter):
+    """``CSVLogger.experiment`` (Lightning's public ``lightning.pytorch.loggers.csv_logs.ExperimentWriter``).
+
+    Writes ``metrics.csv`` (:attr:`NAME_METRICS_FILE`) and ``hparams.yaml`` (:attr:`NAME_HPARAMS_FILE`) into
+    ``log_dir``; rows are buffered until :meth:`save`.
+    """
+
+
 class CSVLogger(_DirectoryLogger):
     r"""Log metrics to ``metrics.csv`` and hyperparameters to ``hparams.yaml``, with no dependencies.
 
@@ -166,11 +174,11 @@ class CSVLogger(_DirectoryLogger):
         self._flush_logs_every_n_steps = flush_logs_every_n_steps
         self._next_flush_step = flush_logs_every_n_steps
         self._rows_logged = 0
-        self._experiment: _ExperimentWriter | None = None
+        self._experiment: ExperimentWriter | None = None
 
     @property
     @rank_zero_experiment
-    def experiment(self) -> _ExperimentWriter:
+    def experiment(self) -> ExperimentWriter:
         """The writer of ``metrics.csv`` and ``hparams.yaml``; creates ``log_dir`` on first access.
 
         Raises:
@@ -178,7 +186,7 @@ class CSVLogger(_DirectoryLogger):
         """
         if self._experiment is None:
             self._makedirs(self._experiment_dir)
-            self._experiment = _ExperimentWriter(self.log_dir, self._fs, type(self).__name__)
+            self._experiment = ExperimentWriter(self.log_dir, self._fs, type(self).__name__)
         return self._experiment
 
     @rank_zero_only

@@ -307,3 +307,37 @@ class TrainerConfig:
             enable_autolog_hparams=bool(kw["enable_autolog_hparams"]),
             **limits,
         )
+
+
+# what a limit/interval of exactly 1 (one batch) or 1.0 (all of them) means, as Lightning's Trainer reports it
+_CONFIGURED_SO = {
+    "limit_train_batches": ("1 batch per epoch will be used.", "100% of the batches per epoch will be used.."),
+    "limit_val_batches": ("1 batch will be used.", "100% of the batches will be used.."),
+    "limit_test_batches": ("1 batch will be used.", "100% of the batches will be used.."),
+    "limit_predict_batches": ("1 batch will be used.", "100% of the batches will be used.."),
+    "overfit_batches": ("1 batch will be used.", "100% of the batches will be used.."),
+    "val_check_interval": (
+        "validation will run after every batch.",
+        "validation will run at the end of the training epoch..",
+    ),
+}
+
+
+def log_configured_flags(fast_dev_run: Any, **flags: Any) -> None:
+    """Log, as Lightning does, a ``limit_*_batches``/``overfit_batches``/``val_check_interval`` given as 1 or 1.0.
+
+    ``1`` (one batch) and ``1.0`` (every batch) are easy to confuse, so an explicit one is spelled out at INFO
+    (``"`Trainer(limit_val_batches=1)` was configured so 1 batch will be used."``). Nothing is logged for the
+    defaults (``None``) or under ``fast_dev_run``, which sets these itself. The trailing ``..`` on the 1.0
+    messages is Lightning's wording, kept for programs and tests that match on it.
+    """
+    if fast_dev_run:
+        return
+    from fulmen.utilities.rank_zero import rank_zero_info
+
+    for name, (one, all_) in _CONFIGURED_SO.items():
+        value = flags.get(name)
+        if type(value) is int and value == 1:
+            rank_zero_info(f"`Trainer({name}=1)` was configured so {one}")
+        elif type(value) is float and value == 1.0:
+            rank_zero_info(f"`Trainer({name}=1.0)` was configured so {all_}")

@@ -25,7 +25,7 @@ from fulmen.core.run_state import RunState
 from fulmen.fabric.fabric import Fabric
 from fulmen.profilers import Profiler, resolve_profiler
 from fulmen.trainer import lifecycle
-from fulmen.trainer.config import TrainerConfig, defaults_from_env_vars
+from fulmen.trainer.config import TrainerConfig, defaults_from_env_vars, log_configured_flags
 from fulmen.trainer.data import DataManager
 from fulmen.trainer.loops.evaluation import EvaluationLoop
 from fulmen.trainer.loops.fit import FitLoop, Optimization
@@ -110,6 +110,11 @@ class Trainer:
             enable_checkpointing=enable_checkpointing, sync_batchnorm=sync_batchnorm,
             enable_autolog_hparams=enable_autolog_hparams, logger=logger, profiler=profiler,
         )
+        log_configured_flags(
+            fast_dev_run, limit_train_batches=limit_train_batches, limit_val_batches=limit_val_batches,
+            limit_test_batches=limit_test_batches, limit_predict_batches=limit_predict_batches,
+            overfit_batches=overfit_batches, val_check_interval=val_check_interval,
+        )
         self.fabric = Fabric(accelerator=accelerator, strategy=strategy, devices=devices, num_nodes=num_nodes,
                              precision=precision, plugins=plugins)
         if sync_batchnorm and self.fabric.strategy.is_distributed:
@@ -121,6 +126,11 @@ class Trainer:
         self.profiler: Profiler = resolve_profiler(profiler)
         self.state = TrainerState()
         self.loggers = lifecycle.build_loggers(self, logger)
+        user_cbs = [callbacks] if isinstance(callbacks, Callback) else callbacks if isinstance(callbacks, (list, tuple)) else []
+        if max_time is not None and any(any(k.__name__ == "Timer" for k in type(c).__mro__) for c in user_cbs):
+            from fulmen.utilities.rank_zero import rank_zero_info
+
+            rank_zero_info("Ignoring `Trainer(max_time=...)`, callbacks list already contains a Timer.")
         self.callbacks: list[Callback] = lifecycle.build_callbacks(self, callbacks, max_time)
         self.lightning_module: Any = None
         self.datamodule: Any = None
