@@ -301,10 +301,10 @@ def loss_curves(device: torch.device, smoke: bool, root: str) -> dict[str, Any]:
         losses: list[float] = []
 
         class Module(L.LightningModule):
-            def __init__(self) -> None:
+            def __init__(self, compiled: bool) -> None:
                 super().__init__()
                 self.net = wl.make_net()
-                if opts.get("compile"):
+                if compiled:
                     # smoke: dynamo without inductor's code generation (seconds on the CPU, not minutes)
                     self.net = torch.compile(self.net, backend="eager" if smoke else "inductor")
                 self.losses: list[torch.Tensor] = []
@@ -320,7 +320,7 @@ def loss_curves(device: torch.device, smoke: bool, root: str) -> dict[str, Any]:
 
         torch.manual_seed(0)
         try:
-            module = Module()
+            module = Module(bool(opts.get("compile")))
             trainer = L.Trainer(
                 accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_epochs=1, logger=False,
                 enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
