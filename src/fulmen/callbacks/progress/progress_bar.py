@@ -215,7 +215,10 @@ class ProgressBar(Callback):
         """The items shown next to the bar: ``v_num`` plus ``trainer.progress_bar_metrics``.
 
         Reading ``trainer.progress_bar_metrics`` moves logged values from the device to the host,
-        so call this only at a refresh point. Override to add or drop items::
+        so call this only at a refresh point. At the refreshes inside a training epoch the bar reads
+        CUDA values without a sync instead, through a non-blocking copy shown one refresh late
+        (:mod:`fulmen.core.host_read`); elsewhere (epoch end, after validation, your own calls) the
+        values are exact. Override to add or drop items::
 
             def get_metrics(self, trainer, pl_module):
                 items = super().get_metrics(trainer, pl_module)
