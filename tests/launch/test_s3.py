@@ -159,3 +159,41 @@ def test_an_upload_killed_midway_leaves_the_newest_complete_checkpoint(
     assert steps == list(range(1, STEPS + 1)) and saved_step == steps.index(saved_step) + 1, (steps, saved_step)
     got = _weights(run_dir / "out.pt")
     assert all(torch.equal(reference[k], got[k]) for k in reference)
+
+
+def _dry_run(script: Path, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fulmen",
+            "launch",
+            "--target",
+            "slurm",
+            "--dry-run",
+            "--dir",
+            str(script.parent / "run"),
+            *extra,
+            str(script),
+        ],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_an_unreachable_bucket_is_refused_before_anything_is_written(s3_env: dict[str, str], tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text('from fulmen.callbacks import ModelCheckpoint\nck = ModelCheckpoint(dirpath="s3://nosuch/run")\n')
+    r = _dry_run(script, s3_env)
+    assert r.returncode == 2 and "cannot reach the checkpoint bucket of 's3://nosuch/run'" in r.stderr, r.stderr
+    assert "--no-check-buckets" in r.stderr and not (tmp_path / "run").exists()
+    down = {**s3_env, "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1"}  # nothing listens there
+    r = _dry_run(script, down)
+    assert r.returncode == 2 and "s3://nosuch/run" in r.stderr, r.stderr
+    assert _dry_run(script, s3_env, "--no-check-buckets").returncode == 0
+    script.write_text('from fulmen.callbacks import ModelCheckpoint\nck = ModelCheckpoint(dirpath="s3://ckpts/ok")\n')
+    r = _dry_run(script, s3_env)
+    assert r.returncode == 0, r.stderr

@@ -19,7 +19,14 @@ import warnings
 from typing import Any
 
 from fulmen.launch import targets
-from fulmen.launch.config import TARGETS, LaunchConfig, LaunchError, mismatch_warnings
+from fulmen.launch.config import (
+    TARGETS,
+    LaunchConfig,
+    LaunchError,
+    check_reachable,
+    mismatch_warnings,
+    remote_folders,
+)
 from fulmen.launch.record import find_records, read_record, write_record
 from fulmen.launch.specs import spec_text, submit_command
 
@@ -48,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     a("--signal-seconds", type=int, default=90, help="SIGUSR1 this long before the SLURM time limit (default 90)")
     a("--max-restarts", type=int, default=100, help="reruns after a preemption (local, torchrun; default 100)")
     a("--dry-run", action="store_true", help="write and print the spec and the submit command; submit nothing")
+    a("--no-check-buckets", action="store_true", help="do not check that remote checkpoint folders are reachable")
     a("--wait", action="store_true", help="SLURM: wait for the job to end; exit 1 with its log if it failed")
     a("script", help="the training script")
     a("args", nargs=argparse.REMAINDER, help="the script's arguments")
@@ -80,6 +88,13 @@ def main(argv: list[str]) -> int:
     except LaunchError as err:
         print(f"fulmen launch: error: {err}", file=sys.stderr)
         return 2
+    if not ns.no_check_buckets:
+        try:
+            for url in remote_folders(config):
+                check_reachable(url)
+        except LaunchError as err:
+            print(f"fulmen launch: error: {err}", file=sys.stderr)
+            return 2
     for message in mismatch_warnings(config):
         warnings.warn(message, UserWarning, stacklevel=1)
         print(f"fulmen launch: warning: {message}", file=sys.stderr)

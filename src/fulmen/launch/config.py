@@ -215,3 +215,64 @@ def mismatch_warnings(config: LaunchConfig) -> list[str]:
                 f'pass {flag} {given}, or change the script to {key}={value} (or {key}="auto").'
             )
     return out
+
+
+REMOTE_PROTOCOLS = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "hf")
+
+
+def remote_folders(config: LaunchConfig) -> list[str]:
+    """The remote checkpoint folders the job will use: ``--checkpoint-dir`` when it is a URL, and every string
+    literal in the script that is one (``ModelCheckpoint(dirpath="s3://bucket/run")``)."""
+    found: list[str] = []
+    if config.checkpoint_dir and "://" in config.checkpoint_dir:
+        found.append(config.checkpoint_dir)
+    try:
+        with open(config.script, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return found
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            proto, sep, rest = node.value.partition("://")
+            if sep and proto in REMOTE_PROTOCOLS and rest and node.value not in found:
+                found.append(node.value)
+    return found
+
+
+def check_reachable(url: str, timeout: float = 20.0) -> None:
+    """Raise :class:`LaunchError` unless the bucket of ``url`` can be listed from here within ``timeout`` seconds.
+
+    Raises:
+        LaunchError: the fsspec implementation is missing, or the bucket cannot be reached (the cause is named).
+    """
+    import concurrent.futures
+
+    try:
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(url)
+    except ImportError as err:
+        raise LaunchError(
+            f"cannot check the checkpoint folder {url!r}: {err}. Fix: install the filesystem's package (s3fs for "
+            "s3://, gcsfs for gs://, adlfs for az://), or pass --no-check-buckets."
+        ) from err
+    bucket = path.split("/", 1)[0]
+
+    def probe() -> None:
+        fs.ls(bucket)
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        pool.submit(probe).result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        raise LaunchError(
+            f"the checkpoint bucket of {url!r} did not answer within {timeout:.0f} s. Fix: check the endpoint and "
+            "network (AWS_ENDPOINT_URL, ...), or pass --no-check-buckets when only the cluster can reach it."
+        ) from None
+    except Exception as err:  # noqa: BLE001 - any filesystem error means unreachable; its text names the cause
+        raise LaunchError(
+            f"cannot reach the checkpoint bucket of {url!r}: {type(err).__name__}: {err}. Fix: create the bucket or "
+            "fix the credentials/endpoint, or pass --no-check-buckets when only the cluster can reach it."
+        ) from err
+    finally:
+        pool.shutdown(wait=False)
