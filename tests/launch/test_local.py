@@ -150,3 +150,28 @@ def test_dry_run_and_missing_tool_print_the_spec_and_the_submit_command(tmp_path
         )
         assert r.returncode == 0 and "'kubectl' is not installed here" in r.stdout
         assert "kind: Job" in r.stdout and f"kubectl apply -f {tmp_path / 'k' / 'job.yaml'}" in r.stdout
+
+
+def test_stop_saves_and_ends_a_local_job_without_a_rerun(tmp_path: Path) -> None:
+    run_dir = tmp_path / "job"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fulmen", *_local(run_dir, sleep="0.3")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    progress = run_dir / "out.pt.progress"
+    deadline = time.monotonic() + 120
+    while not (progress.exists() and len(progress.read_text().split()) >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    r = _cli("stop", "job", "--root", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out + err  # the Trainer's SIGTERM exit: checkpoint written, not rerun
+    record = json.loads((run_dir / "launch.json").read_text())
+    assert record["status"] == "STOPPED" and record["restarts"] == 0
+    assert (run_dir / "checkpoints" / "last.ckpt").exists() and not (run_dir / "out.pt").exists()
+    assert "STOPPED" in _cli("runs", "--root", str(tmp_path)).stdout

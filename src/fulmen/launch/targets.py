@@ -6,6 +6,7 @@ target runs the job as a child process (:func:`run_local`) with the preemption c
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -179,6 +180,8 @@ def run_local(config: LaunchConfig, run_dir: str) -> int:
     """
     log = os.path.join(run_dir, "job.log")
     child: list[subprocess.Popen[bytes]] = []
+    with contextlib.suppress(FileNotFoundError):  # a stop asked of an earlier launch into this folder
+        os.unlink(os.path.join(run_dir, "STOP"))
 
     def forward(signum: int, frame: Any) -> None:
         if child and child[0].poll() is None:
