@@ -241,3 +241,67 @@ def test_last_ckpt_holds_the_step_lightning_writes(tmp_path: Path, kw: dict[str,
     assert ours == theirs
     if kw == dict(monitor="m", save_top_k=1, mode="min", save_last=True):
         assert ours[0] == [2, 4, 4, 4, 10, 10]  # the metric got worse after epochs 1 and 4
+
+
+def _iter_step_run(name: str, n: int, limit: int | None) -> tuple[list[Any], list[float]]:
+    L = _fw(name)[0]
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(10, 3, generator=g), torch.randn(10, 1, generator=g)
+    steps: list[Any] = []
+
+    class M(L.LightningModule):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(1)
+            self.layer = torch.nn.Linear(3, 1)
+
+        def training_step(self, dataloader_iter: Any) -> Any:
+            (xx, yy), _, _ = next(dataloader_iter)
+            return torch.nn.functional.mse_loss(self.layer(xx), yy)
+
+        def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+            steps.append((batch_idx, self.trainer.global_step))
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    m = M()
+    t = L.Trainer(**_quiet(max_epochs=2, accumulate_grad_batches=2, enable_checkpointing=False, accelerator="cpu",
+                           limit_train_batches=limit if limit is not None else 1.0))
+    t.fit(m, DataLoader(TensorDataset(x[: 2 * n], y[: 2 * n]), batch_size=2))
+    return steps, [*m.layer.weight.detach().flatten().tolist(), *m.layer.bias.detach().tolist()]
+
+
+def _accumulated_reference(n: int, limit: int | None) -> list[float]:
+    """Plain PyTorch: loss / 2 per batch, an optimizer step every 2 batches and at each epoch's last batch."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(10, 3, generator=g), torch.randn(10, 1, generator=g)
+    torch.manual_seed(1)
+    layer = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    batches = limit or n
+    for _ in range(2):
+        for i in range(batches):
+            loss = torch.nn.functional.mse_loss(layer(x[2 * i: 2 * i + 2]), y[2 * i: 2 * i + 2]) / 2
+            loss.backward()
+            if (i + 1) % 2 == 0 or i == batches - 1:
+                opt.step()
+                opt.zero_grad()
+    return [*layer.weight.detach().flatten().tolist(), *layer.bias.detach().tolist()]
+
+
+@pytest.mark.parametrize(("n", "limit"), [(5, None), (4, None), (5, 3)], ids=["odd", "even", "limited"])
+def test_dataloader_iter_accumulation_steps_at_the_epoch_end(n: int, limit: int | None) -> None:
+    # as Lightning: the step that reaches the epoch's last batch closes an open accumulation window with an
+    # optimizer step (global_step after each batch equals Lightning's). The weights equal plain PyTorch's
+    # accumulation: Lightning's own differ, as it zeroes the gradients at every dataloader_iter step (its
+    # warning says this flavor "will not work well with gradient accumulation")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours, weights = _iter_step_run("fulmen", n, limit)
+        theirs, _ = _iter_step_run("pytorch_lightning", n, limit)
+    assert ours == theirs
+    assert ours[-1][1] == 2 * (((limit or n) + 1) // 2)  # ceil(batches / 2) steps per epoch, 2 epochs
+    assert weights == _accumulated_reference(n, limit)

@@ -362,7 +362,9 @@ class FitLoop(FitLoopViews):  # FitLoopViews: Lightning's fit_loop internals pub
                 t._optimization.step_schedulers("epoch", plateau=False)
                 return True
             try:
-                stepped, outputs = step(it, step_idx, False)
+                # as Lightning: the step that (pulling one batch) reaches the epoch's last batch closes an open
+                # gradient-accumulation window with an optimizer step
+                stepped, outputs = step(it, step_idx, it.next_is_last)
             except StopIteration:  # the step ran out of batches: the epoch ends (as in Lightning)
                 t._accumulating = False
                 return True

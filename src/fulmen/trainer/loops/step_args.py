@@ -93,6 +93,12 @@ class DataLoaderIter(Iterator[tuple[Any, int, int]]):
         """Whether every batch (of this epoch, within the limit) has been fetched."""
         return self._next is _END
 
+    @property
+    def next_is_last(self) -> bool:
+        """Whether the batch the next ``next()`` hands out is the epoch's last (a step that pulls one batch is the
+        epoch's last step: Lightning forces the optimizer step of an accumulation window there)."""
+        return self._next is not _END and bool(self._next[1])
+
     def __next__(self) -> tuple[Any, int, int]:
         pair = self._next
         if pair is _END:
