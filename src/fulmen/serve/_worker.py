@@ -65,7 +65,7 @@ def _pin(slot_in_device: int, workers_on_device: int, device: str) -> None:
 
     torch is not imported for this: an endpoint that doesn't use it starts without paying for the import.
     """
-    if device != "cpu":
+    if device != "cpu" or os.environ.get("FULMEN_SERVE_PIN", "1") == "0":  # 0: leave placement to the OS
         return
     try:
         cores = sorted(os.sched_getaffinity(0))
@@ -85,25 +85,33 @@ def _pin(slot_in_device: int, workers_on_device: int, device: str) -> None:
 
 
 class _Inbox:
-    """The receiving end of this worker's request pipe, with a queue's ``get``/``get_nowait``.
+    """This worker's request pipe, drained by a thread into a local queue (``get``/``get_nowait``).
 
     One pipe per worker, one writer (the front) and one reader (this worker): no lock a killed process could
-    leave held, which a shared ``multiprocessing.Queue`` has.
+    leave held, which a shared ``multiprocessing.Queue`` has. The intake thread keeps the pipe empty while
+    ``predict`` runs, so the front's send never waits on a full pipe (large payloads, a slow model).
     """
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
+        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        threading.Thread(target=self._intake, daemon=True, name="fulmen-serve-intake").start()
+
+    def _intake(self) -> None:
+        while True:
+            try:
+                item = self.conn.recv()
+            except (EOFError, OSError):  # the front is gone: stop
+                item = None
+            self.queue.put(item)
+            if item is None:
+                return
 
     def get(self, timeout: float) -> Any:
-        if not self.conn.poll(timeout):
-            raise queue.Empty
-        try:
-            return self.conn.recv()
-        except (EOFError, OSError):  # the front is gone: stop
-            return None
+        return self.queue.get(timeout=timeout) if timeout > 0 else self.queue.get_nowait()
 
     def get_nowait(self) -> Any:
-        return self.get(0)
+        return self.queue.get_nowait()
 
 
 class _Outbox:
