@@ -446,7 +446,7 @@ def _remote_mtime(info: dict[str, Any]) -> float:
     """A listed remote file's modification time (object stores name it differently); 0 when unknown."""
     for key in ("LastModified", "mtime", "updated", "last_modified", "created"):
         value = info.get(key)
-        if hasattr(value, "timestamp"):
+        if value is not None and hasattr(value, "timestamp"):
             return float(value.timestamp())
         if isinstance(value, (int, float)):
             return float(value)
