@@ -351,6 +351,19 @@ def _kept_gpu_section(path: str | None) -> str | None:
     return text[start + 1 : end + len(end_marker)]
 
 
+def _kept_serving_section(path: str | None) -> str | None:
+    """The '## Serving' section (benchmarks/serve/bench.py, a separate run with wrk), kept as it is."""
+    if not path or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        text = f.read()
+    start, end_marker = text.find("\n## Serving\n"), "<!-- serve-bench:end -->"
+    end = text.find(end_marker, start)
+    if start < 0 or end < 0:
+        return None
+    return text[start + 1 : end + len(end_marker)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short run (fewer steps, rounds and repetitions)")
@@ -404,6 +417,9 @@ def main() -> None:
     gpu = _kept_gpu_section(out)
     if gpu:
         doc += [gpu, ""]
+    serving = _kept_serving_section(out)
+    if serving:
+        doc += [serving, ""]
     notes = os.path.join(HERE, "notes.md")
     if os.path.exists(notes):
         with open(notes) as f:
