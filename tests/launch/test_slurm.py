@@ -87,6 +87,14 @@ def test_two_process_ddp_job_runs_to_the_end(slurm_cluster: SlurmCluster, refere
         check=True,
     ).stdout
     assert record["job_id"] in runs and "COMPLETED" in runs
+    logs = subprocess.run(
+        [sys.executable, "-m", "fulmen", "logs", record["job_id"], "--root", str(reference)],
+        env=slurm_cluster.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert logs == log  # found by its SLURM job id
 
 
 def test_signalled_job_is_requeued_and_resumes_to_bitwise_equal_weights(
