@@ -57,10 +57,10 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, A
             else None
         )
         rng = _rng_to_plain(collect_rng_states())
-        ckpt["fulmen"] = {"run_state": rs.state_dict(), "rng": rng, **_per_rank_rng(trainer, rng)}
         loader_rng = trainer._data.capture_generator_states()
+        ckpt["fulmen"] = {"run_state": rs.state_dict(), "rng": rng, **_per_rank_rng(trainer, rng, loader_rng)}
         if loader_rng is not None:
-            ckpt["fulmen"]["loader_generators"] = loader_rng
+            ckpt["fulmen"]["loader_generators"] = loader_rng  # rank 0's (read where no per-rank list fits)
         rs.train_results = rs.grads = None
     if module.hparams:
         ckpt[module.CHECKPOINT_HYPER_PARAMS_NAME] = None
@@ -161,8 +161,13 @@ def restore_training_state(trainer: Trainer, ckpt: dict[str, Any]) -> None:
             )
     loader_state = ckpt.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader")
     trainer._data.pending_loader_state = loader_state
-    # applied when the train loader is built: its own generators continue where the saved run's were
-    trainer._data.pending_generator_states = (extra or {}).get("loader_generators")
+    # applied when the train loader is built: its own generators continue where the saved run's were (each rank
+    # its own when the checkpoint has them for this number of processes, else rank 0's)
+    loader_gens = (extra or {}).get("loader_generators")
+    per_rank_gens = (extra or {}).get("loader_generators_per_rank")
+    if per_rank_gens is not None and len(per_rank_gens) == trainer.world_size:
+        loader_gens = per_rank_gens[trainer.global_rank]
+    trainer._data.pending_generator_states = loader_gens
     cfg = trainer.config
     if cfg.max_epochs >= 0 and rs.epoch > cfg.max_epochs:  # type: ignore[operator]  # resolved (not None) by now
         raise MisconfigurationException(
@@ -185,20 +190,28 @@ def restore_training_state(trainer: Trainer, ckpt: dict[str, Any]) -> None:
         _restore_rng(trainer, extra, rs)
 
 
-def _per_rank_rng(trainer: Trainer, rng: dict[str, Any]) -> dict[str, Any]:
-    """Every rank's RNG states (``rng_per_rank``) and the states its current epoch's data order was drawn from
-    (``epoch_rng_per_rank``), gathered once per save: ranks that seed or draw differently (``seed + rank``, a
-    rank-dependent number of random calls) each resume their own streams. Collective, like the save itself."""
+def _per_rank_rng(trainer: Trainer, rng: dict[str, Any], loader_rng: list[Any] | None) -> dict[str, Any]:
+    """Every rank's RNG states (``rng_per_rank``), the states its current epoch's data order was drawn from
+    (``epoch_rng_per_rank``) and its train loader's own generators (``loader_generators_per_rank``, when the loader
+    has any), gathered once per save: ranks that seed or draw differently (``seed + rank``, a rank-dependent number
+    of random calls, ``RandomSampler(generator=...)`` seeded per rank) each resume their own streams. Collective,
+    like the save itself."""
     strategy = trainer.strategy
     epoch_rng = trainer.run_state.epoch_rng_state
     if trainer.world_size == 1:
-        return {"rng_per_rank": [rng], "epoch_rng_per_rank": [epoch_rng]}
+        out = {"rng_per_rank": [rng], "epoch_rng_per_rank": [epoch_rng]}
+        if loader_rng is not None:
+            out["loader_generators_per_rank"] = [loader_rng]
+        return out
     # before the gather: a save called on some ranks only fails with the "save is collective" error, not a hang
     strategy.sync_point("save_checkpoint (gathering every rank's RNG states)")
-    gathered = strategy._all_gather_object((rng, epoch_rng))
+    gathered = strategy._all_gather_object((rng, epoch_rng, loader_rng))
     if gathered is None:  # a rank failed (a checkpoint written on exception): rank 0's states only
         return {}
-    return {"rng_per_rank": [g[0] for g in gathered], "epoch_rng_per_rank": [g[1] for g in gathered]}
+    out = {"rng_per_rank": [g[0] for g in gathered], "epoch_rng_per_rank": [g[1] for g in gathered]}
+    if any(g[2] is not None for g in gathered):
+        out["loader_generators_per_rank"] = [g[2] for g in gathered]
+    return out
 
 
 def _restore_rng(trainer: Trainer, extra: dict[str, Any], rs: Any) -> None:
