@@ -128,3 +128,50 @@ def test_mock_patch_through_a_lightning_module_path_reaches_the_code(engine: str
     else:
         with lightning_imports():
             check()
+
+
+@pytest.mark.parametrize("kind", ["shuffle", "custom_sampler", "sequential"])
+def test_overfit_batches_turns_off_shuffling_of_train_and_val_loaders(kind: str) -> None:
+    from torch.utils.data import Sampler, SequentialSampler
+
+    class InOrder(Sampler):  # not a SequentialSampler, so Lightning (and fulmen) replace it
+        def __init__(self, data: RandomDataset) -> None:
+            self.data = data
+
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            return iter(range(len(self.data)))
+
+        def __len__(self) -> int:
+            return len(self.data)
+
+    def loader() -> DataLoader:
+        data = RandomDataset(32, 64)
+        if kind == "custom_sampler":
+            return DataLoader(data, sampler=InOrder(data))
+        return DataLoader(data, shuffle=kind == "shuffle")
+
+    class Model(BoringModel):
+        def train_dataloader(self) -> DataLoader:
+            return loader()
+
+        def val_dataloader(self) -> DataLoader:
+            return loader()
+
+    trainer = _quiet_trainer(max_epochs=1, overfit_batches=2)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(Model())
+    messages = sorted(str(w.message) for w in caught if "requested to overfit" in str(w.message))
+    if kind == "sequential":
+        assert messages == []
+    else:  # Lightning 2.6.1's two warnings, word for word
+        assert messages == [
+            f"You requested to overfit but enabled {mode} dataloader shuffling. We are turning off the {mode} "
+            "dataloader shuffling for you."
+            for mode in ("train", "val")
+        ]
+    assert isinstance(trainer.train_dataloader.sampler, SequentialSampler)
+    assert isinstance(trainer.val_dataloaders.sampler, SequentialSampler)
+    assert trainer.num_training_batches == 2 and trainer.num_val_batches == [2]

@@ -92,9 +92,19 @@ def num_batches(loader: Any, limit: int | float, arg: str) -> int | float:
     return result
 
 
-def overfit_loader(loader: Any) -> Any:
-    """For ``overfit_batches``: the same loader without shuffling (Lightning uses the train batches)."""
+def overfit_loader(loader: Any, mode: str = "train") -> Any:
+    """For ``overfit_batches``: the same loader without shuffling, as Lightning (train and val loaders).
+
+    A loader whose sampler is not sequential (``shuffle=True``, a custom sampler) is rebuilt with a
+    ``SequentialSampler``, with Lightning's warning.
+    """
     if isinstance(loader, DataLoader) and not isinstance(loader.sampler, SequentialSampler) and hasattr(loader.dataset, "__len__"):
+        from fulmen.utilities.rank_zero import rank_zero_warn
+
+        rank_zero_warn(
+            f"You requested to overfit but enabled {mode} dataloader shuffling. We are turning off the {mode} "
+            "dataloader shuffling for you."
+        )
         return DataLoader(
             loader.dataset,
             batch_size=loader.batch_size,
@@ -331,6 +341,8 @@ class DataManager:
         for ld in loaders:
             check_iterable(ld, stage)
         loaders = self._distribute(loaders, "predict" if stage == "predict" else "eval")
+        if stage == "val" and self.trainer.config.overfit_batches:
+            loaders = [overfit_loader(ld, "val") for ld in loaders]
         structure = source.iterables if isinstance(source, CombinedLoader) else source
         self.eval_iterables[stage] = tree_unflatten(loaders, flatten_iterables(structure)[1]) if loaders else None
         return loaders, [num_batches(ld, limit, arg) for ld in loaders]

@@ -4,6 +4,7 @@ Usage (from the repository root)::
 
     .venv/bin/python tests/compat/lightning_suite/run_lightning_suite.py SUITE_ROOT [FILE ...]
         [--engines fulmen,lightning] [--timeout 60] [-k EXPR] [--json OUT.json] [--show-failures N]
+        [--fulmen-src OTHER_CHECKOUT/src]
 
 ``SUITE_ROOT`` is the folder that holds ``tests_pytorch/`` (and/or ``tests_fabric/``) from Lightning's repository
 -- it is not shipped here (Lightning's code; see docs/migration.md for how to obtain it). ``FILE`` arguments are paths
@@ -55,12 +56,17 @@ def _classify(message: str) -> str:
     return "behaviour"
 
 
-def _run_file(python: str, suite: Path, rel: str, engine: str, timeout: int, kexpr: str | None) -> dict:
+def _run_file(
+    python: str, suite: Path, rel: str, engine: str, timeout: int, kexpr: str | None, fulmen_src: Path | None
+) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         junit = Path(tmp) / "junit.xml"
         env = dict(os.environ)
         env["FULMEN_SUITE_MODE"] = engine
-        env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(suite), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        paths = [str(HERE), str(suite)]
+        if fulmen_src is not None and engine == "fulmen":
+            paths.insert(0, str(fulmen_src))  # ahead of the editable install: measure another checkout's fulmen
+        env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         env.setdefault("PL_RUN_CUDA_TESTS", "0")
         cmd = [
             python, "-m", "pytest", rel, "-q", "-p", "no:cacheprovider", "-p", "suite_plugin",
@@ -94,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=int, default=60, help="per-test timeout (pytest-timeout), seconds")
     parser.add_argument("-k", dest="kexpr", default=None)
     parser.add_argument("--json", type=Path, default=None, help="write the per-test results here")
+    parser.add_argument(
+        "--fulmen-src", type=Path, default=None,
+        help="a src/ folder to import fulmen from (e.g. a `git worktree` of an older commit, for a before figure)",
+    )
     parser.add_argument("--show-failures", type=int, default=0, help="print the first lines of N fulmen failures")
     args = parser.parse_args(argv)
 
@@ -110,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     for rel in files:
         results[rel] = {}
         for engine in engines:
-            results[rel][engine] = _run_file(sys.executable, suite, rel, engine, args.timeout, args.kexpr)
+            results[rel][engine] = _run_file(
+                sys.executable, suite, rel, engine, args.timeout, args.kexpr, args.fulmen_src
+            )
             print(f"ran {rel} on {engine}: rc={results[rel][engine]['rc']}", file=sys.stderr, flush=True)
 
     header = ["file", "collected", "pass_L", "pass_F", "both", "import", "private", "attr", "behaviour"]
