@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fulmen.serve import _worker
-from fulmen.serve._worker import CHUNK, END, ERROR, OK, READY, SETUP_FAILED, STARTING
+
+CHUNK, END, ERROR, OK = _worker.CHUNK, _worker.END, _worker.ERROR, _worker.OK
+READY, SETUP_FAILED, STARTING = _worker.READY, _worker.SETUP_FAILED, _worker.STARTING
 
 
 class Busy(Exception):

@@ -18,8 +18,10 @@ import warnings
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from fulmen.serve._worker import END, ERROR
+from fulmen.serve import _worker
 from fulmen.serve.api import LitAPI
+
+END, ERROR = _worker.END, _worker.ERROR
 
 __all__ = ["LitServer"]
 
@@ -459,7 +461,7 @@ class LitServer:
         _require_serving_deps()
         import uvicorn
 
-        from fulmen.serve._engine import Engine
+        from fulmen.serve import _engine
 
         if num_api_servers not in (None, 1):
             warnings.warn(
@@ -467,7 +469,7 @@ class LitServer:
                 "now (the workers are separate processes); serving with 1.",
                 stacklevel=2,
             )
-        engine = Engine(self.lit_apis, self._placements, self.max_queue_size)
+        engine = _engine.Engine(self.lit_apis, self._placements, self.max_queue_size)
         self._engine = engine
         engine.start(self.setup_timeout)
         app = self.build_app(engine)
