@@ -175,3 +175,13 @@ def test_overfit_batches_turns_off_shuffling_of_train_and_val_loaders(kind: str)
     assert isinstance(trainer.train_dataloader.sampler, SequentialSampler)
     assert isinstance(trainer.val_dataloaders.sampler, SequentialSampler)
     assert trainer.num_training_batches == 2 and trainer.num_val_batches == [2]
+
+
+def test_csv_experiment_log_metrics_step_defaults_to_the_buffered_row_count(tmp_path) -> None:
+    """As Lightning's ``ExperimentWriter.log_metrics(metrics)``: ``step`` optional, numbered from the buffer."""
+    experiment = CSVLogger(tmp_path).experiment
+    experiment.log_metrics({"loss": 0.1})
+    experiment.log_metrics({"loss": 0.2})
+    assert experiment.metrics == [{"loss": 0.1, "step": 0}, {"loss": 0.2, "step": 1}]
+    experiment.log_metrics({"loss": 0.3}, step=7)
+    assert experiment.metrics[-1] == {"loss": 0.3, "step": 7}

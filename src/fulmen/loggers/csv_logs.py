@@ -70,8 +70,10 @@ class _ExperimentWriter:
         """Merge ``params`` into the hyperparameters written to ``hparams.yaml``."""
         self.hparams.update(params)
 
-    def log_metrics(self, metrics_dict: Mapping[str, Any], step: int) -> None:
-        """Buffer one row: the metric values plus ``step``."""
+    def log_metrics(self, metrics_dict: Mapping[str, Any], step: int | None = None) -> None:
+        """Buffer one row: the metric values plus ``step`` (``None``, as Lightning: the number of buffered rows)."""
+        if step is None:
+            step = len(self.metrics)
         row = dict(metrics_dict)
         row["step"] = step
         self.metrics.append(row)
