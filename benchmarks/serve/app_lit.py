@@ -36,5 +36,10 @@ if __name__ == "__main__":
     batch = int(os.environ.get("BATCH", "1"))
     timeout = os.environ.get("BATCH_TIMEOUT", "0.01")
     api = BenchAPI(max_batch_size=batch, batch_timeout=timeout if timeout == "auto" else float(timeout))
-    server = ls.LitServer(api, accelerator="cpu", workers_per_device=int(os.environ.get("WORKERS", "2")))
+    server = ls.LitServer(
+        api,
+        accelerator="cpu",
+        workers_per_device=int(os.environ.get("WORKERS", "2")),
+        timeout=float(os.environ.get("SERVE_TIMEOUT", "30")),
+    )
     server.run(port=int(os.environ["PORT"]), log_level="warning")

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -85,6 +86,73 @@ def _wrk(url: str, body: str, concurrency: int, duration: int) -> dict[str, floa
     return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "non_2xx": int(errors.group(1)) if errors else 0}
 
 
+def kill_test(duration: int = 6, concurrency: int = 16) -> dict[str, float]:
+    """fulmen under load (linear model, 2 workers, timeout 5 s); one worker SIGKILLed midway.
+
+    Reports wrk's max latency (no request may wait past the timeout), the non-2xx answers (the killed
+    worker's in-flight requests get a 503) and the seconds from the kill until /health is 200 again.
+    """
+    import threading
+
+    proc, url = _start(
+        sys.executable,
+        "app_lit.py",
+        {"FRAMEWORK": "fulmen", "MODEL": "linear", "BATCH": "8", "BATCH_TIMEOUT": "auto", "SERVE_TIMEOUT": "5"},
+    )
+    lua = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)  # noqa: SIM115
+    lua.write(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = {json.dumps(payload('linear'))}\n"
+    )
+    lua.close()
+    out: dict[str, str] = {}
+
+    def load() -> None:
+        cmd = ["wrk", "-t2", f"-c{concurrency}", f"-d{duration}s", "--latency", "-s", lua.name, url + "/predict"]
+        out["wrk"] = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60).stdout
+
+    try:
+        thread = threading.Thread(target=load)
+        thread.start()
+        time.sleep(duration / 3)
+        with urllib.request.urlopen(url + "/info", timeout=5) as r:
+            pid = json.loads(r.read())["server"]["workers"][0]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        healthy_after, seen_down = float("nan"), False
+
+        def status() -> int:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=1) as r:
+                    return int(r.status)
+            except urllib.error.HTTPError as err:
+                return int(err.code)
+            except OSError:
+                return 0
+
+        while time.monotonic() - killed < 30:
+            code = status()
+            seen_down = seen_down or code != 200
+            if seen_down and code == 200:  # first down (the kill seen), then up again
+                healthy_after = time.monotonic() - killed
+                break
+            time.sleep(0.02)
+        thread.join(duration + 90)
+    finally:
+        _stop(proc)
+    text = out.get("wrk", "")
+    latency = re.search(r"Latency\s+(\S+)\s+(\S+)\s+(\S+)", text)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    total = re.search(r"(\d+) requests in", text)
+    return {
+        "requests": int(total.group(1)) if total else 0,
+        "non_2xx": int(errors.group(1)) if errors else 0,
+        "max_latency_ms": _ms(latency.group(3)) if latency else float("nan"),
+        "health_503_seen": seen_down,
+        "healthy_again_s": round(healthy_after, 2),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--models", nargs="+", default=["linear", "digits", "mlp10m"])
@@ -98,9 +166,13 @@ def main() -> None:
         help="fulmen-auto: fulmen with batch_timeout='auto' (batching on only)",
     )
     p.add_argument("--litserve-python", default="/work/ls-venv/bin/python")
+    p.add_argument("--kill-test", action="store_true", help="only the SIGKILL-under-load test")
     args = p.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
+    if args.kill_test:
+        print(json.dumps({"kill_test": kill_test()}))
+        return
     rows = []
     for model in args.models:
         body = payload(model)
