@@ -241,6 +241,19 @@ def test_callbacks_and_logger_from_the_command_line(tmp_path: Path) -> None:
     assert type(cli.trainer.profiler).__name__ == "SimpleProfiler"
 
 
+def test_short_logger_names_stay_unambiguous_with_fabrics_loggers_imported(tmp_path: Path) -> None:
+    """Fabric's CSVLogger/TensorBoardLogger subclass the Trainer's; once imported (a Fabric test or program in the
+    same process), ``--trainer.logger=CSVLogger`` must still name the Trainer's logger, not fail as ambiguous."""
+    import fulmen.fabric.loggers as fabric_loggers
+    from fulmen.loggers import CSVLogger
+
+    assert issubclass(fabric_loggers.CSVLogger, CSVLogger)
+    cli = LightningCLI(
+        Model, Data, run=False, args=["--trainer.logger=CSVLogger", f"--trainer.logger.save_dir={tmp_path}"]
+    )
+    assert type(cli.trainer.logger) is CSVLogger
+
+
 def test_config_yaml_keeps_the_trainer_signature_order() -> None:
     """config.yaml lists the Trainer's arguments in its signature's order, as Lightning's does (users diff them);
     callbacks/logger/profiler, which fulmen retypes for class specs, keep their places."""
