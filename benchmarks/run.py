@@ -337,27 +337,15 @@ def bench_ddp(args: argparse.Namespace, log: Any) -> tuple[list[str], list[tuple
 
 
 # --------------------------------------------------------------------------------------------------
-def _kept_gpu_section(path: str | None) -> str | None:
-    """The '## GPU' section of the file being rewritten (written by benchmarks/gpu_bench.py on a GPU machine, or
-    by hand), kept as it is: this CPU run does not measure it."""
+def _kept_section(path: str | None, heading: str, end_marker: str) -> str | None:
+    """A section of the file being rewritten that another run writes, kept as it is: '## GPU' (written by
+    benchmarks/gpu_bench.py on a GPU machine) and '## Serving' (benchmarks/serve/bench.py, a separate run with wrk)
+    are not measured by this CPU run. The section runs from its heading to its end marker."""
     if not path or not os.path.exists(path):
         return None
     with open(path) as f:
         text = f.read()
-    start, end_marker = text.find("\n## GPU\n"), "<!-- gpu-bench:end -->"
-    end = text.find(end_marker, start)
-    if start < 0 or end < 0:
-        return None
-    return text[start + 1 : end + len(end_marker)]
-
-
-def _kept_serving_section(path: str | None) -> str | None:
-    """The '## Serving' section (benchmarks/serve/bench.py, a separate run with wrk), kept as it is."""
-    if not path or not os.path.exists(path):
-        return None
-    with open(path) as f:
-        text = f.read()
-    start, end_marker = text.find("\n## Serving\n"), "<!-- serve-bench:end -->"
+    start = text.find(f"\n{heading}\n")
     end = text.find(end_marker, start)
     if start < 0 or end < 0:
         return None
@@ -414,10 +402,10 @@ def main() -> None:
     ]
     doc += [f"| {name} | {value:.3g} | {_verdict(value, goal)} |" for name, value, goal in goals]
     doc += ["", "## Results", "", *body]
-    gpu = _kept_gpu_section(out)
+    gpu = _kept_section(out, "## GPU", "<!-- gpu-bench:end -->")
     if gpu:
         doc += [gpu, ""]
-    serving = _kept_serving_section(out)
+    serving = _kept_section(out, "## Serving", "<!-- serve-bench:end -->")
     if serving:
         doc += [serving, ""]
     notes = os.path.join(HERE, "notes.md")
